@@ -1,0 +1,445 @@
+/*
+ * One handler per opcode. Each decodes its payload (a decode failure is a
+ * protocol error: the reply says so and the connection closes), checks the
+ * request against the context and the caller's uid, does the work, and
+ * encodes the reply into r->out.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "attend.h"
+#include "index.h"
+#include "kernels.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+#include "store.h"
+
+#ifndef MNEMO_VERSION
+#define MNEMO_VERSION "0"
+#endif
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int malformed(struct request *r, int rc)
+{
+	r->fatal = true;
+	return req_error(r, rc == -EMSGSIZE ? -EMSGSIZE : -EPROTO,
+			 "malformed %s payload", proto_op_name(r->h.opcode));
+}
+
+/* Find a context the caller may use. Returns a reference. */
+static int get_ctx(struct request *r, uint64_t id, const char *name, size_t name_len,
+		   struct kv_ctx **out)
+{
+	if (id == 0 && name_len == 0)
+		return req_error(r, -EINVAL, "no context named: give an id or a name");
+	int rc = store_ctx_find(r->d->store, id, name, name_len, out);
+	if (rc) {
+		if (id)
+			return req_error(r, -ENOENT, "no context with id %llu", (unsigned long long)id);
+		return req_error(r, -ENOENT, "no context named %.*s", (int)name_len, name);
+	}
+	if (kv_ctx_owner(*out) != r->uid) {
+		kv_ctx_put(*out);
+		return req_error(r, -EACCES, "context %llu belongs to another user",
+				 (unsigned long long)(id ? id : kv_ctx_id(*out)));
+	}
+	return 0;
+}
+
+static int h_hello(struct request *r)
+{
+	struct msg_hello_req m;
+	int rc = msg_hello_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	if (m.proto != PROTO_VERSION)
+		return req_error(r, -EPROTONOSUPPORT, "client speaks protocol %u, mnemod speaks %u",
+				 m.proto, PROTO_VERSION);
+	const struct config *cfg = r->d->cfg;
+	struct msg_hello_rep rep = {
+		.proto = PROTO_VERSION, .block_tokens = cfg->block_tokens,
+		.max_frame = (uint32_t)cfg->max_frame, .workers = pool_size(r->d->pool),
+		.peer_uid = r->uid, .host_budget = cfg->host_mem,
+		.version = MNEMO_VERSION, .version_len = (uint16_t)strlen(MNEMO_VERSION),
+	};
+	msg_hello_rep_encode(&r->out, &rep);
+	return 0;
+}
+
+static int h_create(struct request *r)
+{
+	struct msg_create_req m;
+	int rc = msg_create_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	const char *why;
+	if (proto_geometry_check(&m.geom, &why))
+		return req_error(r, -EINVAL, "bad geometry: %s", why);
+	struct kv_geometry g = {
+		.n_layers = m.geom.n_layers, .n_kv_heads = m.geom.n_kv_heads,
+		.n_q_heads = m.geom.n_q_heads, .head_dim = m.geom.head_dim,
+		.dtype = m.geom.dtype, .elem_size = (uint32_t)proto_dtype_size(m.geom.dtype),
+		.rope_theta = m.geom.rope_theta,
+	};
+	struct kv_ctx *c;
+	rc = store_ctx_create(r->d->store, m.name, m.name_len, &g, r->uid, &c);
+	if (rc == -EEXIST)
+		return req_error(r, rc, "a context named %.*s exists", (int)m.name_len, m.name);
+	if (rc)
+		return req_error(r, rc, "cannot create a context: %s", strerror(-rc));
+	log_info("store", "uid %u created context %llu \"%s\" (%u layers, %u/%u heads, d %u, dtype %u)",
+		 (unsigned)r->uid, (unsigned long long)kv_ctx_id(c), kv_ctx_name(c), g.n_layers,
+		 g.n_kv_heads, g.n_q_heads, g.head_dim, g.dtype);
+	msg_create_rep_encode(&r->out, &(struct msg_create_rep){ .id = kv_ctx_id(c) });
+	kv_ctx_put(c);
+	return 0;
+}
+
+static int h_append(struct request *r)
+{
+	struct msg_append_req m;
+	int rc = msg_append_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	const uint8_t *data = m.data;
+	size_t len = m.data_len;
+	if (m.source == PROTO_SRC_SHM) {
+		if (!r->arena->base)
+			return req_error(r, -ENXIO, "APPEND from shm, but no arena is attached");
+		if (!shm_arena_range_ok(r->arena, m.shm_offset, m.shm_length))
+			return req_error(r, -EFAULT, "shm range [%llu, +%llu) is outside the %zu-byte arena",
+					 (unsigned long long)m.shm_offset,
+					 (unsigned long long)m.shm_length, r->arena->size);
+		data = r->arena->base + m.shm_offset;
+		len = (size_t)m.shm_length;
+	}
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+		return rc;
+	const char *why = NULL;
+	uint64_t lt = 0, ct = 0;
+	rc = kv_ctx_append(c, m.layer_begin, m.layer_count, m.token_begin, m.n_tokens, data, len,
+			   &lt, &ct, &why);
+	if (rc == -ERANGE)
+		req_error(r, rc, "%s (layer %u has %llu tokens, token_begin %llu)", why, m.layer_begin,
+			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer_begin < kv_ctx_geometry(c)->n_layers ?
+								   m.layer_begin : 0),
+			  (unsigned long long)m.token_begin);
+	else if (rc)
+		req_error(r, rc, "%s", why ? why : strerror(-rc));
+	else
+		msg_append_rep_encode(&r->out, &(struct msg_append_rep){ .layer_tokens = lt,
+									   .context_tokens = ct });
+	if (rc == -ENOMEM)
+		log_warn("store", "context %llu: %s", (unsigned long long)kv_ctx_id(c), why ? why : "out of memory");
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_seal(struct request *r)
+{
+	struct proto_ctxref m;
+	int rc = msg_ctxref_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+		return rc;
+	uint64_t tokens = 0;
+	rc = kv_ctx_seal(c, &tokens);
+	if (rc)
+		req_error(r, rc, "layers differ in length: append every layer to the same length first");
+	else
+		msg_u64_encode(&r->out, tokens);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_attend(struct request *r)
+{
+	struct msg_attend_req m;
+	int rc = msg_attend_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+		return rc;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	size_t nq = (size_t)g->n_q_heads * g->head_dim;
+	float *q = NULL, *o = NULL, *lse = NULL;
+	const struct index_ops *pol = index_ops_get(m.policy);
+	if (!pol) {
+		rc = req_error(r, -EINVAL, "unknown policy %u", m.policy);
+		goto out;
+	}
+	if (m.layer >= g->n_layers) {
+		rc = req_error(r, -EINVAL, "layer %u of a %u-layer context", m.layer, g->n_layers);
+		goto out;
+	}
+	if (m.q_len != nq * 4) {
+		rc = req_error(r, -EINVAL, "queries are %zu bytes; this geometry needs %zu (n_q_heads x head_dim f32)",
+			       m.q_len, nq * 4);
+		goto out;
+	}
+	if (m.flags) {
+		rc = req_error(r, -EINVAL, "ATTEND flags must be 0");
+		goto out;
+	}
+	q = malloc(nq * sizeof(float));
+	o = malloc(nq * sizeof(float));
+	lse = malloc(g->n_q_heads * sizeof(float));
+	if (!q || !o || !lse) {
+		rc = req_error(r, -ENOMEM, "out of memory");
+		goto out;
+	}
+	proto_f32_from_wire(q, m.q, nq);
+	struct attend_request ar = { .layer = m.layer, .token_begin = m.token_begin,
+				     .token_end = m.token_end, .q = q };
+	struct attend_result res = { .o = o, .lse = lse };
+	struct attend_exec ex = { .parallel = pool_parallel, .pool = r->d->pool,
+				  .workers = pool_size(r->d->pool) };
+	uint64_t t0 = now_ns();
+	rc = attend_exact(c, &ar, &res, &ex);
+	uint64_t dt = now_ns() - t0;
+	if (rc == -ERANGE) {
+		req_error(r, rc, "token range [%llu, %llu) is past layer %u's %llu tokens",
+			  (unsigned long long)m.token_begin, (unsigned long long)m.token_end, m.layer,
+			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer));
+		goto out;
+	}
+	if (rc) {
+		req_error(r, rc, "attention failed: %s", strerror(-rc));
+		goto out;
+	}
+	struct msg_attend_rep rep = {
+		.n_q_heads = g->n_q_heads, .head_dim = g->head_dim, .scanned = res.scanned,
+		.loaded = res.loaded, .compute_ns = dt, .o = o, .lse = lse,
+	};
+	msg_attend_rep_encode(&r->out, &rep);
+out:
+	free(q);
+	free(o);
+	free(lse);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_fetch(struct request *r)
+{
+	struct msg_fetch_req m;
+	int rc = msg_fetch_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+		return rc;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	uint64_t bytes = 2ull * g->n_kv_heads * m.n_ids * g->head_dim * g->elem_size;
+	uint64_t *ids = malloc((size_t)m.n_ids * sizeof(uint64_t));
+	if (!ids) {
+		rc = req_error(r, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint32_t i = 0; i < m.n_ids; i++) {
+		uint64_t v = 0;
+		for (int b = 7; b >= 0; b--)
+			v = v << 8 | m.ids[i * 8 + (unsigned)b];
+		ids[i] = v;
+	}
+	if (m.layer >= g->n_layers) {
+		rc = req_error(r, -EINVAL, "layer %u of a %u-layer context", m.layer, g->n_layers);
+		goto out;
+	}
+	uint8_t *dst;
+	struct msg_fetch_rep rep = { .n_ids = m.n_ids, .dest = m.dest, .bytes = bytes };
+	if (m.dest == PROTO_SRC_SHM) {
+		if (!r->arena->base) {
+			rc = req_error(r, -ENXIO, "FETCH to shm, but no arena is attached");
+			goto out;
+		}
+		if (m.shm_length < bytes || !shm_arena_range_ok(r->arena, m.shm_offset, bytes)) {
+			rc = req_error(r, -EFAULT, "FETCH needs %llu bytes at shm offset %llu; the range or the arena is too small",
+				       (unsigned long long)bytes, (unsigned long long)m.shm_offset);
+			goto out;
+		}
+		dst = r->arena->base + m.shm_offset;
+		msg_fetch_rep_encode(&r->out, &rep);
+	} else {
+		if (bytes + 16 > r->d->cfg->max_frame) {
+			rc = req_error(r, -EMSGSIZE, "FETCH reply of %llu bytes is over max-frame; fetch fewer ids or use shm",
+				       (unsigned long long)bytes);
+			goto out;
+		}
+		wbuf_u32(&r->out, rep.n_ids);
+		wbuf_u32(&r->out, rep.dest);
+		wbuf_u64(&r->out, rep.bytes);
+		dst = wbuf_reserve(&r->out, (size_t)bytes);
+		if (!dst) {
+			rc = req_error(r, -ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	rc = kv_ctx_fetch(c, m.layer, ids, m.n_ids, dst);
+	if (rc == -ERANGE)
+		req_error(r, rc, "a token id is past layer %u's %llu tokens", m.layer,
+			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer));
+	else if (rc)
+		req_error(r, rc, "fetch failed: %s", strerror(-rc));
+out:
+	free(ids);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_drop(struct request *r)
+{
+	struct proto_ctxref m;
+	int rc = msg_ctxref_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+		return rc;
+	log_info("store", "uid %u dropped context %llu \"%s\"", (unsigned)r->uid,
+		 (unsigned long long)kv_ctx_id(c), kv_ctx_name(c));
+	store_ctx_drop(r->d->store, c);
+	kv_ctx_put(c);
+	return 0;
+}
+
+static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	struct kv_ctx_info info;
+	kv_ctx_info(c, &info);
+	*rec = (struct proto_ctx_record){
+		.id = kv_ctx_id(c), .name = kv_ctx_name(c),
+		.name_len = (uint16_t)strlen(kv_ctx_name(c)),
+		.geom = { .n_layers = g->n_layers, .n_kv_heads = g->n_kv_heads,
+			  .n_q_heads = g->n_q_heads, .head_dim = g->head_dim, .dtype = g->dtype,
+			  .rope_theta = g->rope_theta },
+		.state = info.sealed ? PROTO_STATE_SEALED : PROTO_STATE_OPEN,
+		.owner_uid = kv_ctx_owner(c), .tokens = info.tokens, .bytes = info.bytes,
+	};
+}
+
+static int h_stat(struct request *r)
+{
+	struct proto_ctxref m;
+	int rc = msg_ctxref_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	if (m.id == 0 && m.name_len == 0) {
+		struct daemon_ctx *d = r->d;
+		struct tier_stats ts;
+		tier_host_ops.stats(d->host, &ts);
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		const char *kern = attn_kernels_best()->name;
+		struct proto_daemon_record rec = {
+			.uptime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - d->start_ms,
+			.connections = atomic_load(&d->connections),
+			.contexts = store_count(d->store),
+			.workers = pool_size(d->pool),
+			.block_tokens = d->cfg->block_tokens,
+			.host_used = ts.used_bytes, .host_budget = ts.budget_bytes,
+			.requests = atomic_load(&d->requests), .errors = atomic_load(&d->errors),
+			.kernels = kern, .kernels_len = (uint16_t)strlen(kern),
+		};
+		wbuf_u32(&r->out, PROTO_STAT_DAEMON);
+		proto_daemon_record_encode(&r->out, &rec);
+		return 0;
+	}
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+		return rc;
+	struct proto_ctx_record rec;
+	ctx_record(c, &rec);
+	wbuf_u32(&r->out, PROTO_STAT_CONTEXT);
+	proto_ctx_record_encode(&r->out, &rec);
+	kv_ctx_put(c);
+	return 0;
+}
+
+struct list_walk {
+	struct request *r;
+	uint32_t offset, max, seen, count;
+	struct wbuf recs;
+};
+
+static void list_one(struct kv_ctx *c, void *arg)
+{
+	struct list_walk *w = arg;
+	if (kv_ctx_owner(c) != w->r->uid)
+		return;
+	uint32_t i = w->seen++;
+	if (i < w->offset || w->count >= w->max)
+		return;
+	struct proto_ctx_record rec;
+	ctx_record(c, &rec);
+	proto_ctx_record_encode(&w->recs, &rec);
+	w->count++;
+}
+
+static int h_list(struct request *r)
+{
+	struct msg_list_req m;
+	int rc = msg_list_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct list_walk w = { .r = r, .offset = m.offset,
+			       .max = m.max && m.max < PROTO_MAX_LIST ? m.max : PROTO_MAX_LIST };
+	wbuf_init(&w.recs);
+	store_foreach(r->d->store, list_one, &w);
+	wbuf_u32(&r->out, w.seen);
+	wbuf_u32(&r->out, w.count);
+	wbuf_put(&r->out, w.recs.data, w.recs.len);
+	rc = w.recs.err;
+	wbuf_free(&w.recs);
+	return rc ? req_error(r, rc, "out of memory") : 0;
+}
+
+static int h_shm_attach(struct request *r)
+{
+	struct msg_shm_attach_req m;
+	int rc = msg_shm_attach_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	if (r->fd < 0)
+		return req_error(r, -EINVAL, "SHM_ATTACH must carry a memfd (SCM_RIGHTS)");
+	struct shm_arena a;
+	int fd = r->fd;
+	r->fd = -1;                         /* adopt takes it, on failure too */
+	rc = shm_arena_adopt(fd, m.size, &a);
+	if (rc)
+		return req_error(r, rc, "cannot use the arena: it must be a memfd of exactly %llu bytes sealed with F_SEAL_SHRINK",
+				 (unsigned long long)m.size);
+	shm_arena_close(r->arena);
+	*r->arena = a;
+	log_debug("ipc", "uid %u attached a %llu-byte arena", (unsigned)r->uid, (unsigned long long)m.size);
+	msg_u64_encode(&r->out, m.size);
+	return 0;
+}
+
+const struct handler handlers[OP_COUNT] = {
+	[OP_HELLO] = { "HELLO", h_hello, true },
+	[OP_CREATE] = { "CREATE", h_create, false },
+	[OP_APPEND] = { "APPEND", h_append, false },
+	[OP_SEAL] = { "SEAL", h_seal, false },
+	[OP_ATTEND] = { "ATTEND", h_attend, false },
+	[OP_FETCH] = { "FETCH", h_fetch, false },
+	[OP_DROP] = { "DROP", h_drop, false },
+	[OP_STAT] = { "STAT", h_stat, false },
+	[OP_LIST] = { "LIST", h_list, false },
+	[OP_SHM_ATTACH] = { "SHM_ATTACH", h_shm_attach, false },
+};

@@ -1,0 +1,218 @@
+/**
+ * @file mnemo.h
+ * @brief libmnemo: the client library of the mnemo KV-cache daemon.
+ *
+ * A client connects to mnemod's Unix socket, creates contexts (a token
+ * sequence's keys and values for every layer and KV head), appends K/V to
+ * them, and asks for attention over them: mnemod returns, per query head, the
+ * partial output o and its log-sum-exp lse, which the client merges with its
+ * own partial over the tokens it keeps (see mnemo_merge()).
+ *
+ * Conventions
+ * - Every function returns 0 on success or a negative errno; the daemon's
+ *   message for the last failure is mnemo_last_error().
+ * - A mnemo_client is not thread-safe: use one per thread (they are cheap).
+ * - Synchronous calls send one request and wait for its reply. To keep
+ *   several requests in flight, use the mnemo_submit_*() calls, which return
+ *   a request id at once, and collect each reply with mnemo_wait_*(). The
+ *   daemon executes one connection's requests in order.
+ * - Tensors are little-endian in the context's dtype (f32, f16 or bf16);
+ *   queries and outputs are always f32.
+ */
+#ifndef MNEMO_H
+#define MNEMO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Element types of stored keys and values. */
+enum mnemo_dtype {
+	MNEMO_F32 = 0,
+	MNEMO_F16 = 1,
+	MNEMO_BF16 = 2,
+};
+
+/** Retrieval policies an ATTEND may ask for. */
+enum mnemo_policy {
+	MNEMO_POLICY_EXACT = 0,   /**< every token of the range */
+};
+
+/** A model's KV shape. */
+struct mnemo_geometry {
+	uint32_t n_layers;
+	uint32_t n_kv_heads;
+	uint32_t n_q_heads;       /**< a multiple of n_kv_heads (GQA) */
+	uint32_t head_dim;
+	enum mnemo_dtype dtype;
+	float rope_theta;         /**< 0 when unknown */
+};
+
+/** What HELLO reports about the daemon. */
+struct mnemo_server_info {
+	uint32_t proto;
+	uint32_t block_tokens;
+	uint32_t max_frame;       /**< largest payload the daemon accepts */
+	uint32_t workers;
+	uint32_t peer_uid;        /**< the uid the daemon sees for this client */
+	uint64_t host_budget;
+	char version[64];
+};
+
+/** One context as STAT and LIST report it. */
+struct mnemo_context_info {
+	uint64_t id;
+	char name[256];
+	struct mnemo_geometry geom;
+	uint32_t sealed;          /**< 0 open, 1 sealed */
+	uint32_t owner_uid;
+	uint64_t tokens;          /**< complete tokens (the shortest layer) */
+	uint64_t bytes;           /**< K/V bytes held */
+};
+
+/** The daemon as STAT reports it. */
+struct mnemo_daemon_info {
+	uint64_t uptime_ms;
+	uint32_t connections, contexts, workers, block_tokens;
+	uint64_t host_used, host_budget, requests, errors;
+	char kernels[32];
+};
+
+/** What an ATTEND did besides its result. */
+struct mnemo_attend_info {
+	uint64_t scanned;         /**< keys whose score was computed */
+	uint64_t loaded;          /**< keys whose value was read */
+	uint64_t compute_ns;      /**< time the daemon spent computing */
+};
+
+typedef struct mnemo_client mnemo_client;
+
+/**
+ * Connect to the daemon.
+ * @param path  socket path, or NULL for the default (MNEMO_SOCKET from the
+ *              environment, else $XDG_RUNTIME_DIR/mnemo/mnemod.sock, else
+ *              var/run/mnemod.sock)
+ * @param out   the new client; release it with mnemo_close()
+ * @return 0, or -errno of socket()/connect() (-ENOENT: no daemon there)
+ */
+int mnemo_connect(const char *path, mnemo_client **out);
+
+/** Close the connection and free the client and its arena. NULL is a no-op. */
+void mnemo_close(mnemo_client *c);
+
+/** The daemon's message for the last failed call; valid until the next call. */
+const char *mnemo_last_error(const mnemo_client *c);
+
+/** The default socket path (static storage, overwritten by the next call). */
+const char *mnemo_default_socket(void);
+
+/** HELLO: check the protocol version and learn the daemon's limits. */
+int mnemo_hello(mnemo_client *c, struct mnemo_server_info *info);
+
+/**
+ * CREATE a context.
+ * @param name  1..255 printable ASCII bytes, unique in the daemon
+ * @param id    receives the context id
+ * @return 0, -EEXIST (name taken), -EINVAL (geometry), -ENOMEM
+ */
+int mnemo_create(mnemo_client *c, const char *name, const struct mnemo_geometry *g,
+		 uint64_t *id);
+
+/**
+ * APPEND tokens [token_begin, token_begin + n_tokens) to layers
+ * [layer_begin, layer_begin + layer_count).
+ * @param data  [layer_count][2][n_kv_heads][n_tokens][head_dim] in the
+ *              context's dtype (keys, then values); len must match exactly.
+ *              If @p data lies inside this client's shared-memory arena (see
+ *              mnemo_shm_attach()) it travels by reference, else inline.
+ * @param context_tokens  if not NULL, receives the context's token count
+ * @return 0, -ERANGE (token_begin is not a layer's length), -ENOMEM (host
+ *         budget), -EROFS (sealed), -EMSGSIZE (inline data over max_frame)
+ */
+int mnemo_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin, uint32_t layer_count,
+		 uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len,
+		 uint64_t *context_tokens);
+
+/** SEAL a context: no more appends; @p tokens receives its length. */
+int mnemo_seal(mnemo_client *c, uint64_t ctx, uint64_t *tokens);
+
+/**
+ * ATTEND: attention of every query head of @p layer over tokens
+ * [token_begin, token_end) (token_end UINT64_MAX: to the end).
+ * @param q    [n_q_heads][head_dim] f32
+ * @param o    receives [n_q_heads][head_dim] f32
+ * @param lse  receives [n_q_heads] f32 (natural log; -INFINITY for an empty range)
+ * @param info if not NULL, receives counters
+ */
+int mnemo_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+		 uint64_t token_begin, uint64_t token_end, const float *q,
+		 float *o, float *lse, struct mnemo_attend_info *info);
+
+/**
+ * FETCH raw K/V of @p n_ids token positions of @p layer.
+ * @param out  receives [2][n_kv_heads][n_ids][head_dim] in the context's
+ *             dtype; @p out_len must be at least that. If @p out lies in the
+ *             arena, the daemon writes it there directly.
+ */
+int mnemo_fetch(mnemo_client *c, uint64_t ctx, uint32_t layer, const uint64_t *ids,
+		uint32_t n_ids, void *out, size_t out_len);
+
+/** DROP a context by id, or by name when @p id is 0. */
+int mnemo_drop(mnemo_client *c, uint64_t id, const char *name);
+
+/** STAT one context by id, or by name when @p id is 0. */
+int mnemo_stat(mnemo_client *c, uint64_t id, const char *name, struct mnemo_context_info *out);
+
+/** STAT the daemon. */
+int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out);
+
+/**
+ * LIST this uid's contexts.
+ * @param out    receives a malloc'ed array the caller frees with free()
+ * @param count  receives its length
+ */
+int mnemo_list(mnemo_client *c, struct mnemo_context_info **out, size_t *count);
+
+/**
+ * Attach a shared-memory arena of @p size bytes to this connection.
+ * @param base  receives the arena's address; it stays valid until
+ *              mnemo_close() or the next attach. Tensors placed in it travel
+ *              without a copy through the socket.
+ */
+int mnemo_shm_attach(mnemo_client *c, size_t size, void **base);
+
+/* ---- several requests in flight ---- */
+
+/** Send an APPEND without waiting; @p req_id receives its id. */
+int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
+			uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
+			const void *data, size_t len, uint64_t *req_id);
+/** Wait for the reply of APPEND @p req_id. */
+int mnemo_wait_append(mnemo_client *c, uint64_t req_id, uint64_t *context_tokens);
+
+/** Send an ATTEND without waiting; the reply is collected by mnemo_wait_attend(). */
+int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+			uint64_t token_begin, uint64_t token_end, const float *q,
+			uint32_t n_floats, uint64_t *req_id);
+int mnemo_wait_attend(mnemo_client *c, uint64_t req_id, float *o, float *lse,
+		      uint32_t n_q_heads, uint32_t head_dim, struct mnemo_attend_info *info);
+
+/* ---- helpers ---- */
+
+/**
+ * Merge partial (o2, lse2) into (o1, lse1) for one query head:
+ * lse = logaddexp(lse1, lse2), o = e^(lse1-lse) o1 + e^(lse2-lse) o2.
+ */
+void mnemo_merge(uint32_t head_dim, float *o1, float *lse1, const float *o2, float lse2);
+
+/** Bytes per element of @p t, 0 if unknown. */
+size_t mnemo_dtype_size(enum mnemo_dtype t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * The request path of ATTEND: split the work by KV head and token range,
+ * run the CPU kernels over the stored blocks, merge the partials.
+ *
+ * Parallelism comes from the caller through struct attend_exec, so this
+ * module runs the same under the daemon's worker pool, a benchmark's threads
+ * or a single-threaded test.
+ */
+#ifndef MNEMO_RETRIEVAL_ATTEND_H
+#define MNEMO_RETRIEVAL_ATTEND_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "store.h"
+
+/** Runs fn(arg, i) for i in [0, n), possibly in parallel, and returns when all are done. */
+struct attend_exec {
+	void (*parallel)(void *pool, unsigned n, void (*fn)(void *arg, unsigned i), void *arg);
+	void *pool;
+	unsigned workers;          /* how many run at once: sets the split */
+};
+
+/** Runs the work inline, one item after another. */
+extern const struct attend_exec attend_exec_serial;
+
+struct attend_request {
+	uint32_t layer;
+	uint64_t token_begin;
+	uint64_t token_end;        /* exclusive; UINT64_MAX: the layer's end */
+	const float *q;            /* [n_q_heads][head_dim], not scaled */
+};
+
+struct attend_result {
+	float *o;                  /* [n_q_heads][head_dim], caller's memory */
+	float *lse;                /* [n_q_heads] */
+	uint64_t scanned;          /* keys scored, summed over KV heads */
+	uint64_t loaded;           /* values read, summed over KV heads */
+};
+
+/**
+ * Exact partial attention of every query head over the token range.
+ * @return 0, -EINVAL (layer), -ERANGE (range past the layer's length),
+ *         -ENOMEM
+ */
+int attend_exact(struct kv_ctx *c, const struct attend_request *req,
+		 struct attend_result *res, const struct attend_exec *ex);
+
+#endif

@@ -1,0 +1,559 @@
+/*
+ * A real mnemod on a temporary socket and data dir, driven through libmnemo
+ * and through a raw socket:
+ * - a context appended in chunks inline and through the shm arena (with
+ *   several requests in flight) answers ATTEND like a double-precision
+ *   softmax computed here, and FETCH returns the bytes that were sent;
+ * - malformed frames get error replies (and a close where the protocol says
+ *   so) while a second client keeps working;
+ * - another uid can neither reach the socket nor, once it can, touch the
+ *   context (root only: it needs setuid);
+ * - SIGTERM answers the request in flight, then exits 0 and removes the socket.
+ * Usage: test_daemon PATH-TO-MNEMOD
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../check.h"
+#include "kernels.h"
+#include "mnemo.h"
+#include "proto.h"
+#include "sock.h"
+
+static char dir[256], sock_path[300];
+static pid_t daemon_pid;
+static uint64_t seed;
+
+enum { L = 2, H = 2, G = 4, D = 64, N = 7000 };
+static float ref_k[L][H][N][D], ref_v[L][H][N][D];
+static uint16_t raw_k[L][H][N][D], raw_v[L][H][N][D];
+
+static void start_daemon(const char *mnemod)
+{
+	snprintf(dir, sizeof(dir), "/tmp/mnemo-itest-XXXXXX");
+	if (!mkdtemp(dir))
+		abort();
+	snprintf(sock_path, sizeof(sock_path), "%s/run/mnemod.sock", dir);
+	char data[300];
+	snprintf(data, sizeof(data), "%s/data", dir);
+	daemon_pid = fork();
+	if (daemon_pid == 0) {
+		execl(mnemod, mnemod, "--socket", sock_path, "--data-dir", data, "--workers", "2",
+		      "--host-mem", "256M", "--log-level", "warn", "--drain-seconds", "20", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 200; i++) {
+		mnemo_client *c;
+		if (mnemo_connect(sock_path, &c) == 0) {
+			mnemo_close(c);
+			return;
+		}
+		usleep(50000);
+	}
+	fprintf(stderr, "mnemod did not come up\n");
+	kill(daemon_pid, SIGKILL);
+	exit(1);
+}
+
+static void make_data(void)
+{
+	for (int l = 0; l < L; l++)
+		for (int h = 0; h < H; h++)
+			for (int t = 0; t < N; t++)
+				for (int j = 0; j < D; j++) {
+					raw_k[l][h][t][j] = kv_f32_to_bf16(1.5f * check_uniform(&seed) + 0.3f);
+					raw_v[l][h][t][j] = kv_f32_to_bf16(check_uniform(&seed));
+					ref_k[l][h][t][j] = kv_bf16_to_f32(raw_k[l][h][t][j]);
+					ref_v[l][h][t][j] = kv_bf16_to_f32(raw_v[l][h][t][j]);
+				}
+}
+
+/* Pack tokens [t0, t0+n) of every layer as APPEND wants them. */
+static size_t pack(uint8_t *dst, int t0, int n)
+{
+	uint8_t *p = dst;
+	for (int l = 0; l < L; l++)
+		for (int kv = 0; kv < 2; kv++)
+			for (int h = 0; h < H; h++) {
+				size_t bytes = (size_t)n * D * 2;
+				memcpy(p, kv ? &raw_v[l][h][t0][0] : &raw_k[l][h][t0][0], bytes);
+				p += bytes;
+			}
+	return (size_t)(p - dst);
+}
+
+static double check_attend(mnemo_client *c, uint64_t ctx, int layer, uint64_t a, uint64_t b)
+{
+	float q[H * G * D], o[H * G * D], lse[H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	struct mnemo_attend_info info;
+	int rc = mnemo_attend(c, ctx, (uint32_t)layer, MNEMO_POLICY_EXACT, a, b, q, o, lse, &info);
+	CHECK(rc == 0, "attend: %s", mnemo_last_error(c));
+	if (rc)
+		return INFINITY;
+	uint64_t end = b == UINT64_MAX ? N : b;
+	CHECK(info.scanned == (end - a) * H, "scanned %llu", (unsigned long long)info.scanned);
+	double worst = 0;
+	for (int hq = 0; hq < H * G; hq++) {
+		int h = hq / G;
+		double mx = -INFINITY, sum = 0, ro[D] = { 0 };
+		double *s = malloc(sizeof(double) * (end - a + 1));
+		for (uint64_t t = a; t < end; t++) {
+			double acc = 0;
+			for (int j = 0; j < D; j++)
+				acc += (double)q[hq * D + j] * ref_k[layer][h][t][j];
+			s[t - a] = acc / sqrt(D);
+			mx = fmax(mx, s[t - a]);
+		}
+		for (uint64_t t = a; t < end; t++) {
+			double p = exp(s[t - a] - mx);
+			sum += p;
+			for (int j = 0; j < D; j++)
+				ro[j] += p * ref_v[layer][h][t][j];
+		}
+		double num = 0, den = 0;
+		for (int j = 0; j < D; j++) {
+			ro[j] /= sum;
+			num += pow(o[hq * D + j] - ro[j], 2);
+			den += ro[j] * ro[j];
+		}
+		worst = fmax(worst, sqrt(num / den));
+		CHECK(fabs(lse[hq] - (mx + log(sum))) < 1e-3, "lse %g vs %g", lse[hq], mx + log(sum));
+		free(s);
+	}
+	CHECK(worst < 2e-3, "attend [%llu,%llu) relative error %g", (unsigned long long)a,
+	      (unsigned long long)end, worst);
+	return worst;
+}
+
+static uint64_t build_context(mnemo_client *c)
+{
+	struct mnemo_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
+				    .dtype = MNEMO_BF16, .rope_theta = 10000.f };
+	uint64_t ctx;
+	CHECK(mnemo_create(c, "itest", &g, &ctx) == 0, "create: %s", mnemo_last_error(c));
+	uint64_t dup;
+	CHECK(mnemo_create(c, "itest", &g, &dup) == -EEXIST, "duplicate name accepted");
+	g.n_q_heads = 7;
+	CHECK(mnemo_create(c, "bad-geom", &g, &dup) == -EINVAL, "bad geometry accepted");
+
+	/* inline, in uneven chunks */
+	uint8_t *buf = malloc((size_t)L * 2 * H * N * D * 2);
+	int t = 0;
+	const int inline_chunks[] = { 1, 63, 700, 1236 };
+	for (int i = 0; i < 4; i++) {
+		size_t len = pack(buf, t, inline_chunks[i]);
+		uint64_t ct;
+		CHECK(mnemo_append(c, ctx, 0, L, (uint64_t)t, (uint32_t)inline_chunks[i], buf, len, &ct) == 0,
+		      "inline append: %s", mnemo_last_error(c));
+		t += inline_chunks[i];
+		CHECK(ct == (uint64_t)t, "context tokens %llu != %d", (unsigned long long)ct, t);
+	}
+	free(buf);
+
+	/* through the arena, four requests in flight at once */
+	void *base;
+	CHECK(mnemo_shm_attach(c, 16 << 20, &base) == 0, "shm attach: %s", mnemo_last_error(c));
+	uint8_t *arena = base;
+	uint64_t ids[4];
+	size_t off = 0;
+	const int shm_chunks[] = { 1000, 1000, 999, N - 3000 - 999 - 2000 + 1000 };
+	int sum = 0;
+	for (int i = 0; i < 4; i++)
+		sum += shm_chunks[i];
+	CHECK(t + sum == N, "test chunking adds up");
+	for (int i = 0; i < 4; i++) {
+		size_t len = pack(arena + off, t, shm_chunks[i]);
+		CHECK(mnemo_submit_append(c, ctx, 0, L, (uint64_t)t, (uint32_t)shm_chunks[i], arena + off, len,
+					  &ids[i]) == 0, "submit");
+		off += len;
+		t += shm_chunks[i];
+	}
+	for (int i = 3; i >= 0; i--) {   /* collected out of order on purpose */
+		uint64_t ct;
+		CHECK(mnemo_wait_append(c, ids[i], &ct) == 0, "shm append %d: %s", i, mnemo_last_error(c));
+	}
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, 0, "itest", &ci) == 0 && ci.tokens == N && !ci.sealed, "stat tokens");
+	uint64_t sealed;
+	CHECK(mnemo_seal(c, ctx, &sealed) == 0 && sealed == N, "seal");
+	return ctx;
+}
+
+static void check_fetch(mnemo_client *c, uint64_t ctx)
+{
+	uint64_t ids[] = { 0, 1, 63, 64, 3000, N - 1, 1234 };
+	const int n = 7;
+	size_t bytes = 2ull * H * n * D * 2;
+	uint16_t *got = malloc(bytes);
+	for (int layer = 0; layer < L; layer++) {
+		CHECK(mnemo_fetch(c, ctx, (uint32_t)layer, ids, n, got, bytes) == 0, "fetch: %s", mnemo_last_error(c));
+		int bad = 0;
+		for (int kv = 0; kv < 2; kv++)
+			for (int h = 0; h < H; h++)
+				for (int i = 0; i < n; i++)
+					bad += memcmp(&got[((kv * H + h) * n + i) * D],
+						      kv ? raw_v[layer][h][ids[i]] : raw_k[layer][h][ids[i]], D * 2) != 0;
+		CHECK(bad == 0, "fetched bytes differ in %d rows", bad);
+	}
+	uint64_t past = N;
+	CHECK(mnemo_fetch(c, ctx, 0, &past, 1, got, bytes) == -ERANGE, "fetch past the end");
+	free(got);
+}
+
+/* ---- raw frames ---- */
+
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	strcpy(sa.sun_path, sock_path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -errno;
+	}
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void raw_send(int fd, uint32_t magic, uint16_t version, uint16_t op, uint64_t id,
+		     uint32_t length, const void *payload, size_t n)
+{
+	struct proto_header h = { .magic = magic, .version = version, .opcode = op, .req_id = id,
+				  .length = length };
+	uint8_t hdr[PROTO_HEADER_SIZE];
+	proto_header_encode(hdr, &h);
+	if (send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) < 0 || (n && send(fd, payload, n, MSG_NOSIGNAL) < 0))
+		perror("raw send");
+}
+
+/* Read one reply; returns its status, or 1 when the connection closed first. */
+static int raw_reply(int fd, uint64_t *id, char *msg, size_t cap)
+{
+	uint8_t hdr[PROTO_HEADER_SIZE];
+	size_t have = 0;
+	while (have < sizeof(hdr)) {
+		ssize_t r = recv(fd, hdr + have, sizeof(hdr) - have, 0);
+		if (r <= 0)
+			return 1;
+		have += (size_t)r;
+	}
+	struct proto_header h;
+	proto_header_decode(hdr, &h);
+	uint8_t *p = malloc(h.length + 1);
+	have = 0;
+	while (have < h.length) {
+		ssize_t r = recv(fd, p + have, h.length - have, 0);
+		if (r <= 0) {
+			free(p);
+			return 1;
+		}
+		have += (size_t)r;
+	}
+	if (id)
+		*id = h.req_id;
+	if (msg && h.status < 0) {
+		const char *m;
+		uint16_t n;
+		if (msg_error_decode(p, h.length, &m, &n) == 0)
+			snprintf(msg, cap, "%.*s", (int)n, m);
+	}
+	free(p);
+	return h.status;
+}
+
+static bool raw_closed(int fd)
+{
+	char b;
+	return recv(fd, &b, 1, 0) == 0;
+}
+
+static void check_malformed(mnemo_client *good, uint64_t ctx)
+{
+	char msg[300] = "";
+	uint64_t id;
+	int fd, rc;
+
+	/* wrong magic: error reply, then close */
+	fd = raw_connect();
+	raw_send(fd, 0x12345678, 1, OP_HELLO, 77, 8, "\1\0\0\0\0\0\0\0", 8);
+	rc = raw_reply(fd, &id, msg, sizeof(msg));
+	CHECK(rc == -EBADMSG && id == 77, "bad magic: status %d id %llu", rc, (unsigned long long)id);
+	CHECK(raw_closed(fd), "bad magic: connection left open");
+	close(fd);
+
+	/* wrong version */
+	fd = raw_connect();
+	raw_send(fd, PROTO_MAGIC, 9, OP_HELLO, 78, 8, "\1\0\0\0\0\0\0\0", 8);
+	CHECK(raw_reply(fd, NULL, msg, sizeof(msg)) == -EPROTONOSUPPORT, "bad version");
+	CHECK(raw_closed(fd), "bad version: open");
+	close(fd);
+
+	/* a length over max-frame: refused before any allocation */
+	fd = raw_connect();
+	raw_send(fd, PROTO_MAGIC, 1, OP_APPEND, 79, 0xfffffff0u, NULL, 0);
+	CHECK(raw_reply(fd, NULL, msg, sizeof(msg)) == -EMSGSIZE, "oversized: %s", msg);
+	CHECK(raw_closed(fd), "oversized: open");
+	close(fd);
+
+	/* unknown opcode */
+	fd = raw_connect();
+	raw_send(fd, PROTO_MAGIC, 1, 999, 80, 0, NULL, 0);
+	CHECK(raw_reply(fd, NULL, msg, sizeof(msg)) == -EBADRQC, "unknown opcode");
+	CHECK(raw_closed(fd), "unknown opcode: open");
+	close(fd);
+
+	/* a truncated payload: CREATE of 5 bytes */
+	fd = raw_connect();
+	raw_send(fd, PROTO_MAGIC, 1, OP_CREATE, 81, 5, "\3\0abc", 5);
+	CHECK(raw_reply(fd, NULL, msg, sizeof(msg)) == -EPROTO, "short CREATE");
+	CHECK(raw_closed(fd), "short CREATE: open");
+	close(fd);
+
+	/* requests pipelined before a bad frame are answered first, in order */
+	fd = raw_connect();
+	uint8_t hello[8] = { 1 };
+	raw_send(fd, PROTO_MAGIC, 1, OP_HELLO, 1, 8, hello, 8);
+	raw_send(fd, PROTO_MAGIC, 1, OP_HELLO, 2, 8, hello, 8);
+	raw_send(fd, PROTO_MAGIC, 1, OP_HELLO, 3, 0xfffffff0u, NULL, 0);
+	CHECK(raw_reply(fd, &id, NULL, 0) == 0 && id == 1, "pipelined 1");
+	CHECK(raw_reply(fd, &id, NULL, 0) == 0 && id == 2, "pipelined 2");
+	CHECK(raw_reply(fd, &id, NULL, 0) == -EMSGSIZE && id == 3, "pipelined bad 3");
+	close(fd);
+
+	/* a peer that leaves mid-frame */
+	fd = raw_connect();
+	send(fd, "MNMO\1\0", 6, MSG_NOSIGNAL);
+	close(fd);
+	fd = raw_connect();
+	raw_send(fd, PROTO_MAGIC, 1, OP_ATTEND, 82, 4000, "xxxx", 4);
+	close(fd);
+
+	/* an fd with a frame other than SHM_ATTACH */
+	fd = raw_connect();
+	{
+		int pass = memfd_create("x", MFD_CLOEXEC);
+		struct proto_header h = { .magic = PROTO_MAGIC, .version = 1, .opcode = OP_HELLO,
+					  .req_id = 83, .length = 8 };
+		uint8_t fr[PROTO_HEADER_SIZE + 8] = { 0 };
+		proto_header_encode(fr, &h);
+		fr[PROTO_HEADER_SIZE] = 1;
+		union { struct cmsghdr c; char b[CMSG_SPACE(sizeof(int))]; } ctl = { 0 };
+		struct iovec iov = { fr, sizeof(fr) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &pass, sizeof(int));
+		sendmsg(fd, &mh, MSG_NOSIGNAL);
+		/* and another frame after it, which must not be run */
+		raw_send(fd, PROTO_MAGIC, 1, OP_HELLO, 84, 8, hello, 8);
+		close(pass);
+		rc = raw_reply(fd, &id, msg, sizeof(msg));
+		CHECK(rc == 0 && id == 83, "frame carrying the fd is answered (%d)", rc);
+		rc = raw_reply(fd, &id, msg, sizeof(msg));
+		CHECK(rc == -EBADMSG, "fd with HELLO: status %d", rc);
+		CHECK(raw_closed(fd), "fd with HELLO: open");
+	}
+	close(fd);
+
+	/* refusals that keep the connection */
+	mnemo_client *c;
+	CHECK(mnemo_connect(sock_path, &c) == 0, "connect");
+	float q[H * G * D] = { 0 }, o[H * G * D], lse[H * G];
+	CHECK(mnemo_attend(c, 9999, 0, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) == -ENOENT,
+	      "unknown context");
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, N + 1, q, o, lse, NULL) == -ERANGE,
+	      "range past the end: %s", mnemo_last_error(c));
+	CHECK(mnemo_attend(c, ctx, 5, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) == -EINVAL, "bad layer");
+	CHECK(mnemo_attend(c, ctx, 0, (enum mnemo_policy)77, 0, 10, q, o, lse, NULL) == -EINVAL, "bad policy");
+	uint64_t rid;
+	CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 10, q, H * D, &rid) == 0 &&
+	      mnemo_wait_attend(c, rid, o, lse, H * G, D, NULL) == -EINVAL, "q of the wrong size");
+	void *base;
+	CHECK(mnemo_shm_attach(c, 1 << 20, &base) == 0, "attach");
+	{
+		/* an arena range past its end */
+		int rfd = raw_connect();
+		struct shm_arena a;
+		shm_arena_create(4096, &a);
+		struct wbuf b;
+		wbuf_init(&b);
+		msg_shm_attach_req_encode(&b, &(struct msg_shm_attach_req){ .size = 4096 });
+		struct proto_header h = { .magic = PROTO_MAGIC, .version = 1, .opcode = OP_SHM_ATTACH,
+					  .req_id = 90, .length = (uint32_t)b.len };
+		uint8_t fr[PROTO_HEADER_SIZE + 8];
+		proto_header_encode(fr, &h);
+		memcpy(fr + PROTO_HEADER_SIZE, b.data, 8);
+		sock_send_all(rfd, fr, sizeof(fr), a.fd);
+		CHECK(raw_reply(rfd, NULL, msg, sizeof(msg)) == 0, "raw attach: %s", msg);
+		wbuf_free(&b);
+		wbuf_init(&b);
+		struct msg_append_req m = { .ctx = ctx, .layer_begin = 0, .layer_count = 1, .token_begin = N,
+					    .n_tokens = 1, .source = PROTO_SRC_SHM, .shm_offset = 4000,
+					    .shm_length = 512 };
+		msg_append_req_encode(&b, &m);
+		raw_send(rfd, PROTO_MAGIC, 1, OP_APPEND, 91, (uint32_t)b.len, b.data, b.len);
+		CHECK(raw_reply(rfd, NULL, msg, sizeof(msg)) == -EFAULT, "arena range past the end");
+		/* the connection stays: a HELLO still works */
+		raw_send(rfd, PROTO_MAGIC, 1, OP_HELLO, 92, 8, hello, 8);
+		CHECK(raw_reply(rfd, &id, NULL, 0) == 0 && id == 92, "connection kept after EFAULT");
+		wbuf_free(&b);
+		shm_arena_close(&a);
+		close(rfd);
+	}
+	mnemo_close(c);
+
+	/* the good client never noticed */
+	CHECK(mnemo_hello(good, NULL) == 0, "good client after the bad ones");
+	check_attend(good, ctx, 1, 10, 600);
+}
+
+static void check_other_uid(uint64_t ctx)
+{
+	if (geteuid() != 0) {
+		printf("SKIP other-uid checks: not root, cannot setuid\n");
+		return;
+	}
+	/* 1. with the default modes another uid cannot even reach the socket */
+	pid_t p = fork();
+	if (p == 0) {
+		if (setgid(65534) || setuid(65534))
+			_exit(3);
+		mnemo_client *c;
+		int rc = mnemo_connect(sock_path, &c);
+		_exit(rc == -EACCES ? 0 : 1);
+	}
+	int st;
+	waitpid(p, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other uid reached a 0600 socket (%d)", WEXITSTATUS(st));
+
+	/* 2. opened up, the daemon itself refuses the other uid's requests */
+	char run[300];
+	snprintf(run, sizeof(run), "%s/run", dir);
+	chmod(dir, 0755);
+	chmod(run, 0755);
+	chmod(sock_path, 0666);
+	p = fork();
+	if (p == 0) {
+		if (setgid(65534) || setuid(65534))
+			_exit(3);
+		mnemo_client *c;
+		if (mnemo_connect(sock_path, &c))
+			_exit(4);
+		int fails = 0;
+		struct mnemo_context_info ci;
+		float q[H * G * D] = { 0 }, o[H * G * D], lse[H * G];
+		uint64_t ids[1] = { 0 };
+		uint8_t out[2 * H * D * 2];
+		fails += mnemo_stat(c, ctx, NULL, &ci) != -EACCES;
+		fails += mnemo_stat(c, 0, "itest", &ci) != -EACCES;
+		fails += mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) != -EACCES;
+		fails += mnemo_fetch(c, ctx, 0, ids, 1, out, sizeof(out)) != -EACCES;
+		fails += mnemo_drop(c, ctx, NULL) != -EACCES;
+		fails += mnemo_drop(c, 0, "itest") != -EACCES;
+		uint64_t tok;
+		fails += mnemo_seal(c, ctx, &tok) != -EACCES;
+		uint8_t data[2 * 2 * H * D * 2] = { 0 };
+		uint64_t ct;
+		fails += mnemo_append(c, ctx, 0, L, N, 1, data, sizeof(data), &ct) != -EACCES;
+		struct mnemo_context_info *list;
+		size_t n;
+		fails += mnemo_list(c, &list, &n) != 0 || n != 0;
+		/* its own context works */
+		struct mnemo_geometry g = { 1, 1, 1, 8, MNEMO_F32, 0 };
+		uint64_t mine;
+		fails += mnemo_create(c, "nobodys", &g, &mine) != 0;
+		fails += mnemo_drop(c, mine, NULL) != 0;
+		mnemo_close(c);
+		_exit(fails);
+	}
+	waitpid(p, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other uid: %d checks failed", WEXITSTATUS(st));
+	chmod(sock_path, 0600);
+}
+
+static void check_sigterm(mnemo_client *c, uint64_t ctx)
+{
+	/* a request in flight when SIGTERM comes is still answered */
+	float q[H * G * D], o[H * G * D], lse[H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	uint64_t ids[8];
+	for (int i = 0; i < 8; i++)
+		CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, H * G * D, &ids[i]) == 0,
+		      "submit before SIGTERM");
+	kill(daemon_pid, SIGTERM);
+	for (int i = 0; i < 8; i++)
+		CHECK(mnemo_wait_attend(c, ids[i], o, lse, H * G, D, NULL) == 0, "in-flight %d lost: %s", i,
+		      mnemo_last_error(c));
+	int st;
+	waitpid(daemon_pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mnemod exit status %d", WEXITSTATUS(st));
+	CHECK(access(sock_path, F_OK) != 0, "socket file left behind");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: test_daemon PATH-TO-MNEMOD\n");
+		return 2;
+	}
+	seed = check_seed();
+	make_data();
+	start_daemon(argv[1]);
+
+	mnemo_client *c;
+	CHECK(mnemo_connect(sock_path, &c) == 0, "connect");
+	struct mnemo_server_info si;
+	CHECK(mnemo_hello(c, &si) == 0 && si.proto == 1 && si.workers == 2 && si.peer_uid == geteuid(),
+	      "hello");
+	uint64_t ctx = build_context(c);
+	for (int layer = 0; layer < L; layer++) {
+		check_attend(c, ctx, layer, 0, UINT64_MAX);
+		check_attend(c, ctx, layer, 1, 2);
+		check_attend(c, ctx, layer, 100, 6543);
+	}
+	check_fetch(c, ctx);
+	{
+		struct mnemo_context_info *list;
+		size_t n;
+		CHECK(mnemo_list(c, &list, &n) == 0 && n == 1 && list[0].tokens == N && list[0].sealed &&
+		      !strcmp(list[0].name, "itest") && list[0].geom.head_dim == D, "list");
+		if (!mnemo_list(c, &list, &n))
+			free(list);
+		struct mnemo_daemon_info di;
+		CHECK(mnemo_stat_daemon(c, &di) == 0 && di.contexts == 1 && di.host_used > 0 && di.workers == 2,
+		      "daemon stat");
+	}
+	check_malformed(c, ctx);
+	check_other_uid(ctx);
+	{
+		/* drop frees the memory, and the id is gone */
+		struct mnemo_geometry g = { 1, 1, 1, 16, MNEMO_F32, 0 };
+		uint64_t tmp;
+		CHECK(mnemo_create(c, "tmp", &g, &tmp) == 0, "create tmp");
+		uint8_t data[2 * 16 * 4 * 10] = { 0 };
+		CHECK(mnemo_append(c, tmp, 0, 1, 0, 10, data, sizeof(data), NULL) == 0, "append tmp");
+		CHECK(mnemo_drop(c, 0, "tmp") == 0, "drop tmp");
+		struct mnemo_context_info ci;
+		CHECK(mnemo_stat(c, tmp, NULL, &ci) == -ENOENT, "dropped context still there");
+	}
+	check_sigterm(c, ctx);
+	mnemo_close(c);
+	return check_exit();
+}

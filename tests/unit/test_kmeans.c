@@ -1,0 +1,73 @@
+/*
+ * k-means through the FAISS C API (the build's FAISS wiring, end to end):
+ * on points drawn around well-separated centres, every centre is recovered
+ * by some centroid and every centroid is the mean of the points nearest to
+ * it (Lloyd's fixed point), computed here independently; bad sizes are
+ * refused.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "../check.h"
+#include "index.h"
+
+enum { D = 8, K = 6, PER = 300, N = K * PER };
+
+int main(void)
+{
+	uint64_t seed = check_seed();
+	static float x[N * D], centres[K * D], cent[K * D];
+	for (int i = 0; i < K * D; i++)
+		centres[i] = 20.0f * check_uniform(&seed);
+	for (int i = 0; i < N; i++)
+		for (int j = 0; j < D; j++)
+			x[i * D + j] = centres[(i % K) * D + j] + 0.3f * check_uniform(&seed);
+
+	int rc = index_kmeans(x, N, D, K, 25, (uint32_t)seed, cent);
+	CHECK(rc == 0, "kmeans: %d %s", rc, index_faiss_last_error());
+
+	/* each true centre has a centroid within the noise radius */
+	for (int c = 0; c < K; c++) {
+		double best = INFINITY;
+		for (int k = 0; k < K; k++) {
+			double s = 0;
+			for (int j = 0; j < D; j++)
+				s += pow(centres[c * D + j] - cent[k * D + j], 2);
+			if (s < best)
+				best = s;
+		}
+		CHECK(sqrt(best) < 0.5, "centre %d missed by %.3f", c, sqrt(best));
+	}
+	/* Lloyd fixed point: a centroid is the mean of its points */
+	double sum[K][D] = { { 0 } };
+	int cnt[K] = { 0 };
+	for (int i = 0; i < N; i++) {
+		int arg = 0;
+		double best = INFINITY;
+		for (int k = 0; k < K; k++) {
+			double s = 0;
+			for (int j = 0; j < D; j++)
+				s += pow(x[i * D + j] - cent[k * D + j], 2);
+			if (s < best) {
+				best = s;
+				arg = k;
+			}
+		}
+		cnt[arg]++;
+		for (int j = 0; j < D; j++)
+			sum[arg][j] += x[i * D + j];
+	}
+	for (int k = 0; k < K; k++) {
+		CHECK(cnt[k] > 0, "empty cluster %d", k);
+		for (int j = 0; j < D && cnt[k]; j++)
+			CHECK(fabs(sum[k][j] / cnt[k] - cent[k * D + j]) < 1e-3, "centroid %d not its mean", k);
+	}
+
+	CHECK(index_kmeans(x, 3, D, 4, 5, 1, cent) == -EINVAL, "k > n accepted");
+	CHECK(index_kmeans(x, N, 0, 4, 5, 1, cent) == -EINVAL, "d = 0 accepted");
+	CHECK(index_ops_get(0) && !strcmp(index_ops_get(0)->name, "exact"), "policy 0 is exact");
+	CHECK(index_ops_get(999) == NULL, "unknown policy");
+	CHECK(index_ops_by_name("exact") == index_ops_get(0), "by name");
+	return check_exit();
+}

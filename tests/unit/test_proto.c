@@ -1,0 +1,385 @@
+#define _GNU_SOURCE
+/*
+ * The wire codec: every message round-trips, every decoder refuses every
+ * truncation and trailing garbage, counts over their limits are refused, and
+ * the header rules hold. The encoded bytes are also checked against a
+ * hand-written little-endian layout, so encoder and decoder cannot agree on
+ * a wrong format.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "../check.h"
+#include "proto.h"
+#include "sock.h"
+
+typedef int (*decode_fn)(const void *p, size_t n, void *m);
+
+/* Every strict prefix must be refused, and so must one extra byte. */
+static void check_strict(const char *what, const struct wbuf *b, decode_fn dec, void *scratch,
+			 int allow_prefix_from)
+{
+	for (size_t n = 0; n < b->len; n++) {
+		if (allow_prefix_from >= 0 && (int)n >= allow_prefix_from)
+			break;
+		CHECK(dec(b->data, n, scratch) != 0, "%s: prefix of %zu/%zu bytes accepted", what, n, b->len);
+	}
+	uint8_t *more = malloc(b->len + 1);
+	memcpy(more, b->data, b->len);
+	more[b->len] = 0x5a;
+	if (allow_prefix_from < 0)
+		CHECK(dec(more, b->len + 1, scratch) != 0, "%s: trailing byte accepted", what);
+	free(more);
+}
+
+static void test_header(void)
+{
+	struct proto_header h = { .magic = PROTO_MAGIC, .version = 1, .opcode = OP_ATTEND,
+				  .flags = 0, .status = 0, .req_id = 0x1122334455667788ull,
+				  .length = 4096, .reserved = 0 };
+	uint8_t b[PROTO_HEADER_SIZE];
+	proto_header_encode(b, &h);
+	static const uint8_t want[PROTO_HEADER_SIZE] = {
+		'M', 'N', 'M', 'O', 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0, 0x10, 0, 0, 0, 0, 0, 0,
+	};
+	CHECK(!memcmp(b, want, sizeof(want)), "header bytes differ from the documented layout");
+	struct proto_header d;
+	proto_header_decode(b, &d);
+	CHECK(!memcmp(&d, &h, sizeof(h)), "header round trip");
+	CHECK(proto_header_check(&d, 1 << 20, false) == 0, "valid request header refused");
+	CHECK(proto_header_check(&d, 1 << 20, true) == -EBADMSG, "request taken for a reply");
+
+	struct proto_header x = h;
+	x.magic ^= 1;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EBADMSG, "bad magic");
+	x = h;
+	x.version = 2;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EPROTONOSUPPORT, "bad version");
+	x = h;
+	x.length = (1 << 20) + 1;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EMSGSIZE, "oversized");
+	x = h;
+	x.reserved = 1;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EBADMSG, "reserved");
+	x = h;
+	x.flags = 4;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EBADMSG, "unknown flag");
+	x = h;
+	x.status = -5;
+	CHECK(proto_header_check(&x, 1 << 20, false) == -EBADMSG, "status on a request");
+	x = h;
+	x.flags = PROTO_FLAG_REPLY;
+	x.status = -ENOENT;
+	CHECK(proto_header_check(&x, 1 << 20, true) == 0, "error reply refused");
+}
+
+static void test_create(void)
+{
+	struct msg_create_req m = {
+		.name = "ctx-1", .name_len = 5,
+		.geom = { .n_layers = 32, .n_kv_heads = 8, .n_q_heads = 32, .head_dim = 128,
+			  .dtype = 2, .rope_theta = 500000.0f },
+	}, d;
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_create_req_encode(&b, &m);
+	CHECK(b.len == 2 + 5 + 28, "create size %zu", b.len);
+	CHECK(b.data[0] == 5 && b.data[1] == 0 && !memcmp(b.data + 2, "ctx-1", 5), "name bytes");
+	CHECK(b.data[7] == 32 && b.data[11] == 8, "geometry bytes");
+	CHECK(msg_create_req_decode(b.data, b.len, &d) == 0, "decode");
+	CHECK(d.name_len == 5 && !memcmp(d.name, "ctx-1", 5), "name");
+	CHECK(!memcmp(&d.geom, &m.geom, sizeof(m.geom)), "geometry");
+	check_strict("create", &b, (decode_fn)msg_create_req_decode, &d, -1);
+	wbuf_free(&b);
+
+	/* names: empty, control characters and overlong are refused */
+	const char *bad[] = { "", "a b", "x\n" };
+	for (size_t i = 0; i < 3; i++) {
+		struct msg_create_req e = m;
+		e.name = bad[i];
+		e.name_len = (uint16_t)strlen(bad[i]);
+		wbuf_init(&b);
+		msg_create_req_encode(&b, &e);
+		CHECK(msg_create_req_decode(b.data, b.len, &d) != 0, "bad name %zu accepted", i);
+		wbuf_free(&b);
+	}
+	char longname[300];
+	memset(longname, 'n', sizeof(longname));
+	struct msg_create_req e = m;
+	e.name = longname;
+	e.name_len = 256;
+	wbuf_init(&b);
+	msg_create_req_encode(&b, &e);
+	CHECK(msg_create_req_decode(b.data, b.len, &d) == -EMSGSIZE, "256-byte name accepted");
+	wbuf_free(&b);
+
+	const char *why;
+	struct proto_geometry g = m.geom;
+	CHECK(proto_geometry_check(&g, &why) == 0, "valid geometry refused");
+	g.n_q_heads = 33;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "q not a multiple of kv");
+	g = m.geom;
+	g.dtype = 3;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "dtype 3");
+	g = m.geom;
+	g.head_dim = 0;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "head_dim 0");
+	g = m.geom;
+	g.n_layers = 1025;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "1025 layers");
+	g = m.geom;
+	g.n_kv_heads = 1;
+	g.n_q_heads = 65;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "group of 65");
+	g = m.geom;
+	g.rope_theta = NAN;
+	CHECK(proto_geometry_check(&g, &why) == -EINVAL, "NaN rope");
+}
+
+static void test_append(void)
+{
+	uint8_t data[96];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7);
+	struct msg_append_req m = { .ctx = 9, .layer_begin = 2, .layer_count = 3, .token_begin = 1000,
+				    .n_tokens = 4, .source = PROTO_SRC_INLINE, .data = data,
+				    .data_len = sizeof(data) }, d;
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_append_req_encode(&b, &m);
+	CHECK(b.len == 48 + sizeof(data), "append size");
+	CHECK(msg_append_req_decode(b.data, b.len, &d) == 0, "decode");
+	CHECK(d.ctx == 9 && d.layer_begin == 2 && d.layer_count == 3 && d.token_begin == 1000 &&
+	      d.n_tokens == 4 && d.data_len == sizeof(data) && !memcmp(d.data, data, sizeof(data)),
+	      "fields");
+	/* an inline payload takes whatever follows the fixed part: only short fixed parts fail */
+	check_strict("append", &b, (decode_fn)msg_append_req_decode, &d, 48);
+	wbuf_free(&b);
+
+	m.source = PROTO_SRC_SHM;
+	m.shm_offset = 4096;
+	m.shm_length = 1 << 20;
+	wbuf_init(&b);
+	msg_append_req_encode(&b, &m);
+	CHECK(b.len == 48, "shm append carries no data");
+	CHECK(msg_append_req_decode(b.data, b.len, &d) == 0 && d.shm_offset == 4096 &&
+	      d.shm_length == (1 << 20), "shm fields");
+	check_strict("append-shm", &b, (decode_fn)msg_append_req_decode, &d, -1);
+	b.data[36] = 7;     /* source = 7 */
+	CHECK(msg_append_req_decode(b.data, b.len, &d) != 0, "unknown source accepted");
+	wbuf_free(&b);
+
+	m.source = PROTO_SRC_SHM;
+	m.layer_count = 0;
+	wbuf_init(&b);
+	msg_append_req_encode(&b, &m);
+	CHECK(msg_append_req_decode(b.data, b.len, &d) != 0, "layer_count 0 accepted");
+	wbuf_free(&b);
+
+	struct msg_append_rep r = { .layer_tokens = 77, .context_tokens = 70 }, rd;
+	wbuf_init(&b);
+	msg_append_rep_encode(&b, &r);
+	CHECK(msg_append_rep_decode(b.data, b.len, &rd) == 0 && rd.layer_tokens == 77 &&
+	      rd.context_tokens == 70, "append reply");
+	check_strict("append-rep", &b, (decode_fn)msg_append_rep_decode, &rd, -1);
+	wbuf_free(&b);
+}
+
+static void test_attend(void)
+{
+	float q[3 * 4];
+	for (int i = 0; i < 12; i++)
+		q[i] = (float)i * 0.5f - 1.0f;
+	struct msg_attend_req m = { .ctx = 3, .layer = 1, .policy = 0, .token_begin = 10,
+				    .token_end = UINT64_MAX, .budget = 0, .flags = 0,
+				    .q = (const uint8_t *)q, .q_len = sizeof(q) }, d;
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_attend_req_encode(&b, &m);
+	CHECK(msg_attend_req_decode(b.data, b.len, &d) == 0, "decode");
+	float back[12];
+	proto_f32_from_wire(back, d.q, 12);
+	CHECK(d.ctx == 3 && d.layer == 1 && d.token_begin == 10 && d.token_end == UINT64_MAX &&
+	      d.q_len == sizeof(q) && !memcmp(back, q, sizeof(q)), "fields");
+	/* the fixed part is 40 bytes; q must be a non-empty multiple of 4 */
+	check_strict("attend", &b, (decode_fn)msg_attend_req_decode, &d, 41);
+	CHECK(msg_attend_req_decode(b.data, 40, &d) != 0, "no queries accepted");
+	CHECK(msg_attend_req_decode(b.data, 43, &d) != 0, "3 bytes of queries accepted");
+	wbuf_free(&b);
+
+	float o[12], lse[3] = { 1.5f, -INFINITY, 42.0f };
+	for (int i = 0; i < 12; i++)
+		o[i] = (float)i / 3.0f;
+	struct msg_attend_rep r = { .n_q_heads = 3, .head_dim = 4, .scanned = 100, .loaded = 50,
+				    .compute_ns = 12345, .o = o, .lse = lse }, rd;
+	wbuf_init(&b);
+	msg_attend_rep_encode(&b, &r);
+	CHECK(msg_attend_rep_decode(b.data, b.len, &rd) == 0, "reply decode");
+	float o2[12], l2[3];
+	proto_f32_from_wire(o2, rd.o, 12);
+	proto_f32_from_wire(l2, rd.lse, 3);
+	CHECK(rd.scanned == 100 && rd.loaded == 50 && rd.compute_ns == 12345 &&
+	      !memcmp(o2, o, sizeof(o)) && l2[0] == 1.5f && l2[1] == -INFINITY && l2[2] == 42.0f,
+	      "reply fields");
+	check_strict("attend-rep", &b, (decode_fn)msg_attend_rep_decode, &rd, -1);
+	/* an n_q_heads over the limit must be refused before any size math */
+	b.data[0] = 0xff;
+	b.data[1] = 0xff;
+	CHECK(msg_attend_rep_decode(b.data, b.len, &rd) != 0, "huge n_q_heads accepted");
+	wbuf_free(&b);
+}
+
+static void test_fetch(void)
+{
+	uint64_t ids[5] = { 0, 1, 63, 64, 1u << 30 };
+	struct msg_fetch_req m = { .ctx = 5, .layer = 7, .n_ids = 5, .dest = PROTO_SRC_INLINE,
+				   .ids = (const uint8_t *)ids }, d;
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_fetch_req_encode(&b, &m);
+	CHECK(msg_fetch_req_decode(b.data, b.len, &d) == 0 && d.n_ids == 5 &&
+	      !memcmp(d.ids, ids, sizeof(ids)), "fetch round trip");
+	check_strict("fetch", &b, (decode_fn)msg_fetch_req_decode, &d, -1);
+	/* n_ids over the limit: refused without reading that many */
+	uint32_t big = PROTO_MAX_FETCH_IDS + 1;
+	memcpy(b.data + 12, &big, 4);
+	CHECK(msg_fetch_req_decode(b.data, b.len, &d) == -EMSGSIZE, "too many ids");
+	uint32_t zero = 0;
+	memcpy(b.data + 12, &zero, 4);
+	CHECK(msg_fetch_req_decode(b.data, b.len, &d) != 0, "zero ids");
+	wbuf_free(&b);
+
+	uint8_t data[40];
+	memset(data, 0xab, sizeof(data));
+	struct msg_fetch_rep r = { .n_ids = 5, .dest = PROTO_SRC_INLINE, .bytes = 40, .data = data }, rd;
+	wbuf_init(&b);
+	msg_fetch_rep_encode(&b, &r);
+	CHECK(msg_fetch_rep_decode(b.data, b.len, &rd) == 0 && rd.bytes == 40 &&
+	      !memcmp(rd.data, data, 40), "fetch reply");
+	check_strict("fetch-rep", &b, (decode_fn)msg_fetch_rep_decode, &rd, -1);
+	wbuf_free(&b);
+}
+
+static void test_small(void)
+{
+	struct wbuf b;
+	struct proto_ctxref r = { .id = 0, .name = "abc", .name_len = 3 }, rd;
+	wbuf_init(&b);
+	msg_ctxref_encode(&b, &r);
+	CHECK(msg_ctxref_decode(b.data, b.len, &rd) == 0 && rd.name_len == 3 &&
+	      !memcmp(rd.name, "abc", 3), "ctxref");
+	check_strict("ctxref", &b, (decode_fn)msg_ctxref_decode, &rd, -1);
+	wbuf_free(&b);
+
+	struct msg_hello_req h = { .proto = 1 }, hd;
+	wbuf_init(&b);
+	msg_hello_req_encode(&b, &h);
+	CHECK(msg_hello_req_decode(b.data, b.len, &hd) == 0 && hd.proto == 1, "hello");
+	check_strict("hello", &b, (decode_fn)msg_hello_req_decode, &hd, -1);
+	wbuf_free(&b);
+
+	struct msg_hello_rep hr = { .proto = 1, .block_tokens = 64, .max_frame = 1 << 26,
+				    .workers = 2, .peer_uid = 1000, .host_budget = 1ull << 34,
+				    .version = "0.1.0", .version_len = 5 }, hrd;
+	wbuf_init(&b);
+	msg_hello_rep_encode(&b, &hr);
+	CHECK(msg_hello_rep_decode(b.data, b.len, &hrd) == 0 && hrd.host_budget == 1ull << 34 &&
+	      hrd.peer_uid == 1000 && hrd.version_len == 5, "hello reply");
+	check_strict("hello-rep", &b, (decode_fn)msg_hello_rep_decode, &hrd, -1);
+	wbuf_free(&b);
+
+	struct msg_list_req l = { .offset = 3, .max = 10 }, ld;
+	wbuf_init(&b);
+	msg_list_req_encode(&b, &l);
+	CHECK(msg_list_req_decode(b.data, b.len, &ld) == 0 && ld.offset == 3 && ld.max == 10, "list");
+	check_strict("list", &b, (decode_fn)msg_list_req_decode, &ld, -1);
+	wbuf_free(&b);
+
+	struct proto_ctx_record cr = { .id = 4, .name = "n", .name_len = 1,
+				       .geom = { 1, 2, 4, 8, 1, 10000.f, 0 }, .state = 2,
+				       .owner_uid = 1000, .tokens = 99, .bytes = 1234 }, crd;
+	wbuf_init(&b);
+	proto_ctx_record_encode(&b, &cr);
+	struct rbuf rb;
+	rbuf_init(&rb, b.data, b.len);
+	CHECK(proto_ctx_record_read(&rb, &crd) == 0 && rbuf_end(&rb) == 0 && crd.tokens == 99 &&
+	      crd.geom.head_dim == 8 && crd.owner_uid == 1000, "ctx record");
+	rbuf_init(&rb, b.data, b.len - 1);
+	CHECK(proto_ctx_record_read(&rb, &crd) != 0, "short ctx record accepted");
+	wbuf_free(&b);
+
+	struct proto_daemon_record dr = { .uptime_ms = 5, .connections = 2, .host_used = 7,
+					  .kernels = "avx2", .kernels_len = 4 }, drd;
+	wbuf_init(&b);
+	proto_daemon_record_encode(&b, &dr);
+	rbuf_init(&rb, b.data, b.len);
+	CHECK(proto_daemon_record_read(&rb, &drd) == 0 && rbuf_end(&rb) == 0 && drd.host_used == 7 &&
+	      drd.kernels_len == 4, "daemon record");
+	wbuf_free(&b);
+
+	wbuf_init(&b);
+	msg_error_encode(&b, "no such context");
+	const char *msg;
+	uint16_t n;
+	CHECK(msg_error_decode(b.data, b.len, &msg, &n) == 0 && n == 15 && !memcmp(msg, "no such context", 15),
+	      "error payload");
+	wbuf_free(&b);
+	char longmsg[400];
+	memset(longmsg, 'e', sizeof(longmsg) - 1);
+	longmsg[sizeof(longmsg) - 1] = 0;
+	wbuf_init(&b);
+	msg_error_encode(&b, longmsg);
+	CHECK(msg_error_decode(b.data, b.len, &msg, &n) == 0 && n == PROTO_MAX_ERRMSG, "error cut to 255");
+	wbuf_free(&b);
+
+	uint64_t v;
+	wbuf_init(&b);
+	msg_u64_encode(&b, 0xdeadbeefcafef00dull);
+	CHECK(msg_u64_decode(b.data, b.len, &v) == 0 && v == 0xdeadbeefcafef00dull, "u64");
+	check_strict("u64", &b, (decode_fn)msg_u64_decode, &v, -1);
+	wbuf_free(&b);
+}
+
+static void test_arena(void)
+{
+	struct shm_arena a, peer;
+	CHECK(shm_arena_create(1 << 20, &a) == 0, "arena create");
+	CHECK(shm_arena_range_ok(&a, 0, 1 << 20), "whole arena");
+	CHECK(shm_arena_range_ok(&a, (1 << 20) - 1, 1), "last byte");
+	CHECK(!shm_arena_range_ok(&a, (1 << 20) - 1, 2), "past the end");
+	CHECK(!shm_arena_range_ok(&a, 1 << 20, 1), "offset at the end");
+	CHECK(!shm_arena_range_ok(&a, UINT64_MAX, 2), "offset overflow");
+	CHECK(!shm_arena_range_ok(&a, 8, UINT64_MAX - 4), "length overflow");
+
+	/* the daemon side sees the same bytes through its own mapping */
+	int dupfd = dup(a.fd);
+	CHECK(shm_arena_adopt(dupfd, 1 << 20, &peer) == 0, "adopt");
+	a.base[12345] = 0x42;
+	CHECK(peer.base[12345] == 0x42, "shared bytes");
+	shm_arena_close(&peer);
+
+	CHECK(shm_arena_adopt(dup(a.fd), 4096, &peer) == -EINVAL, "size mismatch accepted");
+	/* a memfd without the shrink seal could be truncated under the daemon */
+	int raw = memfd_create("unsealed", MFD_CLOEXEC);
+	CHECK(raw >= 0 && ftruncate(raw, 4096) == 0, "memfd");
+	CHECK(shm_arena_adopt(raw, 4096, &peer) == -EINVAL, "unsealed memfd accepted");
+	shm_arena_close(&a);
+	struct shm_arena z;
+	CHECK(shm_arena_create(0, &z) == -EINVAL, "empty arena");
+}
+
+int main(void)
+{
+	test_header();
+	test_create();
+	test_append();
+	test_attend();
+	test_fetch();
+	test_small();
+	test_arena();
+	return check_exit();
+}

@@ -1,0 +1,129 @@
+/*
+ * The block store: every context's K/V, cut into blocks that live in a tier.
+ *
+ * Glossary
+ *   context   one stored token sequence: a name, a geometry, an owner uid, a
+ *             state (open while appending, sealed after), and per layer a
+ *             length and a table of blocks (one row of n_kv_heads blocks per
+ *             B tokens).
+ *   layer length  tokens appended to one layer so far; each layer grows on
+ *             its own, and the context's token count is the shortest layer.
+ *
+ * Locking: the store's table has its own mutex; each context has a
+ * read/write lock. Readers (attention, fetch) hold it shared between
+ * kv_ctx_read_begin() and kv_ctx_read_end(); append, seal and drop take it
+ * exclusively. Contexts are reference counted: a handle from
+ * store_ctx_create() or store_ctx_find() stays valid until kv_ctx_put(),
+ * even if the context is dropped meanwhile.
+ */
+#ifndef MNEMO_TIERS_STORE_H
+#define MNEMO_TIERS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tier.h"
+
+struct kv_geometry {
+	uint32_t n_layers;
+	uint32_t n_kv_heads;
+	uint32_t n_q_heads;
+	uint32_t head_dim;
+	uint32_t dtype;           /* 0 f32, 1 f16, 2 bf16 (the wire values) */
+	uint32_t elem_size;       /* bytes per element, derived from dtype */
+	float rope_theta;
+};
+
+struct store;
+struct kv_ctx;
+
+struct store_config {
+	uint32_t block_tokens;            /* B, default 64 */
+	const struct tier_ops *host_ops;  /* the tier blocks live in */
+	struct tier *host;                /* borrowed; outlives the store */
+};
+
+/** Create an empty store. The caller owns it (store_destroy()). */
+int store_open(const struct store_config *cfg, struct store **out);
+/** Free the store and every context still in it. No handle may be in use. */
+void store_destroy(struct store *s);
+
+/**
+ * Create a context. Returns a reference in @p out.
+ * @return 0, -EEXIST (name taken), -ENOMEM
+ */
+int store_ctx_create(struct store *s, const char *name, size_t name_len,
+		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out);
+
+/** Find by id, or by name when @p id is 0. Returns a reference, or -ENOENT. */
+int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_len,
+		   struct kv_ctx **out);
+
+/**
+ * Remove a context from the store: it can no longer be found; its memory is
+ * freed when the last reference goes.
+ */
+void store_ctx_drop(struct store *s, struct kv_ctx *c);
+
+/** Call @p fn for every context (a reference held during the call). */
+void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), void *arg);
+
+uint32_t store_count(struct store *s);
+uint32_t store_block_tokens(const struct store *s);
+
+void kv_ctx_get(struct kv_ctx *c);
+void kv_ctx_put(struct kv_ctx *c);
+
+uint64_t kv_ctx_id(const struct kv_ctx *c);
+const char *kv_ctx_name(const struct kv_ctx *c);   /* NUL-terminated */
+uint32_t kv_ctx_owner(const struct kv_ctx *c);
+const struct kv_geometry *kv_ctx_geometry(const struct kv_ctx *c);
+
+struct kv_ctx_info {
+	bool sealed;
+	uint64_t tokens;          /* the shortest layer */
+	uint64_t bytes;           /* block bytes held */
+};
+void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out);
+
+/**
+ * Append tokens [token_begin, token_begin + n_tokens) to layers
+ * [layer_begin, layer_begin + layer_count). @p data is
+ * [layer_count][2][n_kv_heads][n_tokens][head_dim] of the context's dtype
+ * and @p len must be exactly its size. All or nothing: on failure no layer
+ * changed.
+ * @param why  receives a static reason on failure
+ * @return 0, -EINVAL (sizes), -ERANGE (token_begin is not the layer length),
+ *         -EROFS (sealed), -ENOMEM (tier budget), -EOVERFLOW (too many tokens)
+ */
+int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
+		  uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len,
+		  uint64_t *layer_tokens, uint64_t *context_tokens, const char **why);
+
+/** Seal: all layers must have the same length (-EINVAL otherwise). */
+int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens);
+
+/* ---- reading (between read_begin and read_end) ---- */
+
+void kv_ctx_read_begin(struct kv_ctx *c);
+void kv_ctx_read_end(struct kv_ctx *c);
+
+uint64_t kv_ctx_layer_tokens(struct kv_ctx *c, uint32_t layer);
+uint32_t kv_ctx_block_tokens(const struct kv_ctx *c);
+
+/**
+ * The block holding tokens [b*B, b*B + B) of (layer, head): keys [B][d] then
+ * values [B][d]. Valid until kv_ctx_read_end(). Only tokens below the
+ * layer's length hold data.
+ */
+const uint8_t *kv_ctx_block(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b);
+
+/**
+ * Copy K/V of @p n token positions of @p layer into @p out laid out
+ * [2][n_kv_heads][n][head_dim]. Takes the read lock itself.
+ * @return 0, -ERANGE (a position past the layer's length), -EINVAL (layer)
+ */
+int kv_ctx_fetch(struct kv_ctx *c, uint32_t layer, const uint64_t *ids, uint32_t n, void *out);
+
+#endif

@@ -1,0 +1,488 @@
+/*
+ * mnemo-bench: benchmarks of mnemod, each beside a baseline measured in the
+ * same run (these machines are shared and noisy: only ratios travel).
+ *
+ *   ipc     round trip of a minimal request (HELLO) vs a raw AF_UNIX
+ *           ping-pong of the same sizes; APPEND through the shm arena vs
+ *           memcpy of the same bytes
+ *   attend  exact ATTEND for one GQA group at 128K and 1M tokens vs the time
+ *           to stream the same K/V bytes with the same number of threads
+ *
+ * Output: a table, or one JSON object per line with --json (DESIGN.md §9).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels.h"
+#include "mnemo.h"
+
+static int opt_json;
+static const char *opt_socket, *opt_mnemod;
+static unsigned opt_workers;
+static uint64_t opt_tokens[8] = { 131072, 1048576 };
+static unsigned opt_n_tokens = 2, opt_iters = 20;
+
+static char tmpdir[128], sock_path[256];
+static pid_t daemon_pid = -1;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, size_t n, double p)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	size_t i = (size_t)(p * (n - 1) + 0.5);
+	return v[i < n ? i : n - 1];
+}
+
+static void die(const char *what, mnemo_client *c, int rc)
+{
+	fprintf(stderr, "mnemo-bench: %s: %s\n", what, c && mnemo_last_error(c)[0] ? mnemo_last_error(c) : strerror(-rc));
+	if (daemon_pid > 0)
+		kill(daemon_pid, SIGKILL);
+	exit(1);
+}
+
+/* ---- the daemon under test ---- */
+
+static void find_mnemod(const char *argv0, char *out, size_t cap)
+{
+	if (opt_mnemod) {
+		snprintf(out, cap, "%s", opt_mnemod);
+		return;
+	}
+	/* the build tree keeps it at ../daemon/mnemod beside tools/ */
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n > 0) {
+		self[n] = 0;
+		char *slash = strrchr(self, '/');
+		if (slash) {
+			*slash = 0;
+			snprintf(out, cap, "%s/../daemon/mnemod", self);
+			if (access(out, X_OK) == 0)
+				return;
+			snprintf(out, cap, "%s/mnemod", self);
+			if (access(out, X_OK) == 0)
+				return;
+		}
+	}
+	(void)argv0;
+	snprintf(out, cap, "mnemod");
+}
+
+static mnemo_client *connect_daemon(const char *argv0)
+{
+	mnemo_client *c;
+	if (opt_socket) {
+		int rc = mnemo_connect(opt_socket, &c);
+		if (rc)
+			die("connect", NULL, rc);
+		return c;
+	}
+	if (daemon_pid < 0) {
+		char bin[PATH_MAX], workers[16];
+		find_mnemod(argv0, bin, sizeof(bin));
+		snprintf(tmpdir, sizeof(tmpdir), "/tmp/mnemo-bench-XXXXXX");
+		if (!mkdtemp(tmpdir))
+			die("mkdtemp", NULL, -errno);
+		snprintf(sock_path, sizeof(sock_path), "%s/mnemod.sock", tmpdir);
+		snprintf(workers, sizeof(workers), "%u", opt_workers);
+		char data[200];
+		snprintf(data, sizeof(data), "%s/data", tmpdir);
+		daemon_pid = fork();
+		if (daemon_pid == 0) {
+			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
+			       "--log-level", "warn", (char *)NULL);
+			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
+			_exit(127);
+		}
+	}
+	for (int i = 0; i < 200; i++) {
+		if (mnemo_connect(sock_path, &c) == 0)
+			return c;
+		usleep(50000);
+	}
+	die("mnemod did not come up", NULL, -ETIMEDOUT);
+	return NULL;
+}
+
+static void stop_daemon(void)
+{
+	if (daemon_pid <= 0)
+		return;
+	kill(daemon_pid, SIGTERM);
+	int st;
+	waitpid(daemon_pid, &st, 0);
+	daemon_pid = -1;
+	rmdir(tmpdir);
+}
+
+/* ---- ipc ---- */
+
+static double *raw_pingpong(size_t n, size_t req, size_t rep)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		die("socketpair", NULL, -errno);
+	pid_t p = fork();
+	if (p == 0) {
+		close(sv[0]);
+		char buf[4096];
+		for (;;) {
+			size_t have = 0;
+			while (have < req) {
+				ssize_t r = recv(sv[1], buf + have, req - have, 0);
+				if (r <= 0)
+					_exit(0);
+				have += (size_t)r;
+			}
+			if (send(sv[1], buf, rep, MSG_NOSIGNAL) != (ssize_t)rep)
+				_exit(0);
+		}
+	}
+	close(sv[1]);
+	double *t = malloc(sizeof(double) * n);
+	char buf[4096] = { 0 };
+	for (size_t i = 0; i < n + 1000; i++) {
+		double t0 = now_s();
+		send(sv[0], buf, req, MSG_NOSIGNAL);
+		size_t have = 0;
+		while (have < rep) {
+			ssize_t r = recv(sv[0], buf + have, rep - have, 0);
+			if (r <= 0)
+				die("raw ping-pong", NULL, -EPIPE);
+			have += (size_t)r;
+		}
+		if (i >= 1000)
+			t[i - 1000] = (now_s() - t0) * 1e6;
+	}
+	close(sv[0]);
+	waitpid(p, NULL, 0);
+	return t;
+}
+
+static void bench_ipc(const char *argv0)
+{
+	mnemo_client *c = connect_daemon(argv0);
+	const size_t n = 20000;
+	double *ours = malloc(sizeof(double) * n);
+	struct mnemo_server_info si;
+	for (size_t i = 0; i < n + 1000; i++) {
+		double t0 = now_s();
+		int rc = mnemo_hello(c, &si);
+		if (rc)
+			die("hello", c, rc);
+		if (i >= 1000)
+			ours[i - 1000] = (now_s() - t0) * 1e6;
+	}
+	/* HELLO is a 32+8-byte request and a 32+~40-byte reply */
+	double *raw = raw_pingpong(n, 40, 72);
+	double p50 = pct(ours, n, 0.5), p99 = pct(ours, n, 0.99);
+	double b50 = pct(raw, n, 0.5), b99 = pct(raw, n, 0.99);
+	if (opt_json)
+		printf("{\"suite\":\"ipc\",\"metric\":\"rtt\",\"p50_us\":%.2f,\"p99_us\":%.2f,"
+		       "\"baseline\":\"raw_socket\",\"baseline_p50_us\":%.2f,\"baseline_p99_us\":%.2f,"
+		       "\"ratio\":%.3f,\"ratio_of\":\"p50_us\",\"n\":%zu}\n", p50, p99, b50, b99, p50 / b50, n);
+	else
+		printf("ipc rtt        HELLO p50 %7.2f us  p99 %7.2f us | raw AF_UNIX ping-pong p50 %7.2f us  p99 %7.2f us | ratio %.2f\n",
+		       p50, p99, b50, b99, p50 / b50);
+	free(ours);
+	free(raw);
+
+	/* APPEND through shm: 8 KV heads x d128 bf16 = 4 KiB per token */
+	const uint32_t H = 8, D = 128, chunk = 4096;
+	const size_t chunk_bytes = (size_t)2 * H * chunk * D * 2;
+	const uint64_t tokens = 1u << 18;                 /* 1 GiB per round */
+	const int rounds = 3;
+	void *base;
+	int rc = mnemo_shm_attach(c, 2 * chunk_bytes, &base);
+	if (rc)
+		die("shm attach", c, rc);
+	memset(base, 0x3c, 2 * chunk_bytes);
+	double best_ours = 0;
+	for (int r = 0; r < rounds; r++) {
+		struct mnemo_geometry g = { 1, H, H * 4, D, MNEMO_BF16, 10000.f };
+		uint64_t ctx;
+		char name[32];
+		snprintf(name, sizeof(name), "bench-append-%d", r);
+		if ((rc = mnemo_create(c, name, &g, &ctx)))
+			die("create", c, rc);
+		uint64_t inflight[2] = { 0, 0 };
+		double t0 = now_s();
+		int slot = 0;
+		for (uint64_t t = 0; t < tokens; t += chunk, slot ^= 1) {
+			if (inflight[slot] && (rc = mnemo_wait_append(c, inflight[slot], NULL)))
+				die("append", c, rc);
+			rc = mnemo_submit_append(c, ctx, 0, 1, t, chunk, (uint8_t *)base + slot * chunk_bytes,
+						 chunk_bytes, &inflight[slot]);
+			if (rc)
+				die("append", c, rc);
+		}
+		for (int s = 0; s < 2; s++)
+			if (inflight[s] && (rc = mnemo_wait_append(c, inflight[s], NULL)))
+				die("append", c, rc);
+		double gbps = tokens * (double)2 * H * D * 2 / (now_s() - t0) / 1e9;
+		if (gbps > best_ours)
+			best_ours = gbps;
+		mnemo_drop(c, ctx, NULL);
+	}
+	/* memcpy of the same chunks into one buffer of the same total size */
+	size_t total = tokens * (size_t)2 * H * D * 2;
+	uint8_t *dst = malloc(total);
+	memset(dst, 0, total);
+	double best_memcpy = 0;
+	for (int r = 0; r < rounds; r++) {
+		double t0 = now_s();
+		for (size_t off = 0; off < total; off += chunk_bytes)
+			memcpy(dst + off, (uint8_t *)base + ((off / chunk_bytes) & 1) * chunk_bytes, chunk_bytes);
+		double gbps = total / (now_s() - t0) / 1e9;
+		if (gbps > best_memcpy)
+			best_memcpy = gbps;
+	}
+	free(dst);
+	if (opt_json)
+		printf("{\"suite\":\"ipc\",\"metric\":\"append_shm\",\"gbps\":%.3f,\"baseline\":\"memcpy\","
+		       "\"baseline_gbps\":%.3f,\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"bytes\":%zu,\"chunk_bytes\":%zu}\n",
+		       best_ours, best_memcpy, best_ours / best_memcpy, total, chunk_bytes);
+	else
+		printf("ipc append_shm %.2f GB/s (best of %d x %.1f GiB, %zu MiB chunks) | memcpy %.2f GB/s | ratio %.2f\n",
+		       best_ours, rounds, total / 1073741824.0, chunk_bytes >> 20, best_memcpy,
+		       best_ours / best_memcpy);
+	mnemo_close(c);
+}
+
+/* ---- attend ---- */
+
+struct stream_arg {
+	const uint64_t *p;
+	size_t n;
+	uint64_t sum;
+};
+
+static void *stream_part(void *arg)
+{
+	struct stream_arg *a = arg;
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	size_t i = 0;
+	for (; i + 4 <= a->n; i += 4) {
+		s0 += a->p[i];
+		s1 += a->p[i + 1];
+		s2 += a->p[i + 2];
+		s3 += a->p[i + 3];
+	}
+	for (; i < a->n; i++)
+		s0 += a->p[i];
+	a->sum = s0 + s1 + s2 + s3;
+	return NULL;
+}
+
+/* Seconds to read @p bytes once with @p threads threads. */
+static double stream_once(const uint64_t *buf, size_t words, unsigned threads)
+{
+	pthread_t th[64];
+	struct stream_arg a[64];
+	double t0 = now_s();
+	for (unsigned i = 0; i < threads; i++) {
+		size_t lo = words * i / threads, hi = words * (i + 1) / threads;
+		a[i] = (struct stream_arg){ .p = buf + lo, .n = hi - lo };
+		pthread_create(&th[i], NULL, stream_part, &a[i]);
+	}
+	uint64_t s = 0;
+	for (unsigned i = 0; i < threads; i++) {
+		pthread_join(th[i], NULL);
+		s += a[i].sum;
+	}
+	double dt = now_s() - t0;
+	__asm__ volatile("" : : "r"(s));
+	return dt;
+}
+
+static void bench_attend(const char *argv0)
+{
+	mnemo_client *c = connect_daemon(argv0);
+	struct mnemo_server_info si;
+	int rc = mnemo_hello(c, &si);
+	if (rc)
+		die("hello", c, rc);
+	struct mnemo_daemon_info di;
+	mnemo_stat_daemon(c, &di);
+	const uint32_t D = 128, G = 4, chunk = 16384;
+	const size_t chunk_bytes = (size_t)2 * chunk * D * 2;
+	void *base;
+	if ((rc = mnemo_shm_attach(c, chunk_bytes, &base)))
+		die("shm attach", c, rc);
+	uint16_t *p = base;
+	uint64_t s = 0x1234;
+	for (size_t i = 0; i < chunk_bytes / 2; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		p[i] = kv_f32_to_bf16((float)((int64_t)(s >> 33) % 2000 - 1000) / 1000.0f);
+	}
+	if (!opt_json)
+		printf("attend: exact, one KV head with %u query heads, d=%u, bf16; mnemod with %u workers, kernels %s\n",
+		       G, D, si.workers, di.kernels);
+	for (unsigned ti = 0; ti < opt_n_tokens; ti++) {
+		uint64_t N = opt_tokens[ti];
+		struct mnemo_geometry g = { 1, 1, G, D, MNEMO_BF16, 10000.f };
+		uint64_t ctx;
+		char name[32];
+		snprintf(name, sizeof(name), "bench-attend-%" PRIu64, N);
+		if ((rc = mnemo_create(c, name, &g, &ctx)))
+			die("create", c, rc);
+		for (uint64_t t = 0; t < N; t += chunk) {
+			uint32_t n = (uint32_t)(N - t < chunk ? N - t : chunk);
+			/* keys then values of n tokens: the first n rows of each half */
+			if (n < chunk)
+				memmove((uint8_t *)base + (size_t)n * D * 2, (uint8_t *)base + chunk_bytes / 2,
+					(size_t)n * D * 2);
+			if ((rc = mnemo_append(c, ctx, 0, 1, t, n, base, (size_t)2 * n * D * 2, NULL)))
+				die("append", c, rc);
+		}
+		float q[G * D], o[G * D], lse[G];
+		for (unsigned i = 0; i < G * D; i++)
+			q[i] = (float)((i * 37) % 100) / 100.0f - 0.5f;
+		double *t_ms = malloc(sizeof(double) * opt_iters), *c_ms = malloc(sizeof(double) * opt_iters);
+		for (unsigned i = 0; i < opt_iters + 2; i++) {
+			struct mnemo_attend_info info;
+			double t0 = now_s();
+			if ((rc = mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o, lse, &info)))
+				die("attend", c, rc);
+			if (i >= 2) {
+				t_ms[i - 2] = (now_s() - t0) * 1e3;
+				c_ms[i - 2] = info.compute_ns / 1e6;
+			}
+		}
+		mnemo_drop(c, ctx, NULL);
+		/* the floor: stream the same bytes with as many threads as mnemod has workers */
+		size_t bytes = (size_t)N * D * 2 * 2;
+		uint64_t *buf = malloc(bytes);
+		memset(buf, 1, bytes);
+		double *f_ms = malloc(sizeof(double) * opt_iters);
+		for (unsigned i = 0; i < opt_iters; i++)
+			f_ms[i] = stream_once(buf, bytes / 8, si.workers) * 1e3;
+		free(buf);
+		double p50 = pct(t_ms, opt_iters, 0.5), p99 = pct(t_ms, opt_iters, 0.99);
+		double cp50 = pct(c_ms, opt_iters, 0.5), floor_ms = pct(f_ms, opt_iters, 0.5);
+		if (opt_json)
+			printf("{\"suite\":\"attend\",\"policy\":\"exact\",\"tokens\":%" PRIu64 ",\"head_dim\":%u,"
+			       "\"group\":%u,\"dtype\":\"bf16\",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"compute_p50_ms\":%.3f,"
+			       "\"floor_ms\":%.3f,\"ratio\":%.3f,\"ratio_of\":\"p50_ms/floor_ms\",\"bytes\":%zu,"
+			       "\"workers\":%u,\"kernels\":\"%s\"}\n",
+			       N, D, G, p50, p99, cp50, floor_ms, p50 / floor_ms, bytes, si.workers, di.kernels);
+		else
+			printf("attend %8" PRIu64 " tokens (%4zu MiB): p50 %8.2f ms p99 %8.2f ms (compute %8.2f) | stream floor %8.2f ms (%5.1f GB/s) | ratio %.2f\n",
+			       N, bytes >> 20, p50, p99, cp50, floor_ms, bytes / floor_ms / 1e6, p50 / floor_ms);
+		free(t_ms);
+		free(c_ms);
+		free(f_ms);
+	}
+	mnemo_close(c);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: mnemo-bench SUITE [options]\n"
+		"\n"
+		"Suites:\n"
+		"  ipc       HELLO round trip vs a raw AF_UNIX ping-pong; APPEND through shm vs memcpy\n"
+		"  attend    exact ATTEND of one GQA group (4 query heads, d=128, bf16) vs the time\n"
+		"            to stream the same bytes with as many threads as mnemod has workers\n"
+		"  all       every suite above\n"
+		"\n"
+		"Options:\n"
+		"  --json            one JSON object per result line (DESIGN.md section 9)\n"
+		"  --socket PATH     measure a running mnemod instead of starting one\n"
+		"  --mnemod PATH     the mnemod binary to start (default: the one in this build tree)\n"
+		"  --workers N       worker threads of the started mnemod (default: one per core)\n"
+		"  --tokens N[,N..]  context lengths for attend (default 131072,1048576)\n"
+		"  --iters N         timed repetitions per point (default 20)\n"
+		"  -h, --help        this help\n");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *suite = argv[1];
+	if (!strcmp(suite, "-h") || !strcmp(suite, "--help")) {
+		usage(stdout);
+		return 0;
+	}
+	for (int i = 2; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (!strcmp(a, "--json")) {
+			opt_json = 1;
+		} else if (!strcmp(a, "--socket") && v) {
+			opt_socket = v;
+			i++;
+		} else if (!strcmp(a, "--mnemod") && v) {
+			opt_mnemod = v;
+			i++;
+		} else if (!strcmp(a, "--workers") && v) {
+			opt_workers = (unsigned)strtoul(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--iters") && v && atoi(v) > 0) {
+			opt_iters = (unsigned)atoi(v);
+			i++;
+		} else if (!strcmp(a, "--tokens") && v) {
+			opt_n_tokens = 0;
+			char *dup = strdup(v), *save, *tok;
+			for (tok = strtok_r(dup, ",", &save); tok && opt_n_tokens < 8; tok = strtok_r(NULL, ",", &save)) {
+				char *end;
+				unsigned long long n = strtoull(tok, &end, 10);
+				if (*end || n == 0 || n >= (1ull << 32)) {
+					fprintf(stderr, "mnemo-bench: bad token count %s\n", tok);
+					return 2;
+				}
+				opt_tokens[opt_n_tokens++] = n;
+			}
+			free(dup);
+			i++;
+		} else {
+			fprintf(stderr, "mnemo-bench: unknown option %s\n", a);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!opt_workers) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		opt_workers = n > 0 ? (unsigned)n : 1;
+	}
+	int all = !strcmp(suite, "all");
+	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend")) {
+		fprintf(stderr, "mnemo-bench: unknown suite %s\n", suite);
+		usage(stderr);
+		return 2;
+	}
+	if (all || !strcmp(suite, "ipc"))
+		bench_ipc(argv[0]);
+	if (all || !strcmp(suite, "attend"))
+		bench_attend(argv[0]);
+	stop_daemon();
+	return 0;
+}

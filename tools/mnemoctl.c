@@ -1,0 +1,221 @@
+/* mnemoctl: administer a running mnemod (ping, list, stat, drop). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mnemo.h"
+
+static const char *dtype_name(enum mnemo_dtype t)
+{
+	switch (t) {
+	case MNEMO_F32: return "f32";
+	case MNEMO_F16: return "f16";
+	case MNEMO_BF16: return "bf16";
+	}
+	return "?";
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: mnemoctl [--socket PATH] [--json] COMMAND [ARG]\n"
+		"\n"
+		"Commands:\n"
+		"  ping            round trip to the daemon (HELLO); prints its version and limits\n"
+		"  list            this user's contexts\n"
+		"  stat            the daemon: uptime, connections, memory, requests, kernels\n"
+		"  stat CONTEXT    one context (a name, or #ID for an id)\n"
+		"  drop CONTEXT    delete a context and free its memory\n"
+		"\n"
+		"Options:\n"
+		"  -s, --socket PATH  daemon socket (default: $MNEMO_SOCKET, else\n"
+		"                     $XDG_RUNTIME_DIR/mnemo/mnemod.sock, else var/run/mnemod.sock)\n"
+		"  -j, --json         one JSON object per line instead of a table\n"
+		"  -h, --help         this help\n"
+		"\n"
+		"Exit status: 0 on success, 1 when the daemon refused or failed, 2 on bad usage.\n");
+}
+
+static void ctx_ref(const char *arg, uint64_t *id, const char **name)
+{
+	*id = 0;
+	*name = arg;
+	if (arg[0] == '#') {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(arg + 1, &end, 10);
+		if (!errno && *end == 0 && end != arg + 1) {
+			*id = v;
+			*name = NULL;
+		}
+	}
+}
+
+/* Context names are printable ASCII, which may include quotes and backslashes. */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			printf("\\%c", *s);
+		else
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+static void print_ctx(const struct mnemo_context_info *c, int json)
+{
+	if (json) {
+		printf("{\"id\":%" PRIu64 ",\"name\":", c->id);
+		json_str(c->name);
+		printf(",\"layers\":%u,\"kv_heads\":%u,\"q_heads\":%u,\"head_dim\":%u,"
+		       "\"dtype\":\"%s\",\"rope_theta\":%g,\"state\":\"%s\",\"owner_uid\":%u,"
+		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 "}\n",
+		       c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads, c->geom.head_dim,
+		       dtype_name(c->geom.dtype), (double)c->geom.rope_theta,
+		       c->sealed ? "sealed" : "open", c->owner_uid, c->tokens, c->bytes);
+	} else {
+		printf("%-6" PRIu64 " %-24s %6u %4u/%-4u %5u %-5s %-7s %12" PRIu64 " %10.1f\n",
+		       c->id, c->name, c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads,
+		       c->geom.head_dim, dtype_name(c->geom.dtype), c->sealed ? "sealed" : "open",
+		       c->tokens, (double)c->bytes / (1 << 20));
+	}
+}
+
+static const char *ctx_header =
+	"ID     NAME                     LAYERS KV/Q   D     DTYPE STATE         TOKENS        MiB\n";
+
+int main(int argc, char **argv)
+{
+	const char *sock = NULL;
+	int json = 0, i = 1;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(argv[i], "-j") || !strcmp(argv[i], "--json")) {
+			json = 1;
+		} else if ((!strcmp(argv[i], "-s") || !strcmp(argv[i], "--socket")) && i + 1 < argc) {
+			sock = argv[++i];
+		} else if (!strncmp(argv[i], "--socket=", 9)) {
+			sock = argv[i] + 9;
+		} else {
+			fprintf(stderr, "mnemoctl: unknown option %s\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (i >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[i++];
+	const char *arg = i < argc ? argv[i++] : NULL;
+	if (i < argc) {
+		fprintf(stderr, "mnemoctl: too many arguments\n");
+		return 2;
+	}
+	int known = !strcmp(cmd, "ping") || !strcmp(cmd, "list") || !strcmp(cmd, "stat") ||
+		    !strcmp(cmd, "drop");
+	if (!known) {
+		fprintf(stderr, "mnemoctl: unknown command %s\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(cmd, "drop") && !arg) {
+		fprintf(stderr, "mnemoctl: drop needs a CONTEXT\n");
+		return 2;
+	}
+
+	mnemo_client *c;
+	const char *path = sock ? sock : mnemo_default_socket();
+	int rc = mnemo_connect(path, &c);
+	if (rc) {
+		fprintf(stderr, "mnemoctl: cannot connect to %s: %s%s\n", path, strerror(-rc),
+			rc == -ENOENT || rc == -ECONNREFUSED ? " (is mnemod running?)" : "");
+		return 1;
+	}
+
+	if (!strcmp(cmd, "ping")) {
+		struct timespec t0, t1;
+		struct mnemo_server_info si;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		rc = mnemo_hello(c, &si);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		double us = (t1.tv_sec - t0.tv_sec) * 1e6 + (t1.tv_nsec - t0.tv_nsec) / 1e3;
+		if (!rc) {
+			if (json)
+				printf("{\"version\":\"%s\",\"proto\":%u,\"rtt_us\":%.1f,\"workers\":%u,"
+				       "\"block_tokens\":%u,\"max_frame\":%u,\"host_budget\":%" PRIu64
+				       ",\"uid\":%u}\n", si.version, si.proto, us, si.workers,
+				       si.block_tokens, si.max_frame, si.host_budget, si.peer_uid);
+			else
+				printf("mnemod %s (protocol %u) at %s: %.1f us; %u workers, %u-token blocks, "
+				       "max frame %u MiB, host budget %.1f GiB; you are uid %u\n",
+				       si.version, si.proto, path, us, si.workers, si.block_tokens,
+				       si.max_frame >> 20, si.host_budget / 1073741824.0, si.peer_uid);
+		}
+	} else if (!strcmp(cmd, "list")) {
+		struct mnemo_context_info *list;
+		size_t n;
+		rc = mnemo_list(c, &list, &n);
+		if (!rc) {
+			if (!json)
+				fputs(ctx_header, stdout);
+			for (size_t k = 0; k < n; k++)
+				print_ctx(&list[k], json);
+			free(list);
+		}
+	} else if (!strcmp(cmd, "stat") && !arg) {
+		struct mnemo_daemon_info di;
+		rc = mnemo_stat_daemon(c, &di);
+		if (!rc) {
+			if (json)
+				printf("{\"uptime_ms\":%" PRIu64 ",\"connections\":%u,\"contexts\":%u,"
+				       "\"workers\":%u,\"block_tokens\":%u,\"host_used\":%" PRIu64
+				       ",\"host_budget\":%" PRIu64 ",\"requests\":%" PRIu64
+				       ",\"errors\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
+				       di.uptime_ms, di.connections, di.contexts, di.workers, di.block_tokens,
+				       di.host_used, di.host_budget, di.requests, di.errors, di.kernels);
+			else
+				printf("uptime       %.1f s\nconnections  %u\ncontexts     %u\n"
+				       "workers      %u\nblock        %u tokens\nhost memory  %.1f / %.1f MiB\n"
+				       "requests     %" PRIu64 " (%" PRIu64 " failed)\nkernels      %s\n",
+				       di.uptime_ms / 1e3, di.connections, di.contexts, di.workers,
+				       di.block_tokens, di.host_used / 1048576.0, di.host_budget / 1048576.0,
+				       di.requests, di.errors, di.kernels);
+		}
+	} else if (!strcmp(cmd, "stat")) {
+		uint64_t id;
+		const char *name;
+		ctx_ref(arg, &id, &name);
+		struct mnemo_context_info ci;
+		rc = mnemo_stat(c, id, name, &ci);
+		if (!rc) {
+			if (!json)
+				fputs(ctx_header, stdout);
+			print_ctx(&ci, json);
+		}
+	} else {
+		uint64_t id;
+		const char *name;
+		ctx_ref(arg, &id, &name);
+		rc = mnemo_drop(c, id, name);
+		if (!rc && !json)
+			printf("dropped %s\n", arg);
+		else if (!rc) {
+			printf("{\"dropped\":");
+			json_str(arg);
+			printf("}\n");
+		}
+	}
+	if (rc)
+		fprintf(stderr, "mnemoctl: %s: %s\n", cmd, mnemo_last_error(c)[0] ? mnemo_last_error(c) : strerror(-rc));
+	mnemo_close(c);
+	return rc ? 1 : 0;
+}
