@@ -73,7 +73,7 @@ static void find_mnemod(const char *argv0, char *out, size_t cap)
 		return;
 	}
 	/* the build tree keeps it at ../daemon/mnemod beside tools/ */
-	char self[PATH_MAX];
+	char self[PATH_MAX - 32];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (n > 0) {
 		self[n] = 0;
@@ -328,7 +328,8 @@ static void bench_attend(const char *argv0)
 		die("hello", c, rc);
 	struct mnemo_daemon_info di;
 	mnemo_stat_daemon(c, &di);
-	const uint32_t D = 128, G = 4, chunk = 16384;
+	enum { D = 128, G = 4 };
+	const uint32_t chunk = 16384;
 	const size_t chunk_bytes = (size_t)2 * chunk * D * 2;
 	void *base;
 	if ((rc = mnemo_shm_attach(c, chunk_bytes, &base)))

@@ -1,9 +1,10 @@
 /*
  * k-means through the FAISS C API (the build's FAISS wiring, end to end):
- * on points drawn around well-separated centres, every centre is recovered
- * by some centroid and every centroid is the mean of the points nearest to
- * it (Lloyd's fixed point), computed here independently; bad sizes are
- * refused.
+ * every centroid is the mean of the points nearest to it (Lloyd's fixed
+ * point, computed here independently), k = 1 gives the mean of all points,
+ * a fixed seed gives the same centroids twice, and bad sizes are refused.
+ * (Whether every true centre is found depends on the random start, so it is
+ * not asserted.)
  */
 #include <errno.h>
 #include <math.h>
@@ -27,18 +28,6 @@ int main(void)
 	int rc = index_kmeans(x, N, D, K, 25, (uint32_t)seed, cent);
 	CHECK(rc == 0, "kmeans: %d %s", rc, index_faiss_last_error());
 
-	/* each true centre has a centroid within the noise radius */
-	for (int c = 0; c < K; c++) {
-		double best = INFINITY;
-		for (int k = 0; k < K; k++) {
-			double s = 0;
-			for (int j = 0; j < D; j++)
-				s += pow(centres[c * D + j] - cent[k * D + j], 2);
-			if (s < best)
-				best = s;
-		}
-		CHECK(sqrt(best) < 0.5, "centre %d missed by %.3f", c, sqrt(best));
-	}
 	/* Lloyd fixed point: a centroid is the mean of its points */
 	double sum[K][D] = { { 0 } };
 	int cnt[K] = { 0 };
@@ -62,6 +51,17 @@ int main(void)
 		CHECK(cnt[k] > 0, "empty cluster %d", k);
 		for (int j = 0; j < D && cnt[k]; j++)
 			CHECK(fabs(sum[k][j] / cnt[k] - cent[k * D + j]) < 1e-3, "centroid %d not its mean", k);
+	}
+
+	static float again[K * D], one[D];
+	CHECK(index_kmeans(x, N, D, K, 25, (uint32_t)seed, again) == 0 && !memcmp(again, cent, sizeof(cent)),
+	      "same seed, other centroids");
+	CHECK(index_kmeans(x, N, D, 1, 5, 1, one) == 0, "k = 1");
+	for (int j = 0; j < D; j++) {
+		double m = 0;
+		for (int i = 0; i < N; i++)
+			m += x[i * D + j];
+		CHECK(fabs(m / N - one[j]) < 1e-3, "k = 1 centroid is not the mean (dim %d)", j);
 	}
 
 	CHECK(index_kmeans(x, 3, D, 4, 5, 1, cent) == -EINVAL, "k > n accepted");

@@ -169,7 +169,7 @@ static void test_append(void)
 	CHECK(msg_append_req_decode(b.data, b.len, &d) == 0 && d.shm_offset == 4096 &&
 	      d.shm_length == (1 << 20), "shm fields");
 	check_strict("append-shm", &b, (decode_fn)msg_append_req_decode, &d, -1);
-	b.data[36] = 7;     /* source = 7 */
+	b.data[28] = 7;     /* source = 7 */
 	CHECK(msg_append_req_decode(b.data, b.len, &d) != 0, "unknown source accepted");
 	wbuf_free(&b);
 
