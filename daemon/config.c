@@ -38,8 +38,18 @@ static const struct option_def options[] = {
 	  "Folder for the daemon's data (created 0700). auto: $XDG_RUNTIME_DIR/mnemo/data,\n"
 	  "or var/lib/mnemo under the working directory." },
 	{ "host-mem", OPT_SIZE, OFF(host_mem), "auto", 1 << 20, UINT64_MAX,
-	  "Host-RAM budget for K/V blocks (K, M, G, T suffixes). An APPEND past it fails\n"
-	  "with ENOMEM. auto: half of physical RAM." },
+	  "Host-RAM budget for K/V blocks (K, M, G, T suffixes). With an SSD tier it is a\n"
+	  "cache: durable blocks nobody is reading leave RAM, least recently used first,\n"
+	  "when it is full. An APPEND fails with ENOMEM only when blocks in use fill it.\n"
+	  "auto: half of physical RAM." },
+	{ "ssd-dir", OPT_PATH, OFF(ssd_dir), "auto", 0, 0,
+	  "Folder of the SSD tier's block files (O_DIRECT: not tmpfs). Blocks an APPEND\n"
+	  "fills are written there and synced before it is acknowledged, and the catalog\n"
+	  "(DATA-DIR/catalog) names them, so a restart serves every sealed context again.\n"
+	  "\"none\": RAM only, nothing survives a restart. auto: DATA-DIR/ssd." },
+	{ "ssd-max", OPT_SIZE, OFF(ssd_max), "0", 0, UINT64_MAX,
+	  "Most bytes of block files; an APPEND past it fails with ENOSPC. 0: no cap but\n"
+	  "the file system's." },
 	{ "block-tokens", OPT_U32, OFF(block_tokens), "64", 1, 256,
 	  "Tokens per block (per layer and KV head), 1..256." },
 	{ "workers", OPT_U32, OFF(workers), "0", 0, 1024,
@@ -241,6 +251,9 @@ static void resolve_auto(struct config *c)
 		else
 			snprintf(c->data_dir, sizeof(c->data_dir), "var/lib/mnemo");
 	}
+	if (!c->ssd_dir[0] &&
+	    snprintf(c->ssd_dir, sizeof(c->ssd_dir), "%s/ssd", c->data_dir) >= (int)sizeof(c->ssd_dir))
+		c->ssd_dir[0] = 0;   /* reported by the daemon as an unusable path */
 	if (!c->host_mem)
 		c->host_mem = tier_host_default_budget();
 	if (!c->workers) {

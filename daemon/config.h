@@ -14,6 +14,8 @@ struct config {
 	char socket[PATH_MAX];
 	char data_dir[PATH_MAX];
 	uint64_t host_mem;
+	char ssd_dir[PATH_MAX];
+	uint64_t ssd_max;
 	uint32_t block_tokens;
 	uint32_t workers;
 	uint64_t max_frame;

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "ssd.h"
 #include "store.h"
 
 #ifndef MNEMO_VERSION
@@ -140,6 +141,8 @@ static int h_append(struct request *r)
 	else
 		msg_append_rep_encode(&r->out, &(struct msg_append_rep){ .layer_tokens = lt,
 									   .context_tokens = ct });
+	if (rc == -ENOSPC || rc == -EIO)
+		log_err("store", "context %llu: APPEND refused: %s", (unsigned long long)kv_ctx_id(c), why ? why : strerror(-rc));
 	if (rc == -ENOMEM)
 		log_warn("store", "context %llu: %s", (unsigned long long)kv_ctx_id(c), why ? why : "out of memory");
 	kv_ctx_put(c);
@@ -215,6 +218,13 @@ static int h_attend(struct request *r)
 		req_error(r, rc, "token range [%llu, %llu) is past layer %u's %llu tokens",
 			  (unsigned long long)m.token_begin, (unsigned long long)m.token_end, m.layer,
 			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer));
+		goto out;
+	}
+	if (rc == -EBADMSG) {
+		req_error(r, rc, "data-integrity error: context %llu layer %u head %u block %llu failed its checksum; "
+			  "it is marked bad and never served", (unsigned long long)kv_ctx_id(c), m.layer,
+			  res.err_head, (unsigned long long)res.err_block);
+		log_err("store", "%s", r->err);
 		goto out;
 	}
 	if (rc) {
@@ -293,6 +303,9 @@ static int h_fetch(struct request *r)
 	if (rc == -ERANGE)
 		req_error(r, rc, "a token id is past layer %u's %llu tokens", m.layer,
 			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer));
+	else if (rc == -EBADMSG)
+		req_error(r, rc, "data-integrity error: a block of context %llu layer %u failed its checksum; "
+			  "it is marked bad and never served", (unsigned long long)kv_ctx_id(c), m.layer);
 	else if (rc)
 		req_error(r, rc, "fetch failed: %s", strerror(-rc));
 out:
@@ -310,11 +323,14 @@ static int h_drop(struct request *r)
 	struct kv_ctx *c;
 	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
 		return rc;
-	log_info("store", "uid %u dropped context %llu \"%s\"", (unsigned)r->uid,
-		 (unsigned long long)kv_ctx_id(c), kv_ctx_name(c));
-	store_ctx_drop(r->d->store, c);
+	rc = store_ctx_delete(r->d->store, c);
+	if (rc)
+		req_error(r, rc, "cannot drop context %llu: %s", (unsigned long long)kv_ctx_id(c), strerror(-rc));
+	else
+		log_info("store", "uid %u dropped context %llu \"%s\"", (unsigned)r->uid,
+			 (unsigned long long)kv_ctx_id(c), kv_ctx_name(c));
 	kv_ctx_put(c);
-	return 0;
+	return rc;
 }
 
 static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
@@ -328,7 +344,8 @@ static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
 		.geom = { .n_layers = g->n_layers, .n_kv_heads = g->n_kv_heads,
 			  .n_q_heads = g->n_q_heads, .head_dim = g->head_dim, .dtype = g->dtype,
 			  .rope_theta = g->rope_theta },
-		.state = info.sealed ? PROTO_STATE_SEALED : PROTO_STATE_OPEN,
+		.state = info.sealed ? PROTO_STATE_SEALED :
+			 info.recovered ? PROTO_STATE_RECOVERED : PROTO_STATE_OPEN,
 		.owner_uid = kv_ctx_owner(c), .tokens = info.tokens, .bytes = info.bytes,
 	};
 }
@@ -346,6 +363,11 @@ static int h_stat(struct request *r)
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		const char *kern = attn_kernels_best()->name;
+		struct store_stats ss;
+		store_stats(d->store, &ss);
+		struct ssd_stats sd = { .max_bytes = UINT64_MAX };
+		if (d->ssd)
+			ssd_stats(d->ssd, &sd);
 		struct proto_daemon_record rec = {
 			.uptime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - d->start_ms,
 			.connections = atomic_load(&d->connections),
@@ -354,6 +376,10 @@ static int h_stat(struct request *r)
 			.block_tokens = d->cfg->block_tokens,
 			.host_used = ts.used_bytes, .host_budget = ts.budget_bytes,
 			.requests = atomic_load(&d->requests), .errors = atomic_load(&d->errors),
+			.ssd_used = sd.used_bytes, .ssd_max = sd.max_bytes, .hits = ss.hits,
+			.misses = ss.misses, .evictions = ss.evictions, .ssd_reads = sd.reads,
+			.ssd_writes = sd.writes, .ssd_read_bytes = sd.read_bytes,
+			.ssd_write_bytes = sd.write_bytes, .bad_blocks = ss.bad_blocks,
 			.kernels = kern, .kernels_len = (uint16_t)strlen(kern),
 		};
 		wbuf_u32(&r->out, PROTO_STAT_DAEMON);

@@ -1,16 +1,19 @@
 /* mnemod: wire the tiers, the store, the worker pool and the loop together. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "catalog.h"
 #include "config.h"
 #include "kernels.h"
 #include "log.h"
 #include "pool.h"
 #include "server.h"
+#include "ssd.h"
 #include "store.h"
 #include "tier.h"
 
@@ -29,16 +32,44 @@ int main(int argc, char **argv)
 	d.start_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
 	int rc, status = 1;
 
+	struct catalog *cat = NULL;
+	if ((rc = mkdir_p(cfg.data_dir, 0700))) {
+		log_err("daemon", "cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
+		goto out;
+	}
 	struct tier_config tc = { .budget_bytes = cfg.host_mem };
 	if ((rc = tier_host_ops.open(&tc, &d.host))) {
 		log_err("daemon", "host tier: %s", strerror(-rc));
 		goto out;
 	}
+	if (strcmp(cfg.ssd_dir, "none")) {
+		char catdir[PATH_MAX + 16];
+		if ((rc = mkdir_p(cfg.ssd_dir, 0700)) || (rc = ssd_open(cfg.ssd_dir, cfg.ssd_max, &d.ssd))) {
+			log_err("daemon", "ssd tier at %s: %s%s", cfg.ssd_dir, strerror(-rc),
+				rc == -EINVAL ? " (the file system refuses O_DIRECT: tmpfs? choose another --ssd-dir)" : "");
+			goto out_tier;
+		}
+		snprintf(catdir, sizeof(catdir), "%s/catalog", cfg.data_dir);
+		if ((rc = catalog_open(catdir, &cat))) {
+			log_err("daemon", "catalog at %s: %s", catdir, strerror(-rc));
+			goto out_ssd;
+		}
+	} else {
+		log_warn("daemon", "--ssd-dir none: contexts live in RAM only and are lost on exit");
+	}
 	struct store_config sc = { .block_tokens = cfg.block_tokens, .host_ops = &tier_host_ops,
-				   .host = d.host };
-	if ((rc = store_open(&sc, &d.store))) {
-		log_err("daemon", "store: %s", strerror(-rc));
-		goto out_tier;
+				   .host = d.host, .ssd = d.ssd, .catalog = cat };
+	const char *why = NULL;
+	if ((rc = store_open(&sc, &d.store, &why))) {
+		log_err("daemon", "store: %s (%s)", why ? why : "cannot open", strerror(-rc));
+		goto out_cat;
+	}
+	{
+		struct store_stats ss;
+		store_stats(d.store, &ss);
+		if (ss.recovered_contexts)
+			log_info("store", "recovered %llu contexts from %s", (unsigned long long)ss.recovered_contexts,
+				 cfg.data_dir);
 	}
 	if ((rc = pool_start(cfg.workers, &d.pool))) {
 		log_err("daemon", "worker pool: %s", strerror(-rc));
@@ -51,6 +82,11 @@ int main(int argc, char **argv)
 	pool_stop(d.pool);
 out_store:
 	store_destroy(d.store);
+out_cat:
+	catalog_close(cat);
+out_ssd:
+	if (d.ssd)
+		ssd_close(d.ssd);
 out_tier:
 	tier_host_ops.close(d.host);
 out:

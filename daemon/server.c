@@ -256,6 +256,10 @@ static void job_complete(struct job *j)
 		return;
 	}
 	conn_dispatch(c);
+	if (!c->busy && c->read_stopped && !c->qhead && !c->ohead) {
+		conn_close(c);
+		return;
+	}
 	conn_update_poll(c);
 }
 
@@ -648,7 +652,7 @@ static void on_accept(uv_poll_t *p, int status, int events)
 
 /* ---- start, drain, stop ---- */
 
-static int mkdir_p(const char *path, mode_t mode)
+int mkdir_p(const char *path, mode_t mode)
 {
 	char buf[PATH_MAX];
 	if (strlen(path) >= sizeof(buf))
@@ -765,7 +769,12 @@ static void on_signal(uv_signal_t *sig, int signum)
 	unlink(s->d->cfg->socket);
 	for (struct conn *c = s->conns, *next; c; c = next) {
 		next = c->next;
-		c->read_stopped = true;      /* what was read still runs and is answered */
+		/* what the client sent before the signal still runs and is answered */
+		if (!c->closing)
+			conn_read(c);
+		if (c->closing)
+			continue;
+		c->read_stopped = true;
 		if (!c->busy && !c->qhead && !c->ohead)
 			conn_close(c);
 		else
@@ -790,10 +799,6 @@ int server_run(struct daemon_ctx *d)
 
 	if ((rc = -uv_loop_init(&s->loop)) != 0)
 		goto out_free;
-	if ((rc = mkdir_p(d->cfg->data_dir, 0700)) != 0) {
-		log_err("daemon", "cannot create data dir %s: %s", d->cfg->data_dir, strerror(-rc));
-		goto out_loop;
-	}
 	if ((rc = listen_socket(d->cfg->socket, &s->listen_fd)) != 0)
 		goto out_loop;
 

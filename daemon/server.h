@@ -25,12 +25,14 @@ struct server;
 struct pool;
 struct store;
 struct tier;
+struct ssd;
 
 /** What every handler sees: the daemon's parts. */
 struct daemon_ctx {
 	const struct config *cfg;
 	struct store *store;
 	struct tier *host;
+	struct ssd *ssd;          /* NULL with --ssd-dir none */
 	struct pool *pool;
 	uint64_t start_ms;
 	_Atomic uint64_t requests, errors;
@@ -66,6 +68,9 @@ extern const struct handler handlers[OP_COUNT];
 /** Set the error reply's text; returns @p rc for `return req_error(...)`. */
 int req_error(struct request *r, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/** mkdir -p with @p mode for every folder it creates. */
+int mkdir_p(const char *path, mode_t mode);
 
 /**
  * Bind the socket and run the loop until SIGTERM/SIGINT has drained every

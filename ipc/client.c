@@ -508,6 +508,7 @@ static void record_to_info(const struct proto_ctx_record *r, struct mnemo_contex
 		.dtype = (enum mnemo_dtype)r->geom.dtype, .rope_theta = r->geom.rope_theta,
 	};
 	o->sealed = r->state == PROTO_STATE_SEALED;
+	o->recovered = r->state == PROTO_STATE_RECOVERED;
 	o->owner_uid = r->owner_uid;
 	o->tokens = r->tokens;
 	o->bytes = r->bytes;
@@ -563,6 +564,16 @@ int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out)
 		out->host_budget = d.host_budget;
 		out->requests = d.requests;
 		out->errors = d.errors;
+		out->ssd_used = d.ssd_used;
+		out->ssd_max = d.ssd_max;
+		out->hits = d.hits;
+		out->misses = d.misses;
+		out->evictions = d.evictions;
+		out->ssd_reads = d.ssd_reads;
+		out->ssd_writes = d.ssd_writes;
+		out->ssd_read_bytes = d.ssd_read_bytes;
+		out->ssd_write_bytes = d.ssd_write_bytes;
+		out->bad_blocks = d.bad_blocks;
 		copy_name(out->kernels, sizeof(out->kernels), d.kernels, d.kernels_len);
 	}
 	free(p);

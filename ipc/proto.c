@@ -150,7 +150,9 @@ void rbuf_init(struct rbuf *r, const void *p, size_t len)
 
 const uint8_t *rbuf_bytes(struct rbuf *r, size_t n)
 {
-	if (r->err || n > r->len - r->off) {
+	if (r->err)
+		return NULL;
+	if (n > r->len - r->off) {
 		r->err = -EPROTO;
 		return NULL;
 	}
@@ -595,6 +597,16 @@ void proto_daemon_record_encode(struct wbuf *b, const struct proto_daemon_record
 	wbuf_u64(b, m->host_budget);
 	wbuf_u64(b, m->requests);
 	wbuf_u64(b, m->errors);
+	wbuf_u64(b, m->ssd_used);
+	wbuf_u64(b, m->ssd_max);
+	wbuf_u64(b, m->hits);
+	wbuf_u64(b, m->misses);
+	wbuf_u64(b, m->evictions);
+	wbuf_u64(b, m->ssd_reads);
+	wbuf_u64(b, m->ssd_writes);
+	wbuf_u64(b, m->ssd_read_bytes);
+	wbuf_u64(b, m->ssd_write_bytes);
+	wbuf_u64(b, m->bad_blocks);
 	wbuf_str(b, m->kernels, m->kernels_len);
 }
 
@@ -609,6 +621,16 @@ int proto_daemon_record_read(struct rbuf *r, struct proto_daemon_record *m)
 	m->host_budget = rbuf_u64(r);
 	m->requests = rbuf_u64(r);
 	m->errors = rbuf_u64(r);
+	m->ssd_used = rbuf_u64(r);
+	m->ssd_max = rbuf_u64(r);
+	m->hits = rbuf_u64(r);
+	m->misses = rbuf_u64(r);
+	m->evictions = rbuf_u64(r);
+	m->ssd_reads = rbuf_u64(r);
+	m->ssd_writes = rbuf_u64(r);
+	m->ssd_read_bytes = rbuf_u64(r);
+	m->ssd_write_bytes = rbuf_u64(r);
+	m->bad_blocks = rbuf_u64(r);
 	m->kernels = rbuf_str(r, PROTO_MAX_NAME, &m->kernels_len);
 	return r->err;
 }

@@ -194,7 +194,7 @@ struct msg_fetch_rep {
 
 struct msg_list_req { uint32_t offset, max; };
 
-enum { PROTO_STATE_OPEN = 1, PROTO_STATE_SEALED = 2 };
+enum { PROTO_STATE_OPEN = 1, PROTO_STATE_SEALED = 2, PROTO_STATE_RECOVERED = 3 };
 
 struct proto_ctx_record {
 	uint64_t id;
@@ -209,6 +209,9 @@ struct proto_daemon_record {
 	uint64_t uptime_ms;
 	uint32_t connections, contexts, workers, block_tokens;
 	uint64_t host_used, host_budget, requests, errors;
+	uint64_t ssd_used, ssd_max;           /* ssd_max UINT64_MAX: no SSD tier */
+	uint64_t hits, misses, evictions;     /* block pins served from RAM / read from SSD */
+	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
 	const char *kernels;
 	uint16_t kernels_len;
 };

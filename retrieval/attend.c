@@ -2,6 +2,7 @@
 #include "attend.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,8 @@ const struct attend_exec attend_exec_serial = {
 
 /* Below this many tokens a chunk costs more to schedule and merge than it saves. */
 #define MIN_CHUNK_TOKENS 8192u
+/* Blocks pinned (and read from SSD, when missing, in one batch) at a time. */
+#define PIN_WINDOW 128u
 
 struct exact_job {
 	struct kv_ctx *c;
@@ -29,6 +32,9 @@ struct exact_job {
 	unsigned chunks;
 	const float *qs;          /* scaled queries [Hq][d] */
 	float *part;              /* per unit: o [G][d], then lse [G] */
+	_Atomic int err;          /* the first unit's failure */
+	_Atomic uint64_t err_block;
+	_Atomic uint32_t err_head;
 };
 
 static void exact_unit(void *arg, unsigned i)
@@ -45,16 +51,35 @@ static void exact_unit(void *arg, unsigned i)
 	attn_state_init(G, d, m, l, o);
 	const float *q = j->qs + (size_t)h * G * d;
 	attn_block_fn fn = j->kern->block[j->dtype];
-	for (uint64_t t = b0; t < b1;) {
-		uint64_t b = t / j->B, off = t % j->B;
-		uint64_t n = j->B - off;
-		if (n > b1 - t)
-			n = b1 - t;
-		if (n > ATTN_MAX_BLOCK)
-			n = ATTN_MAX_BLOCK;
-		const uint8_t *blk = kv_ctx_block(j->c, j->layer, h, b);
-		fn(q, G, d, blk + off * j->row, blk + (j->B + off) * j->row, (unsigned)n, m, l, o);
-		t += n;
+	const uint8_t *win[PIN_WINDOW];
+	uint64_t t = b0;
+	while (t < b1) {
+		uint64_t wb0 = t / j->B, wb1 = (b1 - 1) / j->B + 1;
+		if (wb1 - wb0 > PIN_WINDOW)
+			wb1 = wb0 + PIN_WINDOW;
+		uint64_t bad;
+		int rc = kv_ctx_pin(j->c, j->layer, h, wb0, (uint32_t)(wb1 - wb0), win, &bad);
+		if (rc) {
+			int zero = 0;
+			if (atomic_compare_exchange_strong(&j->err, &zero, rc)) {
+				atomic_store(&j->err_block, bad);
+				atomic_store(&j->err_head, h);
+			}
+			return;
+		}
+		uint64_t wend = wb1 * j->B < b1 ? wb1 * j->B : b1;
+		while (t < wend) {
+			uint64_t b = t / j->B, off = t % j->B;
+			uint64_t n = j->B - off;
+			if (n > wend - t)
+				n = wend - t;
+			if (n > ATTN_MAX_BLOCK)
+				n = ATTN_MAX_BLOCK;
+			const uint8_t *blk = win[b - wb0];
+			fn(q, G, d, blk + off * j->row, blk + (j->B + off) * j->row, (unsigned)n, m, l, o);
+			t += n;
+		}
+		kv_ctx_unpin(j->c, j->layer, h, wb0, (uint32_t)(wb1 - wb0));
 	}
 	attn_state_finish(G, d, m, l, o, o, lse);
 }
@@ -115,6 +140,13 @@ int attend_exact(struct kv_ctx *c, const struct attend_request *req,
 		.qs = qs, .part = part,
 	};
 	ex->parallel(ex->pool, units, exact_unit, &job);
+	if ((rc = atomic_load(&job.err))) {
+		res->err_block = atomic_load(&job.err_block);
+		res->err_head = atomic_load(&job.err_head);
+		free(qs);
+		free(part);
+		goto out;
+	}
 
 	for (unsigned h = 0; h < g->n_kv_heads; h++) {
 		for (unsigned qi = 0; qi < G; qi++) {

@@ -36,12 +36,15 @@ struct attend_result {
 	float *lse;                /* [n_q_heads] */
 	uint64_t scanned;          /* keys scored, summed over KV heads */
 	uint64_t loaded;           /* values read, summed over KV heads */
+	uint64_t err_block;        /* on -EBADMSG: the block that failed its check */
+	uint32_t err_head;
 };
 
 /**
  * Exact partial attention of every query head over the token range.
  * @return 0, -EINVAL (layer), -ERANGE (range past the layer's length),
- *         -ENOMEM
+ *         -ENOMEM, -EBADMSG (a block failed its checksum: err_block and
+ *         err_head name it), -EIO
  */
 int attend_exact(struct kv_ctx *c, const struct attend_request *req,
 		 struct attend_result *res, const struct attend_exec *ex);

@@ -40,7 +40,8 @@ static int host_alloc(struct tier *t, size_t bytes, void **out)
 		}
 	} while (!atomic_compare_exchange_weak(&t->used, &cur, cur + bytes));
 	void *p = NULL;
-	if (posix_memalign(&p, 64, bytes)) {
+	/* page-aligned: blocks go to and from SSD with O_DIRECT */
+	if (posix_memalign(&p, 4096, bytes)) {
 		atomic_fetch_sub(&t->used, bytes);
 		atomic_fetch_add(&t->failures, 1);
 		return -ENOMEM;

@@ -1,18 +1,51 @@
-/* The block store: contexts, their per-layer block tables, append and fetch. */
+/*
+ * The block store: contexts, block tables, residency (pin, load, evict),
+ * durable appends through the SSD tier and the catalog, and recovery.
+ *
+ * Locks, outermost first: a context's rwlock (appends and seals exclusive,
+ * readers shared), the store's table mutex, the store's residency mutex
+ * (every block's state, pins and LRU links), a block file's slot mutex
+ * (inside ssd.c). Catalog transactions serialise on LMDB's writer lock and
+ * are taken with a context's write lock held, never with the residency
+ * mutex held.
+ */
 #define _GNU_SOURCE
 #include "store.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "catalog.h"
+#include "record.h"
+#include "ssd.h"
+
+enum blk_state { BLK_ABSENT = 0, BLK_LOADING, BLK_RESIDENT };
+
+struct blk {
+	uint8_t *mem;             /* slot_bytes when resident */
+	uint64_t slot;
+	uint64_t checksum;
+	uint32_t pins;
+	uint32_t size;            /* bytes of mem: contexts differ, eviction must know */
+	uint8_t state;
+	bool durable;
+	bool bad;
+	bool in_lru;
+	struct blk *prev, *next;  /* LRU of resident, durable, unpinned blocks */
+};
+
+#define PAGE_BLKS 1024u       /* block entries per page: their addresses never move */
+
 struct layer {
 	uint64_t tokens;
-	uint8_t **blocks;         /* [n_blocks][n_kv_heads] */
-	uint64_t n_blocks;
-	uint64_t cap_blocks;
+	uint64_t durable_tokens;
+	uint64_t n_blocks;        /* rows with memory or a slot */
+	struct blk **pages;
+	uint64_t n_pages;
 };
 
 struct kv_ctx {
@@ -21,12 +54,16 @@ struct kv_ctx {
 	char *name;
 	uint32_t owner;
 	struct kv_geometry geom;
-	struct store *store;      /* for its tier; the store outlives every handle */
+	struct store *store;
 	pthread_rwlock_t lock;
 	bool sealed;
-	size_t block_bytes;       /* 2 * B * d * elem */
+	bool recovered;
+	uint32_t B;
+	size_t block_bytes;       /* 2 * B * d * elem: what the kernels read */
+	uint32_t slot_bytes;      /* block + trailer, 4 KiB aligned: what RAM and SSD hold */
 	_Atomic uint64_t bytes;
 	struct layer *layers;
+	struct ssd_file *file;
 };
 
 struct store {
@@ -35,47 +72,124 @@ struct store {
 	struct kv_ctx **ctx;
 	uint32_t n_ctx, cap_ctx;
 	uint64_t next_id;
+
+	pthread_mutex_t res_mu;
+	pthread_cond_t res_cv;    /* a load finished */
+	struct blk lru;           /* sentinel: lru.next is the coldest */
+	_Atomic uint64_t hits, misses, evictions, bad_blocks, recovered;
 };
 
-int store_open(const struct store_config *cfg, struct store **out)
+static struct blk *blk_at(struct layer *ly, uint32_t H, uint64_t b, uint32_t h)
 {
-	if (!cfg->host_ops || !cfg->host || cfg->block_tokens == 0)
-		return -EINVAL;
-	struct store *s = calloc(1, sizeof(*s));
-	if (!s)
+	uint64_t i = b * H + h;
+	return &ly->pages[i / PAGE_BLKS][i % PAGE_BLKS];
+}
+
+/* ---- LRU (residency mutex held) ---- */
+
+static void lru_remove(struct store *s, struct blk *k)
+{
+	if (!k->in_lru)
+		return;
+	k->prev->next = k->next;
+	k->next->prev = k->prev;
+	k->in_lru = false;
+	(void)s;
+}
+
+static void lru_push(struct store *s, struct blk *k)
+{
+	if (k->in_lru || !k->durable || k->pins || k->state != BLK_RESIDENT)
+		return;
+	k->prev = s->lru.prev;
+	k->next = &s->lru;
+	s->lru.prev->next = k;
+	s->lru.prev = k;
+	k->in_lru = true;
+}
+
+/* Host memory for one slot; under pressure cold durable blocks leave RAM.
+ * Residency mutex held. */
+static int res_alloc(struct store *s, struct blk *dst, uint32_t bytes)
+{
+	const struct tier_ops *ops = s->cfg.host_ops;
+	for (;;) {
+		void *p;
+		if (ops->block_alloc(s->cfg.host, bytes, &p) == 0) {
+			dst->mem = p;
+			dst->size = bytes;
+			return 0;
+		}
+		/* evict in a small batch, so the next allocations find room too */
+		int freed = 0;
+		for (int i = 0; i < 8 && s->lru.next != &s->lru; i++) {
+			struct blk *k = s->lru.next;
+			lru_remove(s, k);
+			ops->block_free(s->cfg.host, k->mem, k->size);
+			k->mem = NULL;
+			k->state = BLK_ABSENT;
+			atomic_fetch_add(&s->evictions, 1);
+			freed++;
+		}
+		if (!freed)
+			return -ENOMEM;
+	}
+}
+
+/* ---- store ---- */
+
+static int ctx_new(struct store *s, const char *name, size_t name_len, const struct kv_geometry *g,
+		   uint32_t owner, struct kv_ctx **out)
+{
+	struct kv_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
 		return -ENOMEM;
-	s->cfg = *cfg;
-	s->next_id = 1;
-	pthread_mutex_init(&s->mu, NULL);
-	*out = s;
+	c->name = strndup(name, name_len);
+	c->layers = calloc(g->n_layers, sizeof(*c->layers));
+	if (!c->name || !c->layers) {
+		free(c->name);
+		free(c->layers);
+		free(c);
+		return -ENOMEM;
+	}
+	c->geom = *g;
+	c->owner = owner;
+	c->store = s;
+	c->B = s->cfg.block_tokens;
+	c->block_bytes = 2ull * c->B * g->head_dim * g->elem_size;
+	c->slot_bytes = ssd_slot_bytes(c->block_bytes);
+	pthread_rwlock_init(&c->lock, NULL);
+	atomic_store(&c->refs, 1);
+	*out = c;
 	return 0;
 }
 
 static void ctx_free(struct kv_ctx *c)
 {
-	const struct tier_ops *ops = c->store->cfg.host_ops;
-	struct tier *t = c->store->cfg.host;
-	for (uint32_t l = 0; c->layers && l < c->geom.n_layers; l++) {
+	struct store *s = c->store;
+	const struct tier_ops *ops = s->cfg.host_ops;
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t l = 0; l < c->geom.n_layers; l++) {
 		struct layer *ly = &c->layers[l];
-		for (uint64_t i = 0; i < ly->n_blocks * c->geom.n_kv_heads; i++)
-			ops->block_free(t, ly->blocks[i], c->block_bytes);
-		free(ly->blocks);
+		for (uint64_t b = 0; b < ly->n_blocks; b++)
+			for (uint32_t h = 0; h < c->geom.n_kv_heads; h++) {
+				struct blk *k = blk_at(ly, c->geom.n_kv_heads, b, h);
+				lru_remove(s, k);
+				if (k->mem)
+					ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+			}
 	}
+	pthread_mutex_unlock(&s->res_mu);
+	for (uint32_t l = 0; l < c->geom.n_layers; l++) {
+		for (uint64_t p = 0; p < c->layers[l].n_pages; p++)
+			free(c->layers[l].pages[p]);
+		free(c->layers[l].pages);
+	}
+	ssd_file_close(c->file);
 	free(c->layers);
 	pthread_rwlock_destroy(&c->lock);
 	free(c->name);
 	free(c);
-}
-
-void store_destroy(struct store *s)
-{
-	if (!s)
-		return;
-	for (uint32_t i = 0; i < s->n_ctx; i++)
-		kv_ctx_put(s->ctx[i]);
-	free(s->ctx);
-	pthread_mutex_destroy(&s->mu);
-	free(s);
 }
 
 void kv_ctx_get(struct kv_ctx *c)
@@ -89,6 +203,20 @@ void kv_ctx_put(struct kv_ctx *c)
 		ctx_free(c);
 }
 
+static int table_add(struct store *s, struct kv_ctx *c)
+{
+	if (s->n_ctx == s->cap_ctx) {
+		uint32_t cap = s->cap_ctx ? s->cap_ctx * 2 : 16;
+		struct kv_ctx **a = realloc(s->ctx, cap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		s->ctx = a;
+		s->cap_ctx = cap;
+	}
+	s->ctx[s->n_ctx++] = c;
+	return 0;
+}
+
 static struct kv_ctx *find_locked(struct store *s, uint64_t id, const char *name, size_t n)
 {
 	for (uint32_t i = 0; i < s->n_ctx; i++) {
@@ -99,50 +227,241 @@ static struct kv_ctx *find_locked(struct store *s, uint64_t id, const char *name
 	return NULL;
 }
 
+/* Make room for @p n_blocks rows in a layer's table. */
+static int reserve_rows(struct kv_ctx *c, struct layer *ly, uint64_t n_blocks)
+{
+	uint64_t need = (n_blocks * c->geom.n_kv_heads + PAGE_BLKS - 1) / PAGE_BLKS;
+	if (need <= ly->n_pages)
+		return 0;
+	struct blk **p = realloc(ly->pages, need * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	ly->pages = p;
+	while (ly->n_pages < need) {
+		p[ly->n_pages] = calloc(PAGE_BLKS, sizeof(struct blk));
+		if (!p[ly->n_pages])
+			return -ENOMEM;
+		ly->n_pages++;
+	}
+	return 0;
+}
+
+/* ---- recovery ---- */
+
+struct load_state {
+	struct store *s;
+	struct kv_ctx *cur;
+	const char *why;
+};
+
+static int load_ctx(void *arg, const struct ctx_record *r)
+{
+	struct load_state *st = arg;
+	struct store *s = st->s;
+	struct kv_geometry g = {
+		.n_layers = r->n_layers, .n_kv_heads = r->n_kv_heads, .n_q_heads = r->n_q_heads,
+		.head_dim = r->head_dim, .dtype = r->dtype,
+		.elem_size = r->dtype == 0 ? 4 : 2, .rope_theta = r->rope_theta,
+	};
+	if (r->block_tokens != s->cfg.block_tokens || r->n_kv_heads == 0 || r->n_kv_heads > 1024 ||
+	    r->head_dim == 0 || r->head_dim > 1024 || r->dtype > 2) {
+		st->why = "a stored context has another block size or a bad geometry";
+		return -EINVAL;
+	}
+	struct kv_ctx *c;
+	int rc = ctx_new(s, r->name, strlen(r->name), &g, r->owner_uid, &c);
+	if (rc)
+		return rc;
+	c->id = r->id;
+	c->sealed = r->state == 2;
+	c->recovered = !c->sealed;
+	if (c->slot_bytes != r->slot_bytes) {
+		ctx_free(c);
+		st->why = "a stored context's slot size does not match its geometry";
+		return -EINVAL;
+	}
+	for (uint32_t l = 0; l < g.n_layers; l++) {
+		c->layers[l].tokens = c->layers[l].durable_tokens = r->layer_tokens[l];
+		uint64_t nb = (r->layer_tokens[l] + c->B - 1) / c->B;
+		if ((rc = reserve_rows(c, &c->layers[l], nb))) {
+			ctx_free(c);
+			return rc;
+		}
+		c->layers[l].n_blocks = nb;
+	}
+	rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file);
+	if (rc || (rc = table_add(s, c))) {
+		ctx_free(c);
+		st->why = "cannot open a stored context's block file";
+		return rc;
+	}
+	if (c->id >= s->next_id)
+		s->next_id = c->id + 1;
+	atomic_fetch_add(&s->recovered, 1);
+	st->cur = c;
+	return 0;
+}
+
+static int load_block(void *arg, uint64_t ctx, uint32_t layer, uint32_t head, uint64_t block,
+		      const struct block_record *b)
+{
+	struct load_state *st = arg;
+	struct kv_ctx *c = st->cur;
+	if (!c || c->id != ctx)
+		c = find_locked(st->s, ctx, NULL, 0);
+	if (!c)
+		return 0;   /* a block of a context whose record is gone: ignored, its file is too */
+	st->cur = c;
+	if (layer >= c->geom.n_layers || head >= c->geom.n_kv_heads ||
+	    block >= c->layers[layer].n_blocks) {
+		/* past the durable length: written by an append that never committed */
+		return 0;
+	}
+	struct blk *k = blk_at(&c->layers[layer], c->geom.n_kv_heads, block, head);
+	k->slot = b->slot;
+	k->checksum = b->checksum;
+	k->durable = true;
+	k->bad = b->flags & BLOCK_BAD;
+	k->state = BLK_ABSENT;
+	int rc = ssd_slot_claim(c->file, b->slot);
+	if (rc) {
+		st->why = "two blocks of the catalog share a slot";
+		return rc == -EEXIST ? -EBADMSG : rc;
+	}
+	atomic_fetch_add(&c->bytes, c->block_bytes);
+	return 0;
+}
+
+int store_open(const struct store_config *cfg, struct store **out, const char **why)
+{
+	*why = NULL;
+	if (!cfg->host_ops || !cfg->host || cfg->block_tokens == 0 || (!cfg->ssd != !cfg->catalog))
+		return -EINVAL;
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cfg = *cfg;
+	s->next_id = 1;
+	s->lru.next = s->lru.prev = &s->lru;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->res_mu, NULL);
+	pthread_cond_init(&s->res_cv, NULL);
+	if (cfg->catalog) {
+		struct load_state st = { .s = s };
+		int rc = catalog_load(cfg->catalog, load_ctx, load_block, &st);
+		uint64_t next;
+		if (!rc && catalog_get_meta_u64(cfg->catalog, "next_id", &next) == 0 && next > s->next_id)
+			s->next_id = next;
+		if (rc) {
+			*why = st.why ? st.why : "the catalog does not load";
+			store_destroy(s);
+			return rc;
+		}
+		/* every block a table names must be there: a hole means a lost commit */
+		for (uint32_t i = 0; i < s->n_ctx; i++) {
+			struct kv_ctx *c = s->ctx[i];
+			for (uint32_t l = 0; l < c->geom.n_layers; l++)
+				for (uint64_t b = 0; b < c->layers[l].n_blocks; b++)
+					for (uint32_t h = 0; h < c->geom.n_kv_heads; h++)
+						if (!blk_at(&c->layers[l], c->geom.n_kv_heads, b, h)->durable) {
+							*why = "the catalog misses a block below a context's durable length";
+							store_destroy(s);
+							return -EBADMSG;
+						}
+		}
+		/* block files no context names are left from a drop interrupted by a crash */
+		uint64_t *ids;
+		size_t n;
+		if (ssd_list_files(cfg->ssd, &ids, &n) == 0) {
+			for (size_t i = 0; i < n; i++)
+				if (!find_locked(s, ids[i], NULL, 0))
+					ssd_unlink(cfg->ssd, ids[i]);
+			free(ids);
+		}
+	}
+	*out = s;
+	return 0;
+}
+
+void store_destroy(struct store *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; i < s->n_ctx; i++)
+		kv_ctx_put(s->ctx[i]);
+	free(s->ctx);
+	pthread_cond_destroy(&s->res_cv);
+	pthread_mutex_destroy(&s->res_mu);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+void store_stats(struct store *s, struct store_stats *o)
+{
+	o->hits = atomic_load(&s->hits);
+	o->misses = atomic_load(&s->misses);
+	o->evictions = atomic_load(&s->evictions);
+	o->bad_blocks = atomic_load(&s->bad_blocks);
+	o->recovered_contexts = atomic_load(&s->recovered);
+}
+
+/* The context's catalog record as it stands (context write lock held). */
+static int put_ctx_record(struct kv_ctx *c, struct catalog_txn *t, bool sealed)
+{
+	struct ctx_record r = {
+		.id = c->id, .n_layers = c->geom.n_layers, .n_kv_heads = c->geom.n_kv_heads,
+		.n_q_heads = c->geom.n_q_heads, .head_dim = c->geom.head_dim, .dtype = c->geom.dtype,
+		.rope_theta = c->geom.rope_theta, .owner_uid = c->owner, .state = sealed ? 2 : 1,
+		.block_tokens = c->B, .slot_bytes = c->slot_bytes,
+	};
+	snprintf(r.name, sizeof(r.name), "%s", c->name);
+	r.layer_tokens = malloc(sizeof(uint64_t) * c->geom.n_layers);
+	if (!r.layer_tokens)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < c->geom.n_layers; l++)
+		r.layer_tokens[l] = c->layers[l].durable_tokens;
+	int rc = catalog_put_ctx(t, &r);
+	free(r.layer_tokens);
+	return rc;
+}
+
 int store_ctx_create(struct store *s, const char *name, size_t name_len,
 		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out)
 {
-	int rc = -ENOMEM;
-	struct kv_ctx *c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
-	c->name = strndup(name, name_len);
-	c->layers = calloc(g->n_layers, sizeof(*c->layers));
-	if (!c->name || !c->layers) {
-		free(c->name);
-		free(c->layers);
-		free(c);
-		return -ENOMEM;
-	}
-	c->geom = *g;
-	c->owner = owner_uid;
-	c->store = s;
-	c->block_bytes = 2ull * s->cfg.block_tokens * g->head_dim * g->elem_size;
-	pthread_rwlock_init(&c->lock, NULL);
-	atomic_store(&c->refs, 2);          /* the store's and the caller's */
-
+	struct kv_ctx *c;
+	int rc = ctx_new(s, name, name_len, g, owner_uid, &c);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&s->mu);
 	if (find_locked(s, 0, name, name_len)) {
 		rc = -EEXIST;
 		goto fail_locked;
 	}
-	if (s->n_ctx == s->cap_ctx) {
-		uint32_t cap = s->cap_ctx ? s->cap_ctx * 2 : 16;
-		struct kv_ctx **a = realloc(s->ctx, cap * sizeof(*a));
-		if (!a)
-			goto fail_locked;
-		s->ctx = a;
-		s->cap_ctx = cap;
-	}
 	c->id = s->next_id++;
-	s->ctx[s->n_ctx++] = c;
+	if (s->cfg.ssd) {
+		struct catalog_txn *t = NULL;
+		if ((rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file)))
+			goto fail_locked;
+		if ((rc = catalog_begin(s->cfg.catalog, &t)) || (rc = put_ctx_record(c, t, false)) ||
+		    (rc = catalog_put_meta_u64(t, "next_id", s->next_id))) {
+			catalog_abort(t);
+			goto fail_locked;
+		}
+		if ((rc = catalog_commit(t)))
+			goto fail_locked;
+	}
+	if ((rc = table_add(s, c)))
+		goto fail_locked;
+	kv_ctx_get(c);          /* the store's and the caller's */
 	pthread_mutex_unlock(&s->mu);
 	*out = c;
 	return 0;
-
 fail_locked:
 	pthread_mutex_unlock(&s->mu);
-	atomic_store(&c->refs, 1);
+	if (c->file) {
+		ssd_file_remove(c->file);
+		c->file = NULL;
+	}
 	kv_ctx_put(c);
 	return rc;
 }
@@ -175,6 +494,29 @@ void store_ctx_drop(struct store *s, struct kv_ctx *c)
 	pthread_mutex_unlock(&s->mu);
 	if (found)
 		kv_ctx_put(c);
+}
+
+int store_ctx_delete(struct store *s, struct kv_ctx *c)
+{
+	if (s->cfg.catalog) {
+		/* the catalog first: a crash after it leaves an orphan file, removed at start */
+		struct catalog_txn *t;
+		int rc = catalog_begin(s->cfg.catalog, &t);
+		if (!rc && (rc = catalog_del_ctx(t, c->id)))
+			catalog_abort(t);
+		else if (!rc)
+			rc = catalog_commit(t);
+		if (rc)
+			return rc;
+		pthread_rwlock_wrlock(&c->lock);
+		if (c->file) {
+			ssd_file_remove(c->file);
+			c->file = NULL;
+		}
+		pthread_rwlock_unlock(&c->lock);
+	}
+	store_ctx_drop(s, c);
+	return 0;
 }
 
 void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), void *arg)
@@ -218,7 +560,7 @@ uint64_t kv_ctx_id(const struct kv_ctx *c) { return c->id; }
 const char *kv_ctx_name(const struct kv_ctx *c) { return c->name; }
 uint32_t kv_ctx_owner(const struct kv_ctx *c) { return c->owner; }
 const struct kv_geometry *kv_ctx_geometry(const struct kv_ctx *c) { return &c->geom; }
-uint32_t kv_ctx_block_tokens(const struct kv_ctx *c) { return c->store->cfg.block_tokens; }
+uint32_t kv_ctx_block_tokens(const struct kv_ctx *c) { return c->B; }
 
 static uint64_t shortest_layer(const struct kv_ctx *c)
 {
@@ -233,25 +575,99 @@ void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out)
 {
 	pthread_rwlock_rdlock(&c->lock);
 	out->sealed = c->sealed;
+	out->recovered = c->recovered;
 	out->tokens = shortest_layer(c);
 	out->bytes = atomic_load(&c->bytes);
 	pthread_rwlock_unlock(&c->lock);
 }
 
-/* Make room in a layer's table for @p n_blocks rows. */
-static int reserve_rows(struct kv_ctx *c, struct layer *ly, uint64_t n_blocks)
+/* ---- durability ---- */
+
+/* One block on its way to SSD. */
+struct pending {
+	uint32_t layer, head;
+	uint64_t block;
+	uint32_t tokens;
+	struct blk *k;
+};
+
+/*
+ * Write blocks to SSD, sync, and commit them with the context record in one
+ * catalog transaction. Context write lock held. On failure nothing is
+ * durable and every slot taken is given back.
+ */
+static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uint64_t *new_durable,
+			bool seal, const char **why)
 {
-	if (n_blocks <= ly->cap_blocks)
-		return 0;
-	uint64_t cap = ly->cap_blocks ? ly->cap_blocks : 16;
-	while (cap < n_blocks)
-		cap *= 2;
-	uint8_t **b = realloc(ly->blocks, cap * c->geom.n_kv_heads * sizeof(*b));
-	if (!b)
+	struct store *s = c->store;
+	int rc = 0;
+	size_t taken = 0;
+	struct ssd_io *ios = calloc(n ? n : 1, sizeof(*ios));
+	if (!ios)
 		return -ENOMEM;
-	ly->blocks = b;
-	ly->cap_blocks = cap;
+	for (; taken < n; taken++) {
+		struct pending *q = &p[taken];
+		if ((rc = ssd_slot_alloc(c->file, &q->k->slot))) {
+			*why = rc == -ENOSPC ? "SSD tier full (--ssd-max)" : "cannot allocate an SSD slot";
+			goto undo;
+		}
+		struct block_trailer tr = {
+			.ctx_id = c->id, .layer = q->layer, .head = q->head, .block = q->block,
+			.tokens = q->tokens, .data_bytes = (uint32_t)c->block_bytes,
+			.checksum = record_checksum(q->k->mem, c->block_bytes),
+		};
+		q->k->checksum = tr.checksum;
+		record_trailer_encode(q->k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr);
+		ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = q->k->mem, .write = true };
+	}
+	if ((rc = ssd_submit(s->cfg.ssd, ios, (unsigned)n)) || (n && (rc = ssd_sync(c->file)))) {
+		*why = rc == -ENOSPC ? "the SSD file system is full" : "SSD write failed";
+		goto undo;
+	}
+	uint64_t *saved = malloc(sizeof(uint64_t) * c->geom.n_layers);
+	if (!saved) {
+		rc = -ENOMEM;
+		goto undo;
+	}
+	for (uint32_t l = 0; l < c->geom.n_layers; l++) {
+		saved[l] = c->layers[l].durable_tokens;
+		c->layers[l].durable_tokens = new_durable[l];
+	}
+	struct catalog_txn *t = NULL;
+	if (!(rc = catalog_begin(s->cfg.catalog, &t))) {
+		for (size_t i = 0; i < n && !rc; i++) {
+			struct block_record br = { .slot = p[i].k->slot, .checksum = p[i].k->checksum,
+						   .tokens = p[i].tokens };
+			rc = catalog_put_block(t, c->id, p[i].layer, p[i].head, p[i].block, &br);
+		}
+		if (!rc)
+			rc = put_ctx_record(c, t, seal);
+		if (rc)
+			catalog_abort(t);
+		else
+			rc = catalog_commit(t);
+	}
+	if (rc) {
+		for (uint32_t l = 0; l < c->geom.n_layers; l++)
+			c->layers[l].durable_tokens = saved[l];
+		free(saved);
+		*why = rc == -ENOSPC ? "the catalog is full" : "catalog commit failed";
+		goto undo;
+	}
+	free(saved);
+	free(ios);
+	pthread_mutex_lock(&s->res_mu);
+	for (size_t i = 0; i < n; i++) {
+		p[i].k->durable = true;
+		lru_push(s, p[i].k);
+	}
+	pthread_mutex_unlock(&s->res_mu);
 	return 0;
+undo:
+	for (size_t i = 0; i < taken; i++)
+		ssd_slot_free(c->file, p[i].k->slot);
+	free(ios);
+	return rc;
 }
 
 int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
@@ -259,10 +675,11 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		  uint64_t *layer_tokens, uint64_t *context_tokens, const char **why)
 {
 	const struct kv_geometry *g = &c->geom;
-	const uint64_t B = c->store->cfg.block_tokens;
-	const size_t row = (size_t)g->head_dim * g->elem_size;  /* one token of one head */
-	const struct tier_ops *ops = c->store->cfg.host_ops;
-	struct tier *t = c->store->cfg.host;
+	struct store *s = c->store;
+	const uint64_t B = c->B;
+	const uint32_t H = g->n_kv_heads;
+	const size_t row = (size_t)g->head_dim * g->elem_size;
+	const struct tier_ops *ops = s->cfg.host_ops;
 	int rc = 0;
 
 	*why = NULL;
@@ -275,7 +692,7 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		return -EINVAL;
 	}
 	/* layer_count <= 1024, heads <= 1024, row <= 4096, n_tokens < 2^32: no overflow in 64 bits */
-	uint64_t want = (uint64_t)layer_count * 2 * g->n_kv_heads * n_tokens * row;
+	uint64_t want = (uint64_t)layer_count * 2 * H * n_tokens * row;
 	if (want != len) {
 		*why = "data size does not match layer_count x 2 x n_kv_heads x n_tokens x head_dim x dtype";
 		return -EINVAL;
@@ -300,53 +717,112 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		goto out;
 	}
 
-	/* Allocate every new block first so that a refusal leaves nothing behind. */
-	uint64_t old_blocks = (token_begin + B - 1) / B;
-	uint64_t new_blocks = (token_begin + n_tokens + B - 1) / B;
-	uint64_t per_layer = (new_blocks - old_blocks) * g->n_kv_heads;
+	/* New blocks first, so that a refusal leaves nothing behind. */
+	const uint64_t old_blocks = (token_begin + B - 1) / B;
+	const uint64_t new_blocks = (token_begin + n_tokens + B - 1) / B;
+	const uint64_t per_layer = (new_blocks - old_blocks) * H;
 	uint32_t done_layers = 0;
 	uint64_t done_in_layer = 0;
+	pthread_mutex_lock(&s->res_mu);
 	for (uint32_t i = 0; i < layer_count; i++) {
 		struct layer *ly = &c->layers[layer_begin + i];
 		done_in_layer = 0;
-		rc = reserve_rows(c, ly, new_blocks);
-		if (rc) {
+		if ((rc = reserve_rows(c, ly, new_blocks))) {
 			*why = "out of memory for the block table";
-			goto undo;
+			break;
 		}
-		for (done_in_layer = 0; done_in_layer < per_layer; done_in_layer++) {
-			void *p;
-			rc = ops->block_alloc(t, c->block_bytes, &p);
-			if (rc) {
-				*why = "host memory budget exhausted (raise --host-mem)";
-				goto undo;
+		for (; done_in_layer < per_layer; done_in_layer++) {
+			uint64_t idx = old_blocks * H + done_in_layer;
+			struct blk *k = blk_at(ly, H, idx / H, (uint32_t)(idx % H));
+			if ((rc = res_alloc(s, k, c->slot_bytes))) {
+				*why = "host memory budget exhausted by blocks in use (raise --host-mem)";
+				break;
 			}
-			ly->blocks[old_blocks * g->n_kv_heads + done_in_layer] = p;
+			k->state = BLK_RESIDENT;
+			k->durable = false;
+			k->bad = false;
+			k->pins = 0;
 		}
+		if (rc)
+			break;
 		done_layers++;
 	}
+	if (rc) {
+		for (uint32_t i = 0; i <= done_layers && i < layer_count; i++) {
+			struct layer *ly = &c->layers[layer_begin + i];
+			uint64_t n = i < done_layers ? per_layer : done_in_layer;
+			for (uint64_t j = 0; j < n; j++) {
+				uint64_t idx = old_blocks * H + j;
+				struct blk *k = blk_at(ly, H, idx / H, (uint32_t)(idx % H));
+				ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+				k->mem = NULL;
+				k->state = BLK_ABSENT;
+			}
+		}
+		pthread_mutex_unlock(&s->res_mu);
+		goto out;
+	}
+	pthread_mutex_unlock(&s->res_mu);
 
-	/* Copy: tokens of a head are contiguous in the request, so each block
+	/* Copy: a head's tokens are contiguous in the request, so each block
 	 * takes at most two memcpy runs (keys and values). */
 	const uint8_t *src = data;
 	for (uint32_t i = 0; i < layer_count; i++) {
 		struct layer *ly = &c->layers[layer_begin + i];
 		for (uint32_t kvsel = 0; kvsel < 2; kvsel++) {
-			for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-				const uint8_t *s = src;
+			for (uint32_t h = 0; h < H; h++) {
+				const uint8_t *sp = src;
 				uint64_t tok = token_begin, left = n_tokens;
 				while (left) {
 					uint64_t b = tok / B, off = tok % B;
 					uint64_t n = B - off < left ? B - off : left;
-					uint8_t *blk = ly->blocks[b * g->n_kv_heads + h];
-					memcpy(blk + kvsel * B * row + off * row, s, n * row);
-					s += n * row;
+					uint8_t *blk = blk_at(ly, H, b, h)->mem;
+					memcpy(blk + kvsel * B * row + off * row, sp, n * row);
+					sp += n * row;
 					tok += n;
 					left -= n;
 				}
 				src += (size_t)n_tokens * row;
 			}
 		}
+	}
+
+	if (s->cfg.ssd) {
+		/* The blocks this append filled become durable before it is acknowledged. */
+		uint64_t *durable = malloc(sizeof(uint64_t) * g->n_layers);
+		size_t cap = 0, n = 0;
+		for (uint32_t i = 0; i < layer_count; i++) {
+			const struct layer *ly = &c->layers[layer_begin + i];
+			cap += ((token_begin + n_tokens) / B - ly->durable_tokens / B) * H;
+		}
+		struct pending *p = malloc(sizeof(*p) * (cap ? cap : 1));
+		if (!durable || !p) {
+			free(durable);
+			free(p);
+			*why = "out of memory";
+			rc = -ENOMEM;
+			goto rollback;
+		}
+		for (uint32_t l = 0; l < g->n_layers; l++)
+			durable[l] = c->layers[l].durable_tokens;
+		for (uint32_t i = 0; i < layer_count; i++) {
+			uint32_t l = layer_begin + i;
+			struct layer *ly = &c->layers[l];
+			uint64_t full = (token_begin + n_tokens) / B;
+			for (uint64_t b = ly->durable_tokens / B; b < full; b++)
+				for (uint32_t h = 0; h < H; h++)
+					p[n++] = (struct pending){ .layer = l, .head = h, .block = b,
+								   .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h) };
+			durable[l] = full * B;
+		}
+		rc = make_durable(c, p, n, durable, false, why);
+		free(p);
+		free(durable);
+		if (rc)
+			goto rollback;
+	}
+	for (uint32_t i = 0; i < layer_count; i++) {
+		struct layer *ly = &c->layers[layer_begin + i];
 		ly->n_blocks = new_blocks;
 		ly->tokens = token_begin + n_tokens;
 	}
@@ -355,15 +831,20 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 	*context_tokens = shortest_layer(c);
 	goto out;
 
-undo:
-	for (uint32_t i = 0; i <= done_layers && i < layer_count; i++) {
+rollback:
+	/* The layers keep their lengths; the blocks this append added go. */
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t i = 0; i < layer_count; i++) {
 		struct layer *ly = &c->layers[layer_begin + i];
-		uint64_t n = i < done_layers ? per_layer : done_in_layer;
-		if (!ly->blocks)
-			continue;
-		for (uint64_t j = 0; j < n; j++)
-			ops->block_free(t, ly->blocks[old_blocks * g->n_kv_heads + j], c->block_bytes);
+		for (uint64_t j = 0; j < per_layer; j++) {
+			uint64_t idx = old_blocks * H + j;
+			struct blk *k = blk_at(ly, H, idx / H, (uint32_t)(idx % H));
+			ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+			k->mem = NULL;
+			k->state = BLK_ABSENT;
+		}
 	}
+	pthread_mutex_unlock(&s->res_mu);
 out:
 	pthread_rwlock_unlock(&c->lock);
 	return rc;
@@ -377,13 +858,41 @@ int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens)
 	for (uint32_t l = 1; l < c->geom.n_layers; l++)
 		if (c->layers[l].tokens != t)
 			rc = -EINVAL;
+	if (!rc && c->store->cfg.ssd && !c->sealed) {
+		/* the partial last blocks become durable with the sealed record */
+		const uint32_t H = c->geom.n_kv_heads;
+		struct pending *p = malloc(sizeof(*p) * c->geom.n_layers * H);
+		uint64_t *durable = malloc(sizeof(uint64_t) * c->geom.n_layers);
+		size_t n = 0;
+		if (!p || !durable) {
+			rc = -ENOMEM;
+		} else {
+			for (uint32_t l = 0; l < c->geom.n_layers; l++) {
+				struct layer *ly = &c->layers[l];
+				durable[l] = t;
+				if (t % c->B == 0)
+					continue;
+				for (uint32_t h = 0; h < H; h++)
+					p[n++] = (struct pending){ .layer = l, .head = h, .block = t / c->B,
+								   .tokens = (uint32_t)(t % c->B),
+								   .k = blk_at(ly, H, t / c->B, h) };
+			}
+			const char *why;
+			rc = make_durable(c, p, n, durable, true, &why);
+		}
+		free(p);
+		free(durable);
+	}
 	if (!rc) {
 		c->sealed = true;
+		c->recovered = false;
 		*tokens = t;
 	}
 	pthread_rwlock_unlock(&c->lock);
 	return rc;
 }
+
+/* ---- reading ---- */
 
 void kv_ctx_read_begin(struct kv_ctx *c) { pthread_rwlock_rdlock(&c->lock); }
 void kv_ctx_read_end(struct kv_ctx *c) { pthread_rwlock_unlock(&c->lock); }
@@ -393,21 +902,152 @@ uint64_t kv_ctx_layer_tokens(struct kv_ctx *c, uint32_t layer)
 	return layer < c->geom.n_layers ? c->layers[layer].tokens : 0;
 }
 
-const uint8_t *kv_ctx_block(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b)
+static void unpin_locked(struct store *s, struct blk *k)
 {
-	return c->layers[layer].blocks[b * c->geom.n_kv_heads + head];
+	if (k->pins && --k->pins == 0)
+		lru_push(s, k);
+}
+
+void kv_ctx_unpin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n)
+{
+	struct store *s = c->store;
+	struct layer *ly = &c->layers[layer];
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t i = 0; i < n; i++)
+		unpin_locked(s, blk_at(ly, c->geom.n_kv_heads, b0 + i, head));
+	pthread_mutex_unlock(&s->res_mu);
+}
+
+/* Check a block read from SSD against its trailer and the catalog. */
+static bool block_ok(const struct kv_ctx *c, const struct blk *k, uint32_t layer, uint32_t head,
+		     uint64_t b)
+{
+	struct block_trailer tr;
+	if (record_trailer_decode(k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr))
+		return false;
+	return tr.ctx_id == c->id && tr.layer == layer && tr.head == head && tr.block == b &&
+	       tr.data_bytes == c->block_bytes && tr.checksum == k->checksum &&
+	       record_checksum(k->mem, c->block_bytes) == k->checksum;
+}
+
+static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b,
+				const struct blk *k)
+{
+	struct catalog_txn *t;
+	if (catalog_begin(c->store->cfg.catalog, &t))
+		return;
+	struct block_record br = { .slot = k->slot, .checksum = k->checksum, .flags = BLOCK_BAD,
+				   .tokens = (uint32_t)c->B };
+	if (catalog_put_block(t, c->id, layer, head, b, &br))
+		catalog_abort(t);
+	else
+		catalog_commit(t);
+}
+
+int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
+	       const uint8_t **out, uint64_t *err)
+{
+	struct store *s = c->store;
+	struct layer *ly = &c->layers[layer];
+	const uint32_t H = c->geom.n_kv_heads;
+	int rc = 0;
+	uint32_t pinned = 0;
+	struct ssd_io *ios = NULL;
+	uint32_t *load_idx = NULL;
+	unsigned n_load = 0;
+
+	pthread_mutex_lock(&s->res_mu);
+	for (; pinned < n; pinned++) {
+		struct blk *k = blk_at(ly, H, b0 + pinned, head);
+		if (k->bad) {
+			rc = -EBADMSG;
+			*err = b0 + pinned;
+			break;
+		}
+		if (k->state == BLK_ABSENT) {
+			if (!ios) {
+				ios = calloc(n, sizeof(*ios));
+				load_idx = calloc(n, sizeof(*load_idx));
+				if (!ios || !load_idx) {
+					rc = -ENOMEM;
+					break;
+				}
+			}
+			if ((rc = res_alloc(s, k, c->slot_bytes)))
+				break;
+			k->state = BLK_LOADING;
+			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem };
+			load_idx[n_load++] = pinned;
+			atomic_fetch_add(&s->misses, 1);
+		} else {
+			lru_remove(s, k);
+			atomic_fetch_add(&s->hits, 1);
+		}
+		k->pins++;
+	}
+	pthread_mutex_unlock(&s->res_mu);
+
+	/* every missing block of the request in one batch */
+	int io_rc = n_load ? ssd_submit(s->cfg.ssd, ios, n_load) : 0;
+	uint64_t bad_at = UINT64_MAX;
+	pthread_mutex_lock(&s->res_mu);
+	for (unsigned i = 0; i < n_load; i++) {
+		uint64_t b = b0 + load_idx[i];
+		struct blk *k = blk_at(ly, H, b, head);
+		if (ios[i].result == 0 && block_ok(c, k, layer, head, b)) {
+			k->state = BLK_RESIDENT;
+			continue;
+		}
+		/* a block that fails its check is never served: it is marked bad */
+		s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+		k->mem = NULL;
+		k->state = BLK_ABSENT;
+		if (ios[i].result == 0) {
+			k->bad = true;
+			atomic_fetch_add(&s->bad_blocks, 1);
+			if (bad_at == UINT64_MAX)
+				bad_at = b;
+		}
+	}
+	pthread_cond_broadcast(&s->res_cv);
+	/* blocks another request was loading: wait for them */
+	for (uint32_t i = 0; i < pinned && !rc; i++) {
+		struct blk *k = blk_at(ly, H, b0 + i, head);
+		while (k->state == BLK_LOADING)
+			pthread_cond_wait(&s->res_cv, &s->res_mu);
+		if (k->state != BLK_RESIDENT) {
+			rc = k->bad ? -EBADMSG : (io_rc ? io_rc : -EIO);
+			*err = b0 + i;
+		} else {
+			out[i] = k->mem;
+		}
+	}
+	if (!rc && bad_at != UINT64_MAX) {
+		rc = -EBADMSG;
+		*err = bad_at;
+	}
+	if (rc) {
+		for (uint32_t i = 0; i < pinned; i++)
+			unpin_locked(s, blk_at(ly, H, b0 + i, head));
+	}
+	pthread_mutex_unlock(&s->res_mu);
+	if (bad_at != UINT64_MAX)
+		mark_bad_in_catalog(c, layer, head, bad_at, blk_at(ly, H, bad_at, head));
+	free(ios);
+	free(load_idx);
+	return rc;
 }
 
 int kv_ctx_fetch(struct kv_ctx *c, uint32_t layer, const uint64_t *ids, uint32_t n, void *out)
 {
 	const struct kv_geometry *g = &c->geom;
-	const uint64_t B = c->store->cfg.block_tokens;
+	const uint64_t B = c->B;
 	const size_t row = (size_t)g->head_dim * g->elem_size;
 	int rc = 0;
 	if (layer >= g->n_layers)
 		return -EINVAL;
 	pthread_rwlock_rdlock(&c->lock);
-	const struct layer *ly = &c->layers[layer];
+	struct layer *ly = &c->layers[layer];
 	for (uint32_t i = 0; i < n; i++) {
 		if (ids[i] >= ly->tokens) {
 			rc = -ERANGE;
@@ -415,14 +1055,17 @@ int kv_ctx_fetch(struct kv_ctx *c, uint32_t layer, const uint64_t *ids, uint32_t
 		}
 	}
 	uint8_t *dst = out;
-	for (uint32_t kvsel = 0; kvsel < 2; kvsel++)
-		for (uint32_t h = 0; h < g->n_kv_heads; h++)
-			for (uint32_t i = 0; i < n; i++) {
-				uint64_t b = ids[i] / B, off = ids[i] % B;
-				const uint8_t *blk = ly->blocks[b * g->n_kv_heads + h];
-				memcpy(dst, blk + kvsel * B * row + off * row, row);
-				dst += row;
-			}
+	for (uint32_t h = 0; h < g->n_kv_heads && !rc; h++) {
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t b = ids[i] / B, off = ids[i] % B, bad;
+			const uint8_t *blk;
+			if ((rc = kv_ctx_pin(c, layer, h, b, 1, &blk, &bad)))
+				break;
+			memcpy(dst + ((size_t)h * n + i) * row, blk + off * row, row);
+			memcpy(dst + (((size_t)g->n_kv_heads + h) * n + i) * row, blk + (B + off) * row, row);
+			kv_ctx_unpin(c, layer, h, b, 1);
+		}
+	}
 out:
 	pthread_rwlock_unlock(&c->lock);
 	return rc;

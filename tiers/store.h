@@ -1,5 +1,9 @@
 /*
- * The block store: every context's K/V, cut into blocks that live in a tier.
+ * The block store: every context's K/V, cut into blocks that live in the
+ * host tier (RAM) and, when an SSD tier is configured, durably on SSD with
+ * the LMDB catalog naming them. RAM is then a cache: durable blocks nobody
+ * uses leave it under memory pressure (least recently used first) and are
+ * read back, checksum-verified, when a request needs them.
  *
  * Glossary
  *   context   one stored token sequence: a name, a geometry, an owner uid, a
@@ -8,6 +12,11 @@
  *             B tokens).
  *   layer length  tokens appended to one layer so far; each layer grows on
  *             its own, and the context's token count is the shortest layer.
+ *   durable   a block whose bytes are on SSD, synced, and named by a
+ *             committed catalog transaction. An APPEND makes the blocks it
+ *             fills durable before it is acknowledged; SEAL makes the last,
+ *             partial blocks durable too.
+ *   pinned    a block a request is reading: it cannot leave RAM.
  *
  * Locking: the store's table has its own mutex; each context has a
  * read/write lock. Readers (attention, fetch) hold it shared between
@@ -38,14 +47,33 @@ struct kv_geometry {
 struct store;
 struct kv_ctx;
 
+struct ssd;
+struct catalog;
+
 struct store_config {
 	uint32_t block_tokens;            /* B, default 64 */
 	const struct tier_ops *host_ops;  /* the tier blocks live in */
 	struct tier *host;                /* borrowed; outlives the store */
+	struct ssd *ssd;                  /* NULL: RAM only, nothing survives a restart */
+	struct catalog *catalog;          /* with ssd: where durable blocks are named */
 };
 
-/** Create an empty store. The caller owns it (store_destroy()). */
-int store_open(const struct store_config *cfg, struct store **out);
+struct store_stats {
+	uint64_t hits;            /* block pins served from RAM */
+	uint64_t misses;          /* block pins that read from SSD */
+	uint64_t evictions;
+	uint64_t bad_blocks;      /* reads that failed their checksum */
+	uint64_t recovered_contexts;
+};
+
+/**
+ * Open the store. With an SSD tier it loads the catalog: every context
+ * comes back with its durable blocks (not yet in RAM), open contexts at
+ * their last durable block. The caller owns the store (store_destroy()).
+ * @param why  receives a static reason on failure
+ */
+int store_open(const struct store_config *cfg, struct store **out, const char **why);
+void store_stats(struct store *s, struct store_stats *out);
 /** Free the store and every context still in it. No handle may be in use. */
 void store_destroy(struct store *s);
 
@@ -82,6 +110,7 @@ const struct kv_geometry *kv_ctx_geometry(const struct kv_ctx *c);
 
 struct kv_ctx_info {
 	bool sealed;
+	bool recovered;           /* was open when the daemon stopped; holds its durable prefix */
 	uint64_t tokens;          /* the shortest layer */
 	uint64_t bytes;           /* block bytes held */
 };
@@ -94,15 +123,21 @@ void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out);
  * and @p len must be exactly its size. All or nothing: on failure no layer
  * changed.
  * @param why  receives a static reason on failure
+ * With an SSD tier the blocks it fills are durable when it returns 0.
  * @return 0, -EINVAL (sizes), -ERANGE (token_begin is not the layer length),
- *         -EROFS (sealed), -ENOMEM (tier budget), -EOVERFLOW (too many tokens)
+ *         -EROFS (sealed), -ENOMEM (tier budget), -EOVERFLOW (too many tokens),
+ *         -ENOSPC (SSD full or --ssd-max), -EIO
  */
 int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		  uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len,
 		  uint64_t *layer_tokens, uint64_t *context_tokens, const char **why);
 
-/** Seal: all layers must have the same length (-EINVAL otherwise). */
+/** Seal: all layers must have the same length (-EINVAL otherwise); with an
+ * SSD tier the last partial blocks become durable. */
 int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens);
+
+/** Drop for good: remove from the catalog and the SSD, then from the store. */
+int store_ctx_delete(struct store *s, struct kv_ctx *c);
 
 /* ---- reading (between read_begin and read_end) ---- */
 
@@ -113,16 +148,23 @@ uint64_t kv_ctx_layer_tokens(struct kv_ctx *c, uint32_t layer);
 uint32_t kv_ctx_block_tokens(const struct kv_ctx *c);
 
 /**
- * The block holding tokens [b*B, b*B + B) of (layer, head): keys [B][d] then
- * values [B][d]. Valid until kv_ctx_read_end(). Only tokens below the
- * layer's length hold data.
+ * Pin blocks [b0, b0 + n) of (layer, head) in RAM, reading the missing ones
+ * from SSD in one batch, and return their addresses in @p out: each holds
+ * keys [B][d] then values [B][d]; only tokens below the layer's length hold
+ * data. Every pinned block must be given back with kv_ctx_unpin().
+ * @param err  on -EBADMSG, receives the first block that failed its check
+ * @return 0, -EBADMSG (a block failed its checksum: it is marked bad and
+ *         never served), -ENOMEM (pinned blocks fill the budget), -EIO
  */
-const uint8_t *kv_ctx_block(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b);
+int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
+	       const uint8_t **out, uint64_t *err);
+void kv_ctx_unpin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n);
 
 /**
  * Copy K/V of @p n token positions of @p layer into @p out laid out
  * [2][n_kv_heads][n][head_dim]. Takes the read lock itself.
- * @return 0, -ERANGE (a position past the layer's length), -EINVAL (layer)
+ * @return 0, -ERANGE (a position past the layer's length), -EINVAL (layer),
+ *         and kv_ctx_pin()'s errors
  */
 int kv_ctx_fetch(struct kv_ctx *c, uint32_t layer, const uint64_t *ids, uint32_t n, void *out);
 

@@ -41,7 +41,7 @@ struct tier_ops {
 	const char *name;
 	int (*open)(const struct tier_config *cfg, struct tier **out);
 	void (*close)(struct tier *t);
-	/** Block memory of @p bytes, 64-byte aligned; -ENOMEM past the budget. */
+	/** Block memory of @p bytes, 4096-byte aligned; -ENOMEM past the budget. */
 	int (*block_alloc)(struct tier *t, size_t bytes, void **out);
 	void (*block_free)(struct tier *t, void *p, size_t bytes);
 	void (*stats)(struct tier *t, struct tier_stats *out);

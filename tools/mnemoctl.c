@@ -78,11 +78,12 @@ static void print_ctx(const struct mnemo_context_info *c, int json)
 		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 "}\n",
 		       c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads, c->geom.head_dim,
 		       dtype_name(c->geom.dtype), (double)c->geom.rope_theta,
-		       c->sealed ? "sealed" : "open", c->owner_uid, c->tokens, c->bytes);
+		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open", c->owner_uid, c->tokens, c->bytes);
 	} else {
 		printf("%-6" PRIu64 " %-24s %6u %4u/%-4u %5u %-5s %-7s %12" PRIu64 " %10.1f\n",
 		       c->id, c->name, c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads,
-		       c->geom.head_dim, dtype_name(c->geom.dtype), c->sealed ? "sealed" : "open",
+		       c->geom.head_dim, dtype_name(c->geom.dtype),
+		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open",
 		       c->tokens, (double)c->bytes / (1 << 20));
 	}
 }
@@ -179,16 +180,34 @@ int main(int argc, char **argv)
 				printf("{\"uptime_ms\":%" PRIu64 ",\"connections\":%u,\"contexts\":%u,"
 				       "\"workers\":%u,\"block_tokens\":%u,\"host_used\":%" PRIu64
 				       ",\"host_budget\":%" PRIu64 ",\"requests\":%" PRIu64
-				       ",\"errors\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
+				       ",\"errors\":%" PRIu64 ",\"ssd_used\":%" PRIu64 ",\"ssd_max\":%" PRIu64
+				       ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"evictions\":%" PRIu64
+				       ",\"ssd_reads\":%" PRIu64 ",\"ssd_writes\":%" PRIu64
+				       ",\"ssd_read_bytes\":%" PRIu64 ",\"ssd_write_bytes\":%" PRIu64
+				       ",\"bad_blocks\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
 				       di.uptime_ms, di.connections, di.contexts, di.workers, di.block_tokens,
-				       di.host_used, di.host_budget, di.requests, di.errors, di.kernels);
-			else
+				       di.host_used, di.host_budget, di.requests, di.errors, di.ssd_used,
+				       di.ssd_max, di.hits, di.misses, di.evictions, di.ssd_reads, di.ssd_writes,
+				       di.ssd_read_bytes, di.ssd_write_bytes, di.bad_blocks, di.kernels);
+			else {
 				printf("uptime       %.1f s\nconnections  %u\ncontexts     %u\n"
-				       "workers      %u\nblock        %u tokens\nhost memory  %.1f / %.1f MiB\n"
-				       "requests     %" PRIu64 " (%" PRIu64 " failed)\nkernels      %s\n",
+				       "workers      %u\nblock        %u tokens\nkernels      %s\n"
+				       "requests     %" PRIu64 " (%" PRIu64 " failed)\n"
+				       "host tier    %.1f / %.1f MiB; block pins %" PRIu64 " hits, %" PRIu64
+				       " misses; %" PRIu64 " evictions\n",
 				       di.uptime_ms / 1e3, di.connections, di.contexts, di.workers,
-				       di.block_tokens, di.host_used / 1048576.0, di.host_budget / 1048576.0,
-				       di.requests, di.errors, di.kernels);
+				       di.block_tokens, di.kernels, di.requests, di.errors,
+				       di.host_used / 1048576.0, di.host_budget / 1048576.0, di.hits, di.misses,
+				       di.evictions);
+				if (di.ssd_max == UINT64_MAX)
+					printf("ssd tier     none (--ssd-dir none): nothing survives a restart\n");
+				else
+					printf("ssd tier     %.1f MiB used%s%.1f MiB cap; %" PRIu64 " reads (%.1f MiB), %"
+					       PRIu64 " writes (%.1f MiB); %" PRIu64 " bad blocks\n",
+					       di.ssd_used / 1048576.0, di.ssd_max ? " of " : ", no ",
+					       di.ssd_max / 1048576.0, di.ssd_reads, di.ssd_read_bytes / 1048576.0,
+					       di.ssd_writes, di.ssd_write_bytes / 1048576.0, di.bad_blocks);
+			}
 		}
 	} else if (!strcmp(cmd, "stat")) {
 		uint64_t id;

@@ -68,6 +68,7 @@ struct mnemo_context_info {
 	char name[256];
 	struct mnemo_geometry geom;
 	uint32_t sealed;          /**< 0 open, 1 sealed */
+	uint32_t recovered;       /**< open when the daemon stopped; holds its durable prefix */
 	uint32_t owner_uid;
 	uint64_t tokens;          /**< complete tokens (the shortest layer) */
 	uint64_t bytes;           /**< K/V bytes held */
@@ -78,6 +79,9 @@ struct mnemo_daemon_info {
 	uint64_t uptime_ms;
 	uint32_t connections, contexts, workers, block_tokens;
 	uint64_t host_used, host_budget, requests, errors;
+	uint64_t ssd_used, ssd_max;     /**< ssd_max UINT64_MAX: no SSD tier; 0: no cap */
+	uint64_t hits, misses, evictions;
+	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
 	char kernels[32];
 };
 

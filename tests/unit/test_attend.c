@@ -34,7 +34,8 @@ static void make(struct fixture *f, uint32_t H, uint32_t G, uint32_t d, uint32_t
 	struct tier_config tc = { .budget_bytes = 8ull << 30 };
 	tier_host_ops.open(&tc, &f->host);
 	struct store_config sc = { .block_tokens = B, .host_ops = &tier_host_ops, .host = f->host };
-	store_open(&sc, &f->st);
+	const char *why;
+	store_open(&sc, &f->st, &why);
 	f->g = (struct kv_geometry){ .n_layers = 2, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = d,
 				     .dtype = dtype, .elem_size = (uint32_t)kv_dtype_size(dtype) };
 	f->n = n;
@@ -68,7 +69,6 @@ static void make(struct fixture *f, uint32_t H, uint32_t G, uint32_t d, uint32_t
 							if (l == 1)
 								(kv ? f->vf : f->kf)[((size_t)h * n + t + i) * d + j] = x;
 						}
-		const char *why;
 		uint64_t lt, ct;
 		int rc = kv_ctx_append(f->c, 0, 2, t, chunk, buf, 2 * 2 * per * es, &lt, &ct, &why);
 		if (rc) {

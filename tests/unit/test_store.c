@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../check.h"
+#include "ssd.h"
 #include "store.h"
 #include "tier.h"
 
@@ -20,7 +21,8 @@ static void setup(uint64_t budget, uint32_t B)
 	if (tier_host_ops.open(&tc, &host))
 		abort();
 	struct store_config sc = { .block_tokens = B, .host_ops = &tier_host_ops, .host = host };
-	if (store_open(&sc, &st))
+	const char *why;
+	if (store_open(&sc, &st, &why))
 		abort();
 }
 
@@ -143,7 +145,7 @@ static void test_refusals(void)
 	const uint32_t B = 16;
 	struct kv_geometry g = { .n_layers = 2, .n_kv_heads = 1, .n_q_heads = 1, .head_dim = 8,
 				 .dtype = 0, .elem_size = 4 };
-	const size_t block = 2ull * B * 8 * 4;
+	const size_t block = ssd_slot_bytes(2ull * B * 8 * 4);   /* RAM holds whole slots */
 	/* room for exactly 5 blocks */
 	setup(5 * block, B);
 	struct kv_ctx *c, *c2;
