@@ -36,7 +36,11 @@ struct ssd_file {
 	uint64_t n_words;
 	uint64_t hint;            /* no free slot below this word */
 	uint64_t used;
+	uint64_t reserved;        /* bytes fallocate'd: extending writes are slow on most file systems */
 };
+
+/* Files grow by this much at a time, so writes rarely extend them. */
+#define GROW_BYTES (64ull << 20)
 
 /* One ring per thread: workers submit their own batches without locking. */
 static __thread struct io_uring ring;
@@ -190,6 +194,26 @@ int ssd_slot_alloc(struct ssd_file *f, uint64_t *slot)
 		return rc;
 	}
 	unsigned bit = (unsigned)__builtin_ctzll(~f->bits[w]);
+	uint64_t end = (w * 64 + bit + 1) * f->slot_bytes;
+	if (end > f->reserved) {
+		/* reserve ahead, size included: ext4 serialises O_DIRECT writes that
+		 * extend a file, and a full file system says so here, before any write */
+		uint64_t want = end + GROW_BYTES - 1;
+		want -= want % GROW_BYTES;
+		if (fallocate(f->fd, 0, (off_t)f->reserved, (off_t)(want - f->reserved)) == 0) {
+			f->reserved = want;
+		} else if (errno == EOPNOTSUPP) {
+			f->reserved = UINT64_MAX;      /* writes will extend the file instead */
+		} else if (fallocate(f->fd, 0, (off_t)f->reserved,
+				     (off_t)(end - f->reserved)) == 0) {
+			f->reserved = end;             /* nearly full: this slot only */
+		} else {
+			rc = -errno;
+			pthread_mutex_unlock(&f->mu);
+			atomic_fetch_sub(&f->s->used, f->slot_bytes);
+			return rc;
+		}
+	}
 	f->bits[w] |= 1ull << bit;
 	f->hint = w;
 	f->used++;
@@ -245,6 +269,11 @@ static void prep(struct io_uring_sqe *sqe, struct ssd_io *io)
 
 int ssd_submit(struct ssd *s, struct ssd_io *ios, unsigned n)
 {
+	return ssd_submit_qd(s, ios, n, RING_DEPTH);
+}
+
+int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
+{
 	struct io_uring *r;
 	int rc = get_ring(&r);
 	if (rc)
@@ -260,7 +289,9 @@ int ssd_submit(struct ssd *s, struct ssd_io *ios, unsigned n)
 	while (next < n || inflight || n_retry) {
 		/* fill the ring: resubmissions first, then new I/Os */
 		unsigned queued = 0;
-		while (inflight + queued < RING_DEPTH && (n_retry || next < n)) {
+		if (qd < 1 || qd > RING_DEPTH)
+			qd = RING_DEPTH;
+		while (inflight + queued < qd && (n_retry || next < n)) {
 			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
 			if (!sqe)
 				break;

@@ -80,6 +80,9 @@ struct ssd_io {
  */
 int ssd_submit(struct ssd *s, struct ssd_io *ios, unsigned n);
 
+/** ssd_submit() with at most @p qd I/Os in flight (1..128) at any time. */
+int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd);
+
 /** Make the file's written slots durable (fdatasync through the ring). */
 int ssd_sync(struct ssd_file *f);
 

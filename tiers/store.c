@@ -608,7 +608,8 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 	for (; taken < n; taken++) {
 		struct pending *q = &p[taken];
 		if ((rc = ssd_slot_alloc(c->file, &q->k->slot))) {
-			*why = rc == -ENOSPC ? "SSD tier full (--ssd-max)" : "cannot allocate an SSD slot";
+			*why = rc == -ENOSPC ? "the SSD tier is full (its file system, or --ssd-max)" :
+						"cannot allocate an SSD slot";
 			goto undo;
 		}
 		struct block_trailer tr = {

@@ -7,6 +7,8 @@
  *           memcpy of the same bytes
  *   attend  exact ATTEND for one GQA group at 128K and 1M tokens vs the time
  *           to stream the same K/V bytes with the same number of threads
+ *   tier    the SSD tier's sequential write-through and random block reads
+ *           vs fio on the same file system, block size and queue depth
  *
  * Output: a table, or one JSON object per line with --json (DESIGN.md §9).
  */
@@ -24,14 +26,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "kernels.h"
 #include "mnemo.h"
+#include "record.h"
+#include "ssd.h"
 
 static int opt_json;
 static const char *opt_socket, *opt_mnemod;
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
+static const char *opt_dir;
+static uint64_t opt_tier_bytes = 1ull << 30;
+static unsigned opt_tier_seconds = 3, opt_rounds = 5;
 
 static char tmpdir[128], sock_path[256];
 static pid_t daemon_pid = -1;
@@ -401,6 +410,170 @@ static void bench_attend(const char *argv0)
 	mnemo_close(c);
 }
 
+
+/* ---- tier ---- */
+
+/* Run fio with @p args and return the bandwidth of @p kind ("read"/"write") in GB/s. */
+static double fio_gbps(const char *args, const char *kind)
+{
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd), "fio --output-format=json %s 2>/dev/null", args);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		return -1;
+	size_t cap = 1 << 20, n = 0;
+	char *buf = malloc(cap);
+	size_t r;
+	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
+		n += r;
+	buf[n] = 0;
+	int st = pclose(p);
+	double gbps = -1;
+	/* fio prints notes before the JSON on some versions */
+	char *start = strchr(buf, '{');
+	struct json_object *root = start ? json_tokener_parse(start) : NULL, *jobs, *job, *dir, *bw;
+	if (st == 0 && root && json_object_object_get_ex(root, "jobs", &jobs) &&
+	    (job = json_object_array_get_idx(jobs, 0)) && json_object_object_get_ex(job, kind, &dir) &&
+	    json_object_object_get_ex(dir, "bw_bytes", &bw))
+		gbps = (double)json_object_get_int64(bw) / 1e9;
+	json_object_put(root);
+	free(buf);
+	return gbps;
+}
+
+static void bench_tier(void)
+{
+	const char *base = opt_dir ? opt_dir : "/var/tmp";
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s/mnemo-bench-tier-XXXXXX", base);
+	if (!mkdtemp(dir))
+		die("mkdtemp", NULL, -errno);
+	struct ssd *s;
+	int rc = ssd_open(dir, 0, &s);
+	if (rc)
+		die("ssd tier (the folder must allow O_DIRECT)", NULL, rc);
+	/* a block of d=128 bf16 with 64 tokens: 32 KiB of K/V in a 36 KiB slot */
+	const uint32_t slot = ssd_slot_bytes(2 * 64 * 128 * 2);
+	const size_t block_bytes = 2 * 64 * 128 * 2;
+	const uint64_t n_slots = opt_tier_bytes / slot;
+	struct ssd_file *f;
+	if ((rc = ssd_file_open(s, 1, slot, true, &f)))
+		die("block file", NULL, rc);
+	/* one buffer per I/O of a call, each with a valid trailer, so that reads
+	 * can be verified and no two I/Os in flight share memory */
+	const unsigned per_call = 1024, qd_write = 32;
+	uint8_t *bufs;
+	if (posix_memalign((void **)&bufs, SSD_ALIGN, (size_t)slot * per_call))
+		die("memory", NULL, -ENOMEM);
+	for (unsigned k = 0; k < per_call; k++) {
+		uint8_t *b = bufs + (size_t)k * slot;
+		for (size_t i = 0; i < block_bytes; i++)
+			b[i] = (uint8_t)(i * 7 + k);
+		struct block_trailer tr = { .ctx_id = 1, .tokens = 64, .data_bytes = (uint32_t)block_bytes,
+					    .checksum = record_checksum(b, block_bytes) };
+		record_trailer_encode(b + slot - RECORD_TRAILER_SIZE, &tr);
+	}
+	struct ssd_io *ios = calloc(per_call, sizeof(*ios));
+
+	/* sequential write-through: slot allocation, checksums, 32 writes in flight,
+	 * one sync; rounds alternate with fio's, best of each (the disk is shared) */
+	double ow[16], fw[16];
+	char args[1536];
+	for (unsigned round = 0; round < opt_rounds; round++) {
+		if (round) {
+			ssd_file_remove(f);
+			if ((rc = ssd_file_open(s, 1, slot, true, &f)))
+				die("block file", NULL, rc);
+		}
+		/* as an APPEND does: every block of the batch prepared, then one submission */
+		struct ssd_io *wios = calloc(n_slots, sizeof(*wios));
+		double t0 = now_s();
+		for (uint64_t i = 0; i < n_slots; i++) {
+			uint64_t sl;
+			if ((rc = ssd_slot_alloc(f, &sl)))
+				die("slot", NULL, rc);
+			uint8_t *b = bufs + (size_t)(i % per_call) * slot;
+			if (record_checksum(b, block_bytes) == 0)   /* the work a real write does */
+				die("checksum", NULL, -EINVAL);
+			wios[i] = (struct ssd_io){ .f = f, .slot = sl, .buf = b, .write = true };
+		}
+		if ((rc = ssd_submit_qd(s, wios, (unsigned)n_slots, qd_write)))
+			die("write", NULL, rc);
+		free(wios);
+		if ((rc = ssd_sync(f)))
+			die("sync", NULL, rc);
+		ow[round] = (double)n_slots * slot / (now_s() - t0) / 1e9;
+		snprintf(args, sizeof(args), "--name=seqwrite --filename=%s/fio.dat --size=%llu --bs=%u --rw=write "
+			 "--ioengine=io_uring --direct=1 --iodepth=%u --end_fsync=1", dir,
+			 (unsigned long long)n_slots * slot, slot, qd_write);
+		fw[round] = fio_gbps(args, "write");
+		snprintf(args, sizeof(args), "%s/fio.dat", dir);
+		unlink(args);
+	}
+	/* medians: the shared disk swings by 2x from one second to the next */
+	double ours_w = pct(ow, opt_rounds, 0.5), fio_w = pct(fw, opt_rounds, 0.5);
+	if (opt_json)
+		printf("{\"suite\":\"tier\",\"metric\":\"seqwrite\",\"qd\":%u,\"block_kib\":%u,\"gbps\":%.3f,"
+		       "\"fio_gbps\":%.3f,\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"bytes\":%llu,\"dir\":\"%s\"}\n",
+		       qd_write, slot / 1024, ours_w, fio_w, ours_w / fio_w,
+		       (unsigned long long)n_slots * slot, base);
+	else
+		printf("tier seqwrite  qd%-3u %u KiB: %.2f GB/s | fio %.2f GB/s | ratio %.2f  (%.1f GiB in %s)\n",
+		       qd_write, slot / 1024, ours_w, fio_w, ours_w / fio_w,
+		       (double)n_slots * slot / 1073741824.0, base);
+
+	/* random reads of blocks not in RAM (O_DIRECT: never the page cache), each verified */
+	const unsigned qds[2] = { 1, 32 };
+	for (int qi = 0; qi < 2; qi++) {
+		unsigned qd = qds[qi];
+		uint64_t rs = 0x9e3779b97f4a7c15ull;
+		unsigned calls_n = qd == 1 ? 64 : per_call;
+		double orr[16], frr[16];
+		for (unsigned round = 0; round < opt_rounds; round++) {
+			uint64_t reads = 0;
+			double start = now_s(), end = start + opt_tier_seconds;
+			while (now_s() < end) {
+				for (unsigned k = 0; k < calls_n; k++) {
+					rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+					ios[k] = (struct ssd_io){ .f = f, .slot = (rs >> 20) % n_slots,
+								  .buf = bufs + (size_t)k * slot };
+				}
+				if ((rc = ssd_submit_qd(s, ios, calls_n, qd)))
+					die("read", NULL, rc);
+				for (unsigned k = 0; k < calls_n; k++) {
+					struct block_trailer tr;
+					uint8_t *b = bufs + (size_t)k * slot;
+					if (record_trailer_decode(b + slot - RECORD_TRAILER_SIZE, &tr) ||
+					    record_checksum(b, block_bytes) != tr.checksum)
+						die("a block read back wrong", NULL, -EBADMSG);
+				}
+				reads += calls_n;
+			}
+			orr[round] = (double)reads * slot / (now_s() - start) / 1e9;
+			snprintf(args, sizeof(args), "--name=randread --filename=%s/ctx-%016llx.blk --bs=%u --rw=randread "
+				 "--ioengine=io_uring --direct=1 --iodepth=%u --runtime=%u --time_based --size=%llu", dir, 1ull,
+				 slot, qd, opt_tier_seconds, (unsigned long long)n_slots * slot);
+			frr[round] = fio_gbps(args, "read");
+		}
+		double ours = pct(orr, opt_rounds, 0.5), fio_r = pct(frr, opt_rounds, 0.5);
+		if (opt_json)
+			printf("{\"suite\":\"tier\",\"metric\":\"randread\",\"qd\":%u,\"block_kib\":%u,\"gbps\":%.3f,"
+			       "\"fio_gbps\":%.3f,\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"iops\":%.0f,\"dir\":\"%s\"}\n",
+			       qd, slot / 1024, ours, fio_r, ours / fio_r, ours * 1e9 / slot, base);
+		else
+			printf("tier randread  qd%-3u %u KiB: %.2f GB/s (%.0f IOPS, checksums verified) | fio %.2f GB/s | ratio %.2f\n",
+			       qd, slot / 1024, ours, ours * 1e9 / slot, fio_r, ours / fio_r);
+	}
+	free(ios);
+	free(bufs);
+	ssd_file_remove(f);
+	ssd_close(s);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "mnemo-bench: could not remove %s\n", dir);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -410,6 +583,9 @@ static void usage(FILE *f)
 		"  ipc       HELLO round trip vs a raw AF_UNIX ping-pong; APPEND through shm vs memcpy\n"
 		"  attend    exact ATTEND of one GQA group (4 query heads, d=128, bf16) vs the time\n"
 		"            to stream the same bytes with as many threads as mnemod has workers\n"
+		"  tier      SSD tier: sequential write-through and random block reads (queue\n"
+		"            depths 1 and 32, checksums verified) vs fio with io_uring, O_DIRECT,\n"
+		"            the same block size and the same file system (--dir)\n"
 		"  all       every suite above\n"
 		"\n"
 		"Options:\n"
@@ -419,6 +595,10 @@ static void usage(FILE *f)
 		"  --workers N       worker threads of the started mnemod (default: one per core)\n"
 		"  --tokens N[,N..]  context lengths for attend (default 131072,1048576)\n"
 		"  --iters N         timed repetitions per point (default 20)\n"
+		"  --dir PATH        tier: the file system to measure (default /var/tmp)\n"
+		"  --tier-bytes SIZE tier: bytes written and then read at random (default 1G)\n"
+		"  --seconds N       tier: seconds per random-read round (default 3)\n"
+		"  --rounds N        tier: rounds alternating with fio, medians reported (default 5)\n"
 		"  -h, --help        this help\n");
 }
 
@@ -446,6 +626,23 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--workers") && v) {
 			opt_workers = (unsigned)strtoul(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--dir") && v) {
+			opt_dir = v;
+			i++;
+		} else if (!strcmp(a, "--tier-bytes") && v && strtoull(v, NULL, 10) > 0) {
+			char *end;
+			opt_tier_bytes = strtoull(v, &end, 10);
+			if (*end == 'G' || *end == 'g')
+				opt_tier_bytes <<= 30;
+			else if (*end == 'M' || *end == 'm')
+				opt_tier_bytes <<= 20;
+			i++;
+		} else if (!strcmp(a, "--rounds") && v && atoi(v) > 0 && atoi(v) <= 16) {
+			opt_rounds = (unsigned)atoi(v);
+			i++;
+		} else if (!strcmp(a, "--seconds") && v && atoi(v) > 0) {
+			opt_tier_seconds = (unsigned)atoi(v);
 			i++;
 		} else if (!strcmp(a, "--iters") && v && atoi(v) > 0) {
 			opt_iters = (unsigned)atoi(v);
@@ -475,7 +672,7 @@ int main(int argc, char **argv)
 		opt_workers = n > 0 ? (unsigned)n : 1;
 	}
 	int all = !strcmp(suite, "all");
-	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend")) {
+	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend") && strcmp(suite, "tier")) {
 		fprintf(stderr, "mnemo-bench: unknown suite %s\n", suite);
 		usage(stderr);
 		return 2;
@@ -484,6 +681,8 @@ int main(int argc, char **argv)
 		bench_ipc(argv[0]);
 	if (all || !strcmp(suite, "attend"))
 		bench_attend(argv[0]);
+	if (all || !strcmp(suite, "tier"))
+		bench_tier();
 	stop_daemon();
 	return 0;
 }

@@ -1,0 +1,346 @@
+/*
+ * The SSD tier and the catalog through a real mnemod:
+ * 1. a context eight times the host budget (1 GiB of K/V, --host-mem 128M)
+ *    is appended, attended over in full and compared with a reference
+ *    computed here; mnemod restarts and serves the same bytes (FETCH) and
+ *    the same attention, bit for bit;
+ * 2. kill -9 in the middle of an APPEND stream: after a restart every
+ *    acknowledged block reads back identical and the context says it was
+ *    recovered; nothing past the durable blocks is served;
+ * 3. a byte flipped in a block file while mnemod is stopped: that block's
+ *    reads fail with a data-integrity error, the others serve;
+ * 4. a full file system (a loop-mounted 48 MiB ext4, root only): APPEND
+ *    fails with ENOSPC and a clear message; what was stored still serves.
+ * Usage: test_persist PATH-TO-MNEMOD
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sys/stat.h>
+
+#include "../check.h"
+#include "harness.h"
+#include "kernels.h"
+
+enum { H = 4, D = 128, B = 64 };
+static uint64_t seed;
+
+static uint16_t key_bf16(uint32_t h, uint64_t t, uint32_t j) { return kv_f32_to_bf16(synth(1, h, t, j)); }
+static uint16_t val_bf16(uint32_t h, uint64_t t, uint32_t j) { return kv_f32_to_bf16(synth(2, h, t, j)); }
+
+/* K/V of tokens [t0, t0+n) for one layer, as APPEND wants them. */
+static void fill(uint16_t *p, uint64_t t0, uint32_t n)
+{
+	for (uint32_t kv = 0; kv < 2; kv++)
+		for (uint32_t h = 0; h < H; h++)
+			for (uint32_t i = 0; i < n; i++)
+				for (uint32_t j = 0; j < D; j++)
+					*p++ = kv ? val_bf16(h, t0 + i, j) : key_bf16(h, t0 + i, j);
+}
+
+static uint64_t create(mnemo_client *c, const char *name)
+{
+	struct mnemo_geometry g = { 1, H, H, D, MNEMO_BF16, 10000.f };
+	uint64_t id = 0;
+	CHECK(mnemo_create(c, name, &g, &id) == 0, "create %s: %s", name, mnemo_last_error(c));
+	return id;
+}
+
+/* FETCH @p n ids below @p limit and compare with the synthetic values. */
+static int check_fetch(mnemo_client *c, uint64_t ctx, uint64_t limit, uint32_t n, uint64_t *ids_out)
+{
+	uint64_t *ids = ids_out ? ids_out : malloc(n * 8);
+	for (uint32_t i = 0; i < n; i++)
+		ids[i] = check_rand(&seed) % limit;
+	uint16_t *got = malloc((size_t)2 * H * n * D * 2);
+	int rc = mnemo_fetch(c, ctx, 0, ids, n, got, (size_t)2 * H * n * D * 2);
+	int wrong = 0;
+	if (!rc)
+		for (uint32_t kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < H; h++)
+				for (uint32_t i = 0; i < n; i++)
+					for (uint32_t j = 0; j < D; j++) {
+						uint16_t want = kv ? val_bf16(h, ids[i], j) : key_bf16(h, ids[i], j);
+						wrong += got[(((size_t)kv * H + h) * n + i) * D + j] != want;
+					}
+	free(got);
+	if (!ids_out)
+		free(ids);
+	return rc ? rc : wrong;
+}
+
+static void big_context(struct daemon *d)
+{
+	const uint64_t N = 1u << 19;              /* 512K tokens x 2 KiB = 1 GiB */
+	CHECK(daemon_start(d, "--host-mem", "128M", NULL) == 0, "start");
+	mnemo_client *c;
+	if (mnemo_connect(d->sock, &c)) {
+		CHECK(0, "connect");
+		return;
+	}
+	uint64_t ctx = create(c, "big");
+	const uint32_t chunk = 8192;
+	void *arena;
+	CHECK(mnemo_shm_attach(c, (size_t)2 * H * chunk * D * 2, &arena) == 0, "attach");
+	for (uint64_t t = 0; t < N; t += chunk) {
+		fill(arena, t, chunk);
+		int rc = mnemo_append(c, ctx, 0, 1, t, chunk, arena, (size_t)2 * H * chunk * D * 2, NULL);
+		if (rc) {
+			CHECK(0, "append at %llu: %s", (unsigned long long)t, mnemo_last_error(c));
+			break;
+		}
+	}
+	uint64_t tokens;
+	CHECK(mnemo_seal(c, ctx, &tokens) == 0 && tokens == N, "seal");
+	struct mnemo_daemon_info di;
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.host_used <= (128u << 20) && di.evictions > 0,
+	      "over budget: used %llu, evictions %llu", (unsigned long long)di.host_used,
+	      (unsigned long long)di.evictions);
+
+	float q[H * D], o1[H * D], l1[H], o2[H * D], l2[H];
+	for (int i = 0; i < H * D; i++)
+		q[i] = 2.0f * check_uniform(&seed);
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o1, l1, NULL) == 0,
+	      "attend over 1 GiB: %s", mnemo_last_error(c));
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.misses > 0 && di.ssd_reads > 0, "attend read from SSD");
+	/* reference, one head at a time: two passes, so no scores are stored */
+	double worst = 0;
+	for (uint32_t h = 0; h < H; h++) {
+		double mx = -INFINITY, sum = 0, ro[D] = { 0 };
+		float krow[D];
+		for (int pass = 0; pass < 2; pass++)
+			for (uint64_t t = 0; t < N; t++) {
+				double s = 0;
+				for (uint32_t j = 0; j < D; j++) {
+					krow[j] = kv_bf16_to_f32(key_bf16(h, t, j));
+					s += (double)q[h * D + j] * krow[j];
+				}
+				s /= sqrt((double)D);
+				if (!pass) {
+					mx = fmax(mx, s);
+					continue;
+				}
+				double p = exp(s - mx);
+				sum += p;
+				for (uint32_t j = 0; j < D; j++)
+					ro[j] += p * kv_bf16_to_f32(val_bf16(h, t, j));
+			}
+		double num = 0, den = 0;
+		for (uint32_t j = 0; j < D; j++) {
+			ro[j] /= sum;
+			num += pow(o1[h * D + j] - ro[j], 2);
+			den += ro[j] * ro[j];
+		}
+		worst = fmax(worst, sqrt(num / den));
+		CHECK(fabs(l1[h] - (mx + log(sum))) < 1e-3, "lse head %u", h);
+	}
+	CHECK(worst < 2e-3, "attention over 1 GiB: relative error %g", worst);
+	uint64_t ids[4000];
+	CHECK(check_fetch(c, ctx, N, 4000, ids) == 0, "fetch before restart");
+	mnemo_close(c);
+	CHECK(daemon_stop(d, SIGTERM) == 0, "clean stop");
+
+	CHECK(daemon_start(d, "--host-mem", "128M", NULL) == 0, "restart");
+	if (mnemo_connect(d->sock, &c)) {
+		CHECK(0, "reconnect");
+		return;
+	}
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, 0, "big", &ci) == 0 && ci.sealed && ci.tokens == N && ci.id == ctx,
+	      "big after restart: %s", mnemo_last_error(c));
+	/* the same ids as before, and others */
+	uint16_t *got = malloc((size_t)2 * H * 4000 * D * 2);
+	CHECK(mnemo_fetch(c, ctx, 0, ids, 4000, got, (size_t)2 * H * 4000 * D * 2) == 0, "fetch after restart");
+	int wrong = 0;
+	for (uint32_t kv = 0; kv < 2; kv++)
+		for (uint32_t h = 0; h < H; h++)
+			for (uint32_t i = 0; i < 4000; i++)
+				for (uint32_t j = 0; j < D; j++)
+					wrong += got[(((size_t)kv * H + h) * 4000 + i) * D + j] !=
+						 (kv ? val_bf16(h, ids[i], j) : key_bf16(h, ids[i], j));
+	CHECK(wrong == 0, "%d values differ after restart", wrong);
+	free(got);
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o2, l2, NULL) == 0, "attend after restart");
+	CHECK(!memcmp(o1, o2, sizeof(o1)) && !memcmp(l1, l2, sizeof(l1)), "attention differs after restart");
+	CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop big");
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.ssd_used == 0, "drop leaves %llu SSD bytes",
+	      (unsigned long long)di.ssd_used);
+	mnemo_close(c);
+	CHECK(daemon_stop(d, SIGTERM) == 0, "clean stop 2");
+}
+
+static void crash_and_corrupt(struct daemon *d)
+{
+	CHECK(daemon_start(d, NULL) == 0, "start");
+	mnemo_client *c;
+	if (mnemo_connect(d->sock, &c)) {
+		CHECK(0, "connect");
+		return;
+	}
+	uint64_t ctx = create(c, "crash");
+	const uint32_t chunk = 1000;           /* not a multiple of the block: partial blocks pend */
+	uint16_t *buf = malloc((size_t)2 * H * chunk * D * 2);
+	uint64_t acked = 0;
+	int k;
+	for (k = 0; k < 60; k++) {
+		fill(buf, acked, chunk);
+		uint64_t id;
+		CHECK(mnemo_submit_append(c, ctx, 0, 1, acked, chunk, buf, (size_t)2 * H * chunk * D * 2, &id) == 0,
+		      "submit");
+		if (k == 40) {
+			/* the daemon dies with this append on its way */
+			daemon_stop(d, SIGKILL);
+			CHECK(mnemo_wait_append(c, id, NULL) != 0, "an append answered by a killed daemon");
+			break;
+		}
+		CHECK(mnemo_wait_append(c, id, NULL) == 0, "append %d: %s", k, mnemo_last_error(c));
+		acked += chunk;
+	}
+	free(buf);
+	mnemo_close(c);
+
+	CHECK(daemon_start(d, NULL) == 0, "restart after kill -9");
+	if (mnemo_connect(d->sock, &c)) {
+		CHECK(0, "reconnect");
+		return;
+	}
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.recovered && !ci.sealed, "recovered: %s",
+	      mnemo_last_error(c));
+	/* every acknowledged full block is there; nothing past what was sent */
+	CHECK(ci.tokens >= acked / B * B && ci.tokens <= acked + chunk && ci.tokens % B == 0,
+	      "recovered %llu tokens, acknowledged %llu", (unsigned long long)ci.tokens,
+	      (unsigned long long)acked);
+	uint64_t all = ci.tokens;
+	uint64_t *ids = malloc(all * 8);
+	for (uint64_t i = 0; i < all; i++)
+		ids[i] = i;
+	int wrong = 0;
+	for (uint64_t at = 0; at < all; at += 4096) {
+		uint32_t n = (uint32_t)(all - at < 4096 ? all - at : 4096);
+		uint16_t *got = malloc((size_t)2 * H * n * D * 2);
+		CHECK(mnemo_fetch(c, ctx, 0, ids + at, n, got, (size_t)2 * H * n * D * 2) == 0, "fetch");
+		for (uint32_t kv = 0; kv < 2; kv++)
+			for (uint32_t h = 0; h < H; h++)
+				for (uint32_t i = 0; i < n; i++)
+					for (uint32_t j = 0; j < D; j++)
+						wrong += got[(((size_t)kv * H + h) * n + i) * D + j] !=
+							 (kv ? val_bf16(h, at + i, j) : key_bf16(h, at + i, j));
+		free(got);
+	}
+	CHECK(wrong == 0, "%d recovered values differ", wrong);
+	uint64_t past = all;
+	uint16_t one[2 * H * D];
+	CHECK(mnemo_fetch(c, ctx, 0, &past, 1, one, sizeof(one)) == -ERANGE, "a token past the durable length served");
+	free(ids);
+	mnemo_close(c);
+	CHECK(daemon_stop(d, SIGTERM) == 0, "stop");
+
+	/* flip a byte inside block 3 of head 0 (the slot of the 13th block written: 4 heads per block row) */
+	char path[400];
+	snprintf(path, sizeof(path), "%s/data/ssd/ctx-%016llx.blk", d->dir, (unsigned long long)ctx);
+	int fd = open(path, O_RDWR);
+	CHECK(fd >= 0, "block file %s", path);
+	struct stat st;
+	fstat(fd, &st);
+	const off_t slot = (off_t)(((size_t)2 * B * D * 2 + 64 + 4095) / 4096 * 4096);
+	off_t at = slot * 12 + 777;
+	uint8_t byte;
+	CHECK(pread(fd, &byte, 1, at) == 1, "read");
+	byte ^= 0x01;
+	CHECK(pwrite(fd, &byte, 1, at) == 1, "flip");
+	close(fd);
+	CHECK(daemon_start(d, NULL) == 0, "start after corruption");
+	if (mnemo_connect(d->sock, &c)) {
+		CHECK(0, "connect");
+		return;
+	}
+	/* slots are taken in append order: block b, head h is slot b*H + h */
+	uint64_t in_bad = 3 * B + 5, good = 9 * B + 1;
+	uint16_t kvb[2 * H * D];
+	int rc = mnemo_fetch(c, ctx, 0, &in_bad, 1, kvb, sizeof(kvb));
+	CHECK(rc == -EBADMSG, "corrupt block served (%d)", rc);
+	CHECK(strstr(mnemo_last_error(c), "data-integrity") && strstr(mnemo_last_error(c), "context"),
+	      "message: %s", mnemo_last_error(c));
+	CHECK(mnemo_fetch(c, ctx, 0, &good, 1, kvb, sizeof(kvb)) == 0, "other blocks serve");
+	float q[H * D] = { 0 }, o[H * D], l[H];
+	rc = mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o, l, NULL);
+	CHECK(rc == -EBADMSG && strstr(mnemo_last_error(c), "block 3"), "attend over the bad block: %d %s", rc,
+	      mnemo_last_error(c));
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 8 * B, 20 * B, q, o, l, NULL) == 0,
+	      "attend around it: %s", mnemo_last_error(c));
+	struct mnemo_daemon_info di;
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.bad_blocks == 1, "bad_blocks %llu", (unsigned long long)di.bad_blocks);
+	mnemo_close(c);
+	CHECK(daemon_stop(d, SIGTERM) == 0, "stop");
+}
+
+static void full_disk(const char *bin)
+{
+	if (geteuid() != 0) {
+		printf("SKIP full-disk check: mounting a small file system needs root\n");
+		return;
+	}
+	struct daemon d;
+	daemon_init(&d, bin);
+	char img[300], mnt[300], cmd[2048];
+	snprintf(img, sizeof(img), "%s/small.img", d.dir);
+	snprintf(mnt, sizeof(mnt), "%s/small", d.dir);
+	mkdir(mnt, 0700);
+	snprintf(cmd, sizeof(cmd), "truncate -s 48M '%s' && mkfs.ext4 -q -F '%s' && mount -o loop '%s' '%s'",
+		 img, img, img, mnt);
+	if (system(cmd) != 0) {
+		printf("SKIP full-disk check: cannot loop-mount a file system here\n");
+		daemon_cleanup(&d);
+		return;
+	}
+	CHECK(daemon_start(&d, "--ssd-dir", mnt, NULL) == 0, "start on the small fs");
+	mnemo_client *c;
+	if (mnemo_connect(d.sock, &c) == 0) {
+		uint64_t ctx = create(c, "fill");
+		const uint32_t chunk = 1024;      /* 2 MiB per append */
+		uint16_t *buf = malloc((size_t)2 * H * chunk * D * 2);
+		uint64_t t = 0;
+		int rc = 0;
+		for (int i = 0; i < 64 && !rc; i++) {
+			fill(buf, t, chunk);
+			rc = mnemo_append(c, ctx, 0, 1, t, chunk, buf, (size_t)2 * H * chunk * D * 2, NULL);
+			if (!rc)
+				t += chunk;
+		}
+		CHECK(rc == -ENOSPC, "filling the disk ended with %d: %s", rc, mnemo_last_error(c));
+		CHECK(strstr(mnemo_last_error(c), "full") != NULL, "ENOSPC message: %s", mnemo_last_error(c));
+		CHECK(t > 0, "nothing fitted");
+		struct mnemo_context_info ci;
+		CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.tokens == t, "length after ENOSPC: %llu vs %llu",
+		      (unsigned long long)ci.tokens, (unsigned long long)t);
+		CHECK(check_fetch(c, ctx, t, 2000, NULL) == 0, "earlier data after ENOSPC");
+		float q[H * D], o[H * D], l[H];
+		for (int i = 0; i < H * D; i++)
+			q[i] = check_uniform(&seed);
+		CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o, l, NULL) == 0, "attend after ENOSPC");
+		free(buf);
+		mnemo_close(c);
+	}
+	CHECK(daemon_stop(&d, SIGTERM) == 0, "stop");
+	snprintf(cmd, sizeof(cmd), "umount '%s'", mnt);
+	if (system(cmd) != 0)
+		fprintf(stderr, "umount %s failed\n", mnt);
+	daemon_cleanup(&d);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: test_persist PATH-TO-MNEMOD\n");
+		return 2;
+	}
+	seed = check_seed();
+	struct daemon d;
+	daemon_init(&d, argv[1]);
+	big_context(&d);
+	crash_and_corrupt(&d);
+	daemon_cleanup(&d);
+	full_disk(argv[1]);
+	return check_exit();
+}
