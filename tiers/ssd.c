@@ -279,15 +279,17 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 	if (rc)
 		return rc;
 	unsigned next = 0, inflight = 0;
-	struct ssd_io *retry[RING_DEPTH];
-	unsigned n_retry = 0;
+	struct ssd_io *retry[RING_DEPTH], *tocheck[RING_DEPTH];
+	unsigned n_retry = 0, n_check = 0;
 	int first = 0;
 	for (unsigned i = 0; i < n; i++) {
 		ios[i].result = 0;
 		ios[i].done = 0;
 	}
-	while (next < n || inflight || n_retry) {
-		/* fill the ring: resubmissions first, then new I/Os */
+	while (next < n || inflight || n_retry || n_check) {
+		/* keep the ring full: resubmissions first, then new I/Os; each
+		 * completion frees a place at once, so the queue never drains
+		 * between groups */
 		unsigned queued = 0;
 		if (qd < 1 || qd > RING_DEPTH)
 			qd = RING_DEPTH;
@@ -304,6 +306,13 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 				return sub;
 			inflight += queued;
 		}
+		/* checks run after the ring is refilled, so the device stays busy */
+		for (unsigned i = 0; i < n_check; i++)
+			if ((tocheck[i]->result = tocheck[i]->check(tocheck[i])) && !first)
+				first = tocheck[i]->result;
+		n_check = 0;
+		if (!inflight)
+			break;
 		struct io_uring_cqe *cqe;
 		rc = io_uring_wait_cqe(r, &cqe);
 		if (rc == -EINTR)
@@ -346,6 +355,8 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 			} else {
 				atomic_fetch_add(&s->reads, 1);
 				atomic_fetch_add(&s->read_bytes, io->f->slot_bytes);
+				if (io->check)
+					tocheck[n_check++] = io;
 			}
 		} while (io_uring_peek_cqe(r, &cqe) == 0);
 	}

@@ -68,6 +68,11 @@ struct ssd_io {
 	uint64_t slot;
 	void *buf;                /* SSD_ALIGN-aligned, slot_bytes long */
 	bool write;
+	/* Optional: called as soon as this read completes, while the rest of the
+	 * batch is still in flight, so checking overlaps I/O; its non-zero
+	 * return becomes the result. */
+	int (*check)(struct ssd_io *io);
+	void *arg;                /* for check */
 	int result;               /* 0 or -errno, set by ssd_submit() */
 	uint32_t done;            /* bytes transferred so far (internal) */
 };

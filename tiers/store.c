@@ -931,6 +931,20 @@ static bool block_ok(const struct kv_ctx *c, const struct blk *k, uint32_t layer
 	       record_checksum(k->mem, c->block_bytes) == k->checksum;
 }
 
+/* What a read's check needs; the checksum runs as each read lands. */
+struct read_check {
+	const struct kv_ctx *c;
+	const struct blk *k;
+	uint32_t layer, head;
+	uint64_t b;
+};
+
+static int check_read(struct ssd_io *io)
+{
+	const struct read_check *rc = io->arg;
+	return block_ok(rc->c, rc->k, rc->layer, rc->head, rc->b) ? 0 : -EBADMSG;
+}
+
 static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b,
 				const struct blk *k)
 {
@@ -954,6 +968,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	int rc = 0;
 	uint32_t pinned = 0;
 	struct ssd_io *ios = NULL;
+	struct read_check *checks = NULL;
 	uint32_t *load_idx = NULL;
 	unsigned n_load = 0;
 
@@ -968,8 +983,9 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 		if (k->state == BLK_ABSENT) {
 			if (!ios) {
 				ios = calloc(n, sizeof(*ios));
+				checks = calloc(n, sizeof(*checks));
 				load_idx = calloc(n, sizeof(*load_idx));
-				if (!ios || !load_idx) {
+				if (!ios || !checks || !load_idx) {
 					rc = -ENOMEM;
 					break;
 				}
@@ -977,7 +993,10 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 			if ((rc = res_alloc(s, k, c->slot_bytes)))
 				break;
 			k->state = BLK_LOADING;
-			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem };
+			checks[n_load] = (struct read_check){ .c = c, .k = k, .layer = layer, .head = head,
+							      .b = b0 + pinned };
+			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem,
+						       .check = check_read, .arg = &checks[n_load] };
 			load_idx[n_load++] = pinned;
 			atomic_fetch_add(&s->misses, 1);
 		} else {
@@ -990,12 +1009,14 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 
 	/* every missing block of the request in one batch */
 	int io_rc = n_load ? ssd_submit(s->cfg.ssd, ios, n_load) : 0;
+	if (io_rc == -EBADMSG)
+		io_rc = 0;          /* a failed check is handled per block below */
 	uint64_t bad_at = UINT64_MAX;
 	pthread_mutex_lock(&s->res_mu);
 	for (unsigned i = 0; i < n_load; i++) {
 		uint64_t b = b0 + load_idx[i];
 		struct blk *k = blk_at(ly, H, b, head);
-		if (ios[i].result == 0 && block_ok(c, k, layer, head, b)) {
+		if (ios[i].result == 0) {
 			k->state = BLK_RESIDENT;
 			continue;
 		}
@@ -1003,7 +1024,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 		s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
 		k->mem = NULL;
 		k->state = BLK_ABSENT;
-		if (ios[i].result == 0) {
+		if (ios[i].result == -EBADMSG) {
 			k->bad = true;
 			atomic_fetch_add(&s->bad_blocks, 1);
 			if (bad_at == UINT64_MAX)
@@ -1035,6 +1056,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	if (bad_at != UINT64_MAX)
 		mark_bad_in_catalog(c, layer, head, bad_at, blk_at(ly, H, bad_at, head));
 	free(ios);
+	free(checks);
 	free(load_idx);
 	return rc;
 }

@@ -413,6 +413,18 @@ static void bench_attend(const char *argv0)
 
 /* ---- tier ---- */
 
+/* A block read back must carry a trailer whose checksum matches its bytes. */
+static int check_block(struct ssd_io *io)
+{
+	const size_t slot = ssd_file_slot_bytes(io->f), block_bytes = *(const size_t *)io->arg;
+	const uint8_t *b = io->buf;
+	struct block_trailer tr;
+	if (record_trailer_decode(b + slot - RECORD_TRAILER_SIZE, &tr) ||
+	    record_checksum(b, block_bytes) != tr.checksum)
+		return -EBADMSG;
+	return 0;
+}
+
 /* Run fio with @p args and return the bandwidth of @p kind ("read"/"write") in GB/s. */
 static double fio_gbps(const char *args, const char *kind)
 {
@@ -536,17 +548,11 @@ static void bench_tier(void)
 				for (unsigned k = 0; k < calls_n; k++) {
 					rs = rs * 6364136223846793005ull + 1442695040888963407ull;
 					ios[k] = (struct ssd_io){ .f = f, .slot = (rs >> 20) % n_slots,
-								  .buf = bufs + (size_t)k * slot };
+								  .buf = bufs + (size_t)k * slot,
+								  .check = check_block, .arg = (void *)&block_bytes };
 				}
 				if ((rc = ssd_submit_qd(s, ios, calls_n, qd)))
-					die("read", NULL, rc);
-				for (unsigned k = 0; k < calls_n; k++) {
-					struct block_trailer tr;
-					uint8_t *b = bufs + (size_t)k * slot;
-					if (record_trailer_decode(b + slot - RECORD_TRAILER_SIZE, &tr) ||
-					    record_checksum(b, block_bytes) != tr.checksum)
-						die("a block read back wrong", NULL, -EBADMSG);
-				}
+					die(rc == -EBADMSG ? "a block read back wrong" : "read", NULL, rc);
 				reads += calls_n;
 			}
 			orr[round] = (double)reads * slot / (now_s() - start) / 1e9;
