@@ -35,8 +35,10 @@ static const struct option_def options[] = {
 	  "Unix socket to listen on (mode 0600). auto: $XDG_RUNTIME_DIR/mnemo/mnemod.sock,\n"
 	  "or var/run/mnemod.sock under the working directory without XDG_RUNTIME_DIR." },
 	{ "data-dir", OPT_PATH, OFF(data_dir), "auto", 0, 0,
-	  "Folder for the daemon's data (created 0700). auto: $XDG_RUNTIME_DIR/mnemo/data,\n"
-	  "or var/lib/mnemo under the working directory." },
+	  "Folder for the daemon's data: the catalog and, by default, the SSD tier\n"
+	  "(created 0700). It must survive a reboot, so it is not the runtime dir.\n"
+	  "auto: $XDG_STATE_HOME/mnemo, else $HOME/.local/state/mnemo, else var/lib/mnemo\n"
+	  "under the working directory." },
 	{ "host-mem", OPT_SIZE, OFF(host_mem), "auto", 1 << 20, UINT64_MAX,
 	  "Host-RAM budget for K/V blocks (K, M, G, T suffixes). With an SSD tier it is a\n"
 	  "cache: durable blocks nobody is reading leave RAM, least recently used first,\n"
@@ -246,8 +248,11 @@ static void resolve_auto(struct config *c)
 			snprintf(c->socket, sizeof(c->socket), "var/run/mnemod.sock");
 	}
 	if (!c->data_dir[0]) {
-		if (have_xdg)
-			snprintf(c->data_dir, sizeof(c->data_dir), "%s/mnemo/data", xdg);
+		const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+		if (state && *state)
+			snprintf(c->data_dir, sizeof(c->data_dir), "%s/mnemo", state);
+		else if (home && *home)
+			snprintf(c->data_dir, sizeof(c->data_dir), "%s/.local/state/mnemo", home);
 		else
 			snprintf(c->data_dir, sizeof(c->data_dir), "var/lib/mnemo");
 	}

@@ -108,8 +108,14 @@ static void lru_push(struct store *s, struct blk *k)
 	k->in_lru = true;
 }
 
-/* Host memory for one slot; under pressure cold durable blocks leave RAM.
- * Residency mutex held. */
+/*
+ * Host memory for one slot. When the budget (the high watermark) refuses
+ * it, cold durable blocks leave RAM until the tier is back under the low
+ * watermark, so that the allocations that follow find room at once.
+ * Residency mutex held.
+ */
+#define LOW_WATERMARK_PCT 90u
+
 static int res_alloc(struct store *s, struct blk *dst, uint32_t bytes)
 {
 	const struct tier_ops *ops = s->cfg.host_ops;
@@ -120,19 +126,20 @@ static int res_alloc(struct store *s, struct blk *dst, uint32_t bytes)
 			dst->size = bytes;
 			return 0;
 		}
-		/* evict in a small batch, so the next allocations find room too */
-		int freed = 0;
-		for (int i = 0; i < 8 && s->lru.next != &s->lru; i++) {
+		if (s->lru.next == &s->lru)
+			return -ENOMEM;      /* everything in RAM is in use or not yet durable */
+		struct tier_stats ts;
+		ops->stats(s->cfg.host, &ts);
+		uint64_t low = ts.budget_bytes / 100 * LOW_WATERMARK_PCT;
+		while (s->lru.next != &s->lru && (ts.used_bytes + bytes > low)) {
 			struct blk *k = s->lru.next;
 			lru_remove(s, k);
 			ops->block_free(s->cfg.host, k->mem, k->size);
+			ts.used_bytes -= k->size;
 			k->mem = NULL;
 			k->state = BLK_ABSENT;
 			atomic_fetch_add(&s->evictions, 1);
-			freed++;
 		}
-		if (!freed)
-			return -ENOMEM;
 	}
 }
 
