@@ -22,7 +22,7 @@
 #include "mnemo.h"
 
 static uint64_t opt_tokens = 1u << 20;
-static uint32_t opt_kv = 2, opt_group = 4, opt_dim = 64, opt_chunk = 8192;
+static uint32_t opt_kv = 2, opt_group = 4, opt_dim = 64, opt_chunk = 65536;
 static uint64_t needle = 777777;
 static const char *opt_socket;
 
