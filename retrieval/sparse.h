@@ -1,0 +1,41 @@
+/*
+ * Attention over a chosen set of tokens: the exact partial over the tokens a
+ * policy picked, plus the clusters it estimates (each a pseudo-key of
+ * weight n_j, see index/policy.h). The rows are gathered into small
+ * contiguous tiles so that the same block kernels as exact attention run.
+ */
+#ifndef MNEMO_RETRIEVAL_SPARSE_H
+#define MNEMO_RETRIEVAL_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+/** Where the rows of one KV head live: row t at base + t * stride bytes. */
+struct kv_rows {
+	const void *k, *v;
+	size_t stride;            /* bytes between consecutive tokens */
+	enum kv_dtype dtype;
+};
+
+/** Clusters standing in for their members (may be empty). */
+struct kv_estimates {
+	unsigned n;
+	const float *key;         /* [n][d] */
+	const float *count;       /* [n] n_j */
+	const float *vsum;        /* [n][d] */
+};
+
+/**
+ * Partial (o, lse) of @p G queries (pre-scaled by 1/sqrt(d)) over the
+ * tokens @p ids (any order, no duplicates) and the estimates.
+ * @param o    [G][d] output
+ * @param lse  [G] output
+ * No allocation: tiles live on the stack.
+ */
+void attend_sparse(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		   const struct kv_rows *rows, const uint64_t *ids, uint64_t n,
+		   const struct kv_estimates *est, float *o, float *lse);
+
+#endif
