@@ -53,6 +53,7 @@ size_t kv_dtype_size(enum kv_dtype t);
  * @param l    [G] running denominator, updated
  * @param acc  [G][d] running numerator, updated
  * No allocation, no failure: arguments are trusted (checked by the caller).
+ * Uses up to about 36 KiB of stack.
  */
 typedef void (*attn_block_fn)(const float *q, unsigned G, unsigned d,
 			      const void *k, const void *v, unsigned n,
