@@ -12,6 +12,7 @@
 #include "proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+size_t fuzz_seed(unsigned i, uint8_t *buf, size_t cap);
 
 #define ROUND_TRIP(T, dec, enc, p, n)                                   \
 	do {                                                            \
@@ -87,4 +88,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	}
 	return 0;
+}
+
+/* Valid encodings of every message for the replay driver to mutate; byte 0
+ * picks the decoder as in LLVMFuzzerTestOneInput. */
+size_t fuzz_seed(unsigned i, uint8_t *buf, size_t cap)
+{
+	uint8_t q[64] = { 0 };
+	struct wbuf b;
+	wbuf_init(&b);
+	static const uint8_t sel[8] = { 0, 2, 3, 6, 8, 5, 14, 10 };
+	wbuf_put(&b, &sel[i % 8], 1);
+	switch (i % 8) {
+	case 0: msg_hello_req_encode(&b, &(struct msg_hello_req){ 1, 0 }); break;
+	case 1: msg_create_req_encode(&b, &(struct msg_create_req){ "abc", 3, { 2, 2, 4, 8, 2, 1e4f, 0 } }); break;
+	case 2: msg_append_req_encode(&b, &(struct msg_append_req){ .ctx = 1, .layer_count = 1, .n_tokens = 1,
+								    .data = q, .data_len = 64 }); break;
+	case 3: msg_attend_req_encode(&b, &(struct msg_attend_req){ .ctx = 1, .q = q, .q_len = 64 }); break;
+	case 4: msg_fetch_req_encode(&b, &(struct msg_fetch_req){ .ctx = 1, .n_ids = 2, .ids = q }); break;
+	case 5: msg_ctxref_encode(&b, &(struct proto_ctxref){ 0, "name", 4 }); break;
+	case 6: msg_error_encode(&b, "some error"); break;
+	default: msg_list_req_encode(&b, &(struct msg_list_req){ 0, 10 }); break;
+	}
+	size_t n = b.err || b.len > cap ? 0 : b.len;
+	if (n)
+		memcpy(buf, b.data, n);
+	wbuf_free(&b);
+	return n;
 }
