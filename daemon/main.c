@@ -37,7 +37,8 @@ int main(int argc, char **argv)
 		log_err("daemon", "cannot create data dir %s: %s", cfg.data_dir, strerror(-rc));
 		goto out;
 	}
-	struct tier_config tc = { .budget_bytes = cfg.host_mem };
+	struct tier_config tc = { .budget_bytes = cfg.host_mem,
+				  .align = strcmp(cfg.ssd_dir, "none") ? SSD_ALIGN : 64 };
 	if ((rc = tier_host_ops.open(&tc, &d.host))) {
 		log_err("daemon", "host tier: %s", strerror(-rc));
 		goto out;

@@ -10,6 +10,7 @@
 
 struct tier {
 	uint64_t budget;
+	size_t align;
 	_Atomic uint64_t used;
 	_Atomic uint64_t blocks, allocs, failures, frees;
 };
@@ -20,6 +21,11 @@ static int host_open(const struct tier_config *cfg, struct tier **out)
 	if (!t)
 		return -ENOMEM;
 	t->budget = cfg->budget_bytes;
+	t->align = cfg->align ? cfg->align : 64;
+	if (t->align & (t->align - 1) || t->align < sizeof(void *)) {
+		free(t);
+		return -EINVAL;
+	}
 	*out = t;
 	return 0;
 }
@@ -40,8 +46,9 @@ static int host_alloc(struct tier *t, size_t bytes, void **out)
 		}
 	} while (!atomic_compare_exchange_weak(&t->used, &cur, cur + bytes));
 	void *p = NULL;
-	/* page-aligned: blocks go to and from SSD with O_DIRECT */
-	if (posix_memalign(&p, 4096, bytes)) {
+	/* page alignment only when blocks go to and from SSD with O_DIRECT:
+	 * it costs the allocator padding and fragmentation */
+	if (posix_memalign(&p, t->align, bytes)) {
 		atomic_fetch_sub(&t->used, bytes);
 		atomic_fetch_add(&t->failures, 1);
 		return -ENOMEM;

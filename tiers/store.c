@@ -164,7 +164,9 @@ static int ctx_new(struct store *s, const char *name, size_t name_len, const str
 	c->store = s;
 	c->B = s->cfg.block_tokens;
 	c->block_bytes = 2ull * c->B * g->head_dim * g->elem_size;
-	c->slot_bytes = ssd_slot_bytes(c->block_bytes);
+	/* with an SSD tier the RAM copy is also the I/O buffer: a whole slot */
+	c->slot_bytes = s->cfg.ssd ? ssd_slot_bytes(c->block_bytes) :
+				     (uint32_t)((c->block_bytes + 63) / 64 * 64);
 	pthread_rwlock_init(&c->lock, NULL);
 	atomic_store(&c->refs, 1);
 	*out = c;

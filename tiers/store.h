@@ -54,7 +54,8 @@ struct store_config {
 	uint32_t block_tokens;            /* B, default 64 */
 	const struct tier_ops *host_ops;  /* the tier blocks live in */
 	struct tier *host;                /* borrowed; outlives the store */
-	struct ssd *ssd;                  /* NULL: RAM only, nothing survives a restart */
+	struct ssd *ssd;                  /* NULL: RAM only, nothing survives a restart;
+	                                   * else host must align blocks to SSD_ALIGN */
 	struct catalog *catalog;          /* with ssd: where durable blocks are named */
 };
 

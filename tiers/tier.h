@@ -19,6 +19,7 @@ struct tier;
 
 struct tier_config {
 	uint64_t budget_bytes;
+	uint32_t align;           /* block alignment: 4096 when blocks go to SSD (O_DIRECT); 0 = 64 */
 };
 
 struct tier_stats {
@@ -41,7 +42,7 @@ struct tier_ops {
 	const char *name;
 	int (*open)(const struct tier_config *cfg, struct tier **out);
 	void (*close)(struct tier *t);
-	/** Block memory of @p bytes, 4096-byte aligned; -ENOMEM past the budget. */
+	/** Block memory of @p bytes at the configured alignment; -ENOMEM past the budget. */
 	int (*block_alloc)(struct tier *t, size_t bytes, void **out);
 	void (*block_free)(struct tier *t, void *p, size_t bytes);
 	void (*stats)(struct tier *t, struct tier_stats *out);

@@ -194,7 +194,7 @@ struct world {
 
 static int world_open(struct world *w, uint64_t host_bytes, uint64_t ssd_max)
 {
-	struct tier_config tc = { .budget_bytes = host_bytes };
+	struct tier_config tc = { .budget_bytes = host_bytes, .align = SSD_ALIGN };
 	tier_host_ops.open(&tc, &w->host);
 	int rc = ssd_open(ssd_path, ssd_max, &w->ssd);
 	if (rc)

@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "../check.h"
-#include "ssd.h"
 #include "store.h"
 #include "tier.h"
 
@@ -145,7 +144,7 @@ static void test_refusals(void)
 	const uint32_t B = 16;
 	struct kv_geometry g = { .n_layers = 2, .n_kv_heads = 1, .n_q_heads = 1, .head_dim = 8,
 				 .dtype = 0, .elem_size = 4 };
-	const size_t block = ssd_slot_bytes(2ull * B * 8 * 4);   /* RAM holds whole slots */
+	const size_t block = 2ull * B * 8 * 4;   /* RAM only: a block is its bytes */
 	/* room for exactly 5 blocks */
 	setup(5 * block, B);
 	struct kv_ctx *c, *c2;
