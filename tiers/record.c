@@ -164,6 +164,9 @@ int record_ctx_decode(const void *in, size_t n, struct ctx_record *c)
 	if (nl == 0 || nl > 255 || c->n_layers == 0 || c->n_layers > 1024 ||
 	    n != CTX_FIXED + nl + (size_t)c->n_layers * 8 || (c->state != 1 && c->state != 2))
 		return -EBADMSG;
+	for (size_t i = 0; i < nl; i++)
+		if (p[CTX_FIXED + i] < 0x21 || p[CTX_FIXED + i] > 0x7e)
+			return -EBADMSG;     /* names are printable ASCII, as on the wire */
 	memcpy(c->name, p + CTX_FIXED, nl);
 	c->name[nl] = 0;
 	c->layer_tokens = malloc((size_t)c->n_layers * 8);
