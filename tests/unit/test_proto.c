@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "../check.h"
@@ -372,8 +373,55 @@ static void test_arena(void)
 	CHECK(shm_arena_create(0, &z) == -EINVAL, "empty arena");
 }
 
+/* The transport alone, over a socketpair: bytes and an fd arrive together,
+ * extra fds are closed, and EOF reads as 0. */
+static void test_transport(void)
+{
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+	struct shm_arena a;
+	CHECK(shm_arena_create(8192, &a) == 0, "arena");
+	a.base[100] = 0x77;
+	CHECK(sock_send_all(sv[0], "hello", 5, a.fd) == 0, "send with fd");
+	char buf[16];
+	int fds[2], nfds = 0;
+	ssize_t n = sock_recv_fds(sv[1], buf, sizeof(buf), fds, 2, &nfds);
+	CHECK(n == 5 && !memcmp(buf, "hello", 5) && nfds == 1, "recv: %zd bytes, %d fds", n, nfds);
+	if (nfds == 1) {
+		struct shm_arena b;
+		CHECK(shm_arena_adopt(fds[0], 8192, &b) == 0 && b.base[100] == 0x77, "the fd is the arena");
+		shm_arena_close(&b);
+	}
+	/* three fds where two are taken: the third is closed, not leaked */
+	int three[3] = { dup(a.fd), dup(a.fd), dup(a.fd) };
+	union { struct cmsghdr h; char b[CMSG_SPACE(3 * sizeof(int))]; } ctl;
+	memset(&ctl, 0, sizeof(ctl));
+	struct iovec iov = { .iov_base = "x", .iov_len = 1 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(3 * sizeof(int));
+	memcpy(CMSG_DATA(cm), three, sizeof(three));
+	CHECK(sendmsg(sv[0], &mh, 0) == 1, "sendmsg 3 fds");
+	for (int i = 0; i < 3; i++)
+		close(three[i]);
+	n = sock_recv_fds(sv[1], buf, sizeof(buf), fds, 2, &nfds);
+	CHECK(n == 1 && nfds == 2, "two of three fds: %zd %d", n, nfds);
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	n = sock_recv_fds(sv[1], buf, sizeof(buf), fds, 2, &nfds);
+	CHECK(n == -EAGAIN, "nothing more: %zd", n);
+	close(sv[0]);
+	n = sock_recv_fds(sv[1], buf, sizeof(buf), fds, 2, &nfds);
+	CHECK(n == 0 && nfds == 0, "EOF");
+	close(sv[1]);
+	shm_arena_close(&a);
+}
+
 int main(void)
 {
+	test_transport();
 	test_header();
 	test_create();
 	test_append();
