@@ -38,4 +38,13 @@ void attend_sparse(const struct attn_kernels *kern, const float *q, unsigned G, 
 		   const struct kv_rows *rows, const uint64_t *ids, uint64_t n,
 		   const struct kv_estimates *est, float *o, float *lse);
 
+/** Fold the rows at @p krows / @p vrows into a group's running state. */
+void sparse_fold_rows(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		      enum kv_dtype dtype, const uint8_t *const *krows, const uint8_t *const *vrows,
+		      uint64_t n, float *m, float *l, float *acc);
+
+/** Fold estimated clusters into a group's running state. */
+void sparse_fold_estimates(const float *q, unsigned G, unsigned d, const struct kv_estimates *est,
+			   float *m, float *l, float *acc);
+
 #endif

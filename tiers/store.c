@@ -64,6 +64,8 @@ struct kv_ctx {
 	_Atomic uint64_t bytes;
 	struct layer *layers;
 	struct ssd_file *file;
+	void *aux;                /* what the request path keeps per context (indexes) */
+	void (*aux_free)(void *aux);
 };
 
 struct store {
@@ -194,6 +196,8 @@ static void ctx_free(struct kv_ctx *c)
 			free(c->layers[l].pages[p]);
 		free(c->layers[l].pages);
 	}
+	if (c->aux_free)
+		c->aux_free(c->aux);
 	ssd_file_close(c->file);
 	free(c->layers);
 	pthread_rwlock_destroy(&c->lock);
@@ -968,9 +972,11 @@ static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head,
 		catalog_commit(t);
 }
 
-int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
-	       const uint8_t **out, uint64_t *err)
+/* Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head). */
+static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *list, uint64_t b0,
+		      uint32_t n, const uint8_t **out, uint64_t *err)
 {
+#define BLK_OF(i) (list ? list[i] : b0 + (i))
 	struct store *s = c->store;
 	struct layer *ly = &c->layers[layer];
 	const uint32_t H = c->geom.n_kv_heads;
@@ -983,10 +989,10 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 
 	pthread_mutex_lock(&s->res_mu);
 	for (; pinned < n; pinned++) {
-		struct blk *k = blk_at(ly, H, b0 + pinned, head);
+		struct blk *k = blk_at(ly, H, BLK_OF(pinned), head);
 		if (k->bad) {
 			rc = -EBADMSG;
-			*err = b0 + pinned;
+			*err = BLK_OF(pinned);
 			break;
 		}
 		if (k->state == BLK_ABSENT) {
@@ -1003,7 +1009,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 				break;
 			k->state = BLK_LOADING;
 			checks[n_load] = (struct read_check){ .c = c, .k = k, .layer = layer, .head = head,
-							      .b = b0 + pinned };
+							      .b = BLK_OF(pinned) };
 			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem,
 						       .check = check_read, .arg = &checks[n_load] };
 			load_idx[n_load++] = pinned;
@@ -1023,7 +1029,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	uint64_t bad_at = UINT64_MAX;
 	pthread_mutex_lock(&s->res_mu);
 	for (unsigned i = 0; i < n_load; i++) {
-		uint64_t b = b0 + load_idx[i];
+		uint64_t b = BLK_OF(load_idx[i]);
 		struct blk *k = blk_at(ly, H, b, head);
 		if (ios[i].result == 0) {
 			k->state = BLK_RESIDENT;
@@ -1043,12 +1049,12 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	pthread_cond_broadcast(&s->res_cv);
 	/* blocks another request was loading: wait for them */
 	for (uint32_t i = 0; i < pinned && !rc; i++) {
-		struct blk *k = blk_at(ly, H, b0 + i, head);
+		struct blk *k = blk_at(ly, H, BLK_OF(i), head);
 		while (k->state == BLK_LOADING)
 			pthread_cond_wait(&s->res_cv, &s->res_mu);
 		if (k->state != BLK_RESIDENT) {
 			rc = k->bad ? -EBADMSG : (io_rc ? io_rc : -EIO);
-			*err = b0 + i;
+			*err = BLK_OF(i);
 		} else {
 			out[i] = k->mem;
 		}
@@ -1059,7 +1065,7 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	}
 	if (rc) {
 		for (uint32_t i = 0; i < pinned; i++)
-			unpin_locked(s, blk_at(ly, H, b0 + i, head));
+			unpin_locked(s, blk_at(ly, H, BLK_OF(i), head));
 	}
 	pthread_mutex_unlock(&s->res_mu);
 	if (bad_at != UINT64_MAX)
@@ -1068,7 +1074,52 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	free(checks);
 	free(load_idx);
 	return rc;
+#undef BLK_OF
 }
+
+int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
+	       const uint8_t **out, uint64_t *err)
+{
+	return pin_blocks(c, layer, head, NULL, b0, n, out, err);
+}
+
+int kv_ctx_pin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n,
+		    const uint8_t **out, uint64_t *err)
+{
+	return pin_blocks(c, layer, head, blocks, 0, n, out, err);
+}
+
+void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n)
+{
+	struct store *s = c->store;
+	struct layer *ly = &c->layers[layer];
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t i = 0; i < n; i++)
+		unpin_locked(s, blk_at(ly, c->geom.n_kv_heads, blocks[i], head));
+	pthread_mutex_unlock(&s->res_mu);
+}
+
+void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux))
+{
+	struct store *s = c->store;
+	pthread_mutex_lock(&s->mu);
+	if (!c->aux) {
+		c->aux = aux;
+		c->aux_free = free_fn;
+	}
+	void *cur = c->aux;
+	pthread_mutex_unlock(&s->mu);
+	return cur;
+}
+
+void *kv_ctx_aux(struct kv_ctx *c)
+{
+	pthread_mutex_lock(&c->store->mu);
+	void *cur = c->aux;
+	pthread_mutex_unlock(&c->store->mu);
+	return cur;
+}
+
 
 int kv_ctx_fetch(struct kv_ctx *c, uint32_t layer, const uint64_t *ids, uint32_t n, void *out)
 {

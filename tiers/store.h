@@ -161,6 +161,20 @@ int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uin
 	       const uint8_t **out, uint64_t *err);
 void kv_ctx_unpin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n);
 
+/** kv_ctx_pin() of any blocks (distinct, in any order), loaded in one batch. */
+int kv_ctx_pin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n,
+		    const uint8_t **out, uint64_t *err);
+void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n);
+
+/**
+ * One pointer the layers above may hang on a context (retrieval keeps its
+ * indexes there), freed with @p free_fn when the context is. The first
+ * install wins: the return value is what the context holds afterwards; a
+ * caller whose @p aux lost frees its own.
+ */
+void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux));
+void *kv_ctx_aux(struct kv_ctx *c);
+
 /**
  * Copy K/V of @p n token positions of @p layer into @p out laid out
  * [2][n_kv_heads][n][head_dim]. Takes the read lock itself.
