@@ -2,8 +2,9 @@
  * Indexes over stored keys, one ops table per retrieval policy.
  *
  * Glossary
- *   policy   how an ATTEND picks tokens (exact, and the indexed policies of
- *            later changes: quest, blocks, centroids, ann, episodic, faiss-*)
+ *   policy   how an ATTEND picks tokens: exact (every token), or an indexed
+ *            policy whose methods (struct policy_ops, policy.h) build an
+ *            index over a segment's keys and search it
  *   segment  a run of sealed blocks indexed together
  *
  * The FAISS C API is used only inside this folder; its errors are mapped to
@@ -17,20 +18,30 @@
 
 /** Wire values of the policies (ATTEND's policy field). */
 enum index_policy {
-	POLICY_EXACT = 0,
+	POLICY_EXACT = 0,         /**< "exact": every token, no index */
+	POLICY_QUEST = 1,         /**< "quest": per-page min/max bounds (Quest) */
+	POLICY_BLOCKS = 2,        /**< "blocks": 128-token blocks, 4 representatives (InfLLM) */
+	POLICY_CENTROIDS = 3,     /**< "centroids": spherical k-means clusters (RetroInfer, Squeezed Attention) */
+	POLICY_CENTROIDS2 = 4,    /**< "centroids2": the same with a coarse level above (hierarchical) */
+	POLICY_FAISS_IVF = 5,     /**< "faiss-ivf": FAISS IndexIVFFlat, inner product (baseline) */
+	POLICY_FAISS_HNSW = 6,    /**< "faiss-hnsw": FAISS IndexHNSWFlat, inner product (baseline) */
+	/* 7 and 8 are taken by "ann" and "episodic" */
 	POLICY_COUNT
 };
 
 #define INDEX_OPS_VERSION 1
 
+struct policy_ops;
+
 /**
- * A policy's methods. A policy without an index (exact) leaves build and
- * search NULL: the request path then attends over the whole range.
+ * A policy's entry in the table. A policy without an index (exact) has no
+ * methods (@c ops NULL): the request path then attends over the whole range.
  */
 struct index_ops {
 	uint32_t version;
 	const char *name;
 	enum index_policy policy;
+	const struct policy_ops *ops;   /**< build, search, persist (policy.h); NULL for exact */
 };
 
 /** The ops of @p policy, or NULL when this build has no such policy. */

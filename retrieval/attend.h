@@ -49,4 +49,16 @@ struct attend_result {
 int attend_exact(struct kv_ctx *c, const struct attend_request *req,
 		 struct attend_result *res, const struct attend_exec *ex);
 
+/**
+ * ATTEND with retrieval policy @p policy (enum index_policy, not exact):
+ * per KV head the policy's index picks at most @p budget tokens (0: 2% of
+ * the indexed tokens) for the group's queries; attention is exact over
+ * them, over tokens appended after the index was built, and adds the
+ * policy's estimated clusters when the range is the whole index. The
+ * index is built on first use and kept with the context.
+ * @return attend_exact()'s errors, and -EINVAL for an unknown policy
+ */
+int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
+		  struct attend_result *res, const struct attend_exec *ex);
+
 #endif

@@ -1,0 +1,823 @@
+/* Helpers the policies share (ix.h): blobs, scratch, threads, scoring, selection. */
+#define _GNU_SOURCE
+#include "ix.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+void ix_assert_fail(const char *what, const char *file, int line)
+{
+	fprintf(stderr, "mnemo index: %s:%d: %s\n", file, line, what);
+	abort();
+}
+
+/* ---- blobs ------------------------------------------------------------ */
+
+static void wr_reserve(struct ix_wr *w, size_t more)
+{
+	if (w->err)
+		return;
+	if (more > SIZE_MAX - w->len) {
+		w->err = -ENOMEM;
+		return;
+	}
+	if (w->len + more <= w->cap)
+		return;
+	size_t cap = w->cap ? w->cap : 256;
+	while (cap < w->len + more)
+		cap = cap > SIZE_MAX / 2 ? w->len + more : cap * 2;
+	uint8_t *p = realloc(w->buf, cap);
+	if (!p) {
+		w->err = -ENOMEM;
+		return;
+	}
+	w->buf = p;
+	w->cap = cap;
+}
+
+void ix_wr_bytes(struct ix_wr *w, const void *p, size_t n)
+{
+	wr_reserve(w, n);
+	if (w->err || !n)
+		return;
+	memcpy(w->buf + w->len, p, n);
+	w->len += n;
+}
+
+void ix_wr_u32(struct ix_wr *w, uint32_t v)
+{
+	uint32_t le = htole32(v);
+	ix_wr_bytes(w, &le, 4);
+}
+
+void ix_wr_u64(struct ix_wr *w, uint64_t v)
+{
+	uint64_t le = htole64(v);
+	ix_wr_bytes(w, &le, 8);
+}
+
+void ix_wr_f32(struct ix_wr *w, float v)
+{
+	uint32_t u;
+	memcpy(&u, &v, 4);
+	ix_wr_u32(w, u);
+}
+
+void ix_wr_f32s(struct ix_wr *w, const float *v, size_t n)
+{
+	if (n > SIZE_MAX / 4) {
+		w->err = -ENOMEM;
+		return;
+	}
+	wr_reserve(w, n * 4);
+	if (w->err)
+		return;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (n)
+		memcpy(w->buf + w->len, v, n * 4);
+	w->len += n * 4;
+#else
+	for (size_t i = 0; i < n; i++)
+		ix_wr_f32(w, v[i]);
+#endif
+}
+
+void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n)
+{
+	if (n > SIZE_MAX / 4) {
+		w->err = -ENOMEM;
+		return;
+	}
+	wr_reserve(w, n * 4);
+	if (w->err)
+		return;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (n)
+		memcpy(w->buf + w->len, v, n * 4);
+	w->len += n * 4;
+#else
+	for (size_t i = 0; i < n; i++)
+		ix_wr_u32(w, v[i]);
+#endif
+}
+
+void ix_wr_begin(struct ix_wr *w, unsigned policy, uint16_t version, size_t hint)
+{
+	memset(w, 0, sizeof(*w));
+	wr_reserve(w, hint > IX_HEADER_BYTES ? hint : IX_HEADER_BYTES);
+	uint8_t h[8];
+	uint16_t pol = htole16((uint16_t)policy), ver = htole16(version);
+	uint32_t magic = htole32(IX_MAGIC);
+	memcpy(h, &magic, 4);
+	memcpy(h + 4, &pol, 2);
+	memcpy(h + 6, &ver, 2);
+	ix_wr_bytes(w, h, 8);
+	ix_wr_u64(w, 0); /* body length, patched by ix_wr_end() */
+}
+
+int ix_wr_end(struct ix_wr *w, uint8_t **buf, size_t *len)
+{
+	int rc = w->err;
+	if (!rc && w->len < IX_HEADER_BYTES)
+		rc = -EINVAL;
+	if (rc) {
+		free(w->buf);
+		memset(w, 0, sizeof(*w));
+		return rc;
+	}
+	uint64_t body = htole64((uint64_t)(w->len - IX_HEADER_BYTES));
+	memcpy(w->buf + 8, &body, 8);
+	*buf = w->buf;
+	*len = w->len;
+	memset(w, 0, sizeof(*w));
+	return 0;
+}
+
+int ix_rd_begin(struct ix_rd *r, const uint8_t *buf, size_t len, unsigned policy, uint16_t version)
+{
+	r->p = buf;
+	r->left = len;
+	r->err = 0;
+	if (!buf || len < IX_HEADER_BYTES) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	uint32_t magic;
+	uint16_t pol, ver;
+	uint64_t body;
+	memcpy(&magic, buf, 4);
+	memcpy(&pol, buf + 4, 2);
+	memcpy(&ver, buf + 6, 2);
+	memcpy(&body, buf + 8, 8);
+	if (le32toh(magic) != IX_MAGIC || le16toh(pol) != policy || le16toh(ver) != version ||
+	    le64toh(body) != (uint64_t)(len - IX_HEADER_BYTES)) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	r->p += IX_HEADER_BYTES;
+	r->left -= IX_HEADER_BYTES;
+	return 0;
+}
+
+const uint8_t *ix_rd_bytes(struct ix_rd *r, size_t n)
+{
+	if (r->err || n > r->left) {
+		r->err = -EBADMSG;
+		return NULL;
+	}
+	const uint8_t *p = r->p;
+	r->p += n;
+	r->left -= n;
+	return p;
+}
+
+uint32_t ix_rd_u32(struct ix_rd *r)
+{
+	const uint8_t *p = ix_rd_bytes(r, 4);
+	uint32_t v = 0;
+	if (p)
+		memcpy(&v, p, 4);
+	return le32toh(v);
+}
+
+uint64_t ix_rd_u64(struct ix_rd *r)
+{
+	const uint8_t *p = ix_rd_bytes(r, 8);
+	uint64_t v = 0;
+	if (p)
+		memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+float ix_rd_f32(struct ix_rd *r)
+{
+	uint32_t u = ix_rd_u32(r);
+	float f;
+	memcpy(&f, &u, 4);
+	if (!isfinite(f)) {
+		r->err = -EBADMSG;
+		return 0;
+	}
+	return f;
+}
+
+int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)
+{
+	*out = NULL;
+	if (r->err || n > r->left / 4) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	float *v = malloc(n ? n * 4 : 1);
+	if (!v)
+		return -ENOMEM;
+	const uint8_t *p = ix_rd_bytes(r, n * 4);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u;
+		memcpy(&u, p + 4 * i, 4);
+		u = le32toh(u);
+		memcpy(&v[i], &u, 4);
+		if (!isfinite(v[i])) {
+			free(v);
+			r->err = -EBADMSG;
+			return r->err;
+		}
+	}
+	*out = v;
+	return 0;
+}
+
+int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out)
+{
+	*out = NULL;
+	if (r->err || n > r->left / 4) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	uint32_t *v = malloc(n ? n * 4 : 1);
+	if (!v)
+		return -ENOMEM;
+	const uint8_t *p = ix_rd_bytes(r, n * 4);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u;
+		memcpy(&u, p + 4 * i, 4);
+		v[i] = le32toh(u);
+		if (v[i] >= below) {
+			free(v);
+			r->err = -EBADMSG;
+			return r->err;
+		}
+	}
+	*out = v;
+	return 0;
+}
+
+int ix_rd_end(const struct ix_rd *r)
+{
+	return r->err ? r->err : r->left ? -EBADMSG : 0;
+}
+
+uint64_t ix_checksum(const void *p, size_t n)
+{
+	return XXH3_64bits(p, n);
+}
+
+/* ---- threads and scratch ------------------------------------------------ */
+
+unsigned ix_threads(unsigned threads, size_t items)
+{
+	if (!threads) {
+		long c = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = c > 0 ? (unsigned)(c < 256 ? c : 256) : 1;
+	}
+	if (threads > items)
+		threads = items ? (unsigned)items : 1;
+	return threads ? threads : 1;
+}
+
+struct par {
+	int (*fn)(void *ctx, size_t item, unsigned worker);
+	void *ctx;
+	size_t n;
+	atomic_size_t next;
+	atomic_int rc;
+};
+
+struct par_worker {
+	struct par *p;
+	unsigned id;
+};
+
+static void par_run(struct par *p, unsigned id)
+{
+	for (;;) {
+		size_t i = atomic_fetch_add(&p->next, 1);
+		if (i >= p->n)
+			return;
+		int rc = p->fn(p->ctx, i, id);
+		if (rc) {
+			int zero = 0;
+			atomic_compare_exchange_strong(&p->rc, &zero, rc);
+		}
+	}
+}
+
+static void *par_thread(void *arg)
+{
+	struct par_worker *w = arg;
+	omp_set_num_threads(1);
+	par_run(w->p, w->id);
+	return NULL;
+}
+
+int ix_parallel(unsigned threads, size_t n_items, int (*fn)(void *ctx, size_t item, unsigned worker), void *ctx)
+{
+	struct par p = { .fn = fn, .ctx = ctx, .n = n_items };
+	atomic_init(&p.next, 0);
+	atomic_init(&p.rc, 0);
+	unsigned t = ix_threads(threads, n_items);
+	if (t == 1) {
+		par_run(&p, 0);
+		return atomic_load(&p.rc);
+	}
+	pthread_t tid[256];
+	struct par_worker w[256];
+	unsigned started = 0;
+	for (unsigned i = 1; i < t; i++) {
+		w[i] = (struct par_worker){ .p = &p, .id = i };
+		if (pthread_create(&tid[i], NULL, par_thread, &w[i]))
+			break; /* fewer workers: the items still all run */
+		started = i;
+	}
+	int omp_saved = omp_get_max_threads();
+	omp_set_num_threads(1);
+	par_run(&p, 0);
+	omp_set_num_threads(omp_saved);
+	for (unsigned i = 1; i <= started; i++)
+		pthread_join(tid[i], NULL);
+	return atomic_load(&p.rc);
+}
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+static __thread void *scratch_mem;
+static __thread size_t scratch_cap;
+
+static void scratch_key_init(void)
+{
+	/* the key's destructor frees a thread's scratch when it exits */
+	scratch_key_ok = pthread_key_create(&scratch_key, free) == 0;
+}
+
+void *ix_scratch(size_t bytes)
+{
+	if (bytes <= scratch_cap && scratch_mem)
+		return scratch_mem;
+	pthread_once(&scratch_once, scratch_key_init);
+	size_t cap = scratch_cap ? scratch_cap : 65536;
+	while (cap < bytes)
+		cap = cap > SIZE_MAX / 2 ? bytes : cap * 2;
+	void *p = NULL;
+	if (posix_memalign(&p, 64, cap))
+		return NULL;
+	free(scratch_mem);
+	scratch_mem = p;
+	scratch_cap = cap;
+	if (scratch_key_ok)
+		pthread_setspecific(scratch_key, p);
+	return p;
+}
+
+/* ---- arithmetic -------------------------------------------------------- */
+
+/* Eight floats: AVX registers in the AVX2 copies, SSE pairs otherwise.
+ * Rows need no alignment (v8u); no function takes or returns one by value. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+
+#define load8(p) (*(const v8u *)(p))
+
+static inline float hsum8(const v8f *v)
+{
+	const v8f x = *v;
+	return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+}
+
+static inline __attribute__((always_inline)) float dot_body(const float *a, const float *b, unsigned d)
+{
+	v8f acc0 = { 0 }, acc1 = { 0 };
+	unsigned j = 0;
+	for (; j + 16 <= d; j += 16) {
+		acc0 += load8(a + j) * load8(b + j);
+		acc1 += load8(a + j + 8) * load8(b + j + 8);
+	}
+	for (; j + 8 <= d; j += 8)
+		acc0 += load8(a + j) * load8(b + j);
+	acc0 += acc1;
+	float s = hsum8(&acc0);
+	for (; j < d; j++)
+		s += a[j] * b[j];
+	return s;
+}
+
+static inline __attribute__((always_inline)) void dots_body(const float *rows, size_t n, size_t stride,
+							       const float *q, unsigned G, unsigned d, float *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		const float *r = rows + i * stride;
+		float *o = out + i * G;
+		unsigned g = 0;
+		for (; g + 4 <= G; g += 4) {
+			const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+			v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+			unsigned j = 0;
+			for (; j + 8 <= d; j += 8) {
+				v8f x = load8(r + j);
+				a0 += x * load8(q0 + j);
+				a1 += x * load8(q1 + j);
+				a2 += x * load8(q2 + j);
+				a3 += x * load8(q3 + j);
+			}
+			float s0 = hsum8(&a0), s1 = hsum8(&a1), s2 = hsum8(&a2), s3 = hsum8(&a3);
+			for (; j < d; j++) {
+				s0 += r[j] * q0[j];
+				s1 += r[j] * q1[j];
+				s2 += r[j] * q2[j];
+				s3 += r[j] * q3[j];
+			}
+			o[g] = s0;
+			o[g + 1] = s1;
+			o[g + 2] = s2;
+			o[g + 3] = s3;
+		}
+		for (; g < G; g++) {
+			const float *qg = q + (size_t)g * d;
+			v8f a = { 0 };
+			unsigned j = 0;
+			for (; j + 8 <= d; j += 8)
+				a += load8(r + j) * load8(qg + j);
+			float s = hsum8(&a);
+			for (; j < d; j++)
+				s += r[j] * qg[j];
+			o[g] = s;
+		}
+		for (g = 0; g < G; g++)
+			if (isnan(o[g]))
+				o[g] = -INFINITY;
+	}
+}
+
+/*
+ * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
+ * baseline, picked once from what the CPU reports (by feature, so AMD and
+ * Intel alike get the wide one).
+ */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, unsigned d)
+{
+	return dot_body(a, b, d);
+}
+
+static float dot_base(const float *a, const float *b, unsigned d)
+{
+	return dot_body(a, b, d);
+}
+
+__attribute__((target("avx2,fma"))) static void dots_avx2(const float *rows, size_t n, size_t stride,
+							  const float *q, unsigned G, unsigned d, float *out)
+{
+	dots_body(rows, n, stride, q, G, d, out);
+}
+
+static void dots_base(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+		      float *out)
+{
+	dots_body(rows, n, stride, q, G, d, out);
+}
+
+static int have_avx2_fma(void)
+{
+	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
+	int k = atomic_load_explicit(&known, memory_order_relaxed);
+	if (!k) {
+		__builtin_cpu_init();
+		k = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 2 : 1;
+		atomic_store_explicit(&known, k, memory_order_relaxed);
+	}
+	return k == 2;
+}
+
+#else
+static float dot_avx2(const float *a, const float *b, unsigned d)
+{
+	return dot_body(a, b, d);
+}
+
+#define dot_base dot_avx2
+
+static void dots_avx2(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+		      float *out)
+{
+	dots_body(rows, n, stride, q, G, d, out);
+}
+
+#define dots_base dots_avx2
+
+static int have_avx2_fma(void)
+{
+	return 0;
+}
+#endif
+
+float ix_dot(const float *a, const float *b, unsigned d)
+{
+	return have_avx2_fma() ? dot_avx2(a, b, d) : dot_base(a, b, d);
+}
+
+void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)
+{
+	if (have_avx2_fma())
+		dots_avx2(rows, n, stride, q, G, d, out);
+	else
+		dots_base(rows, n, stride, q, G, d, out);
+}
+
+/* ---- selection ---------------------------------------------------------- */
+
+static inline int item_before(const struct ix_item *a, const struct ix_item *b)
+{
+	return a->score > b->score || (a->score == b->score && a->id < b->id);
+}
+
+static int item_cmp(const void *pa, const void *pb)
+{
+	const struct ix_item *a = pa, *b = pb;
+	return item_before(a, b) ? -1 : item_before(b, a) ? 1 : 0;
+}
+
+static inline void item_swap(struct ix_item *a, struct ix_item *b)
+{
+	struct ix_item t = *a;
+	*a = *b;
+	*b = t;
+}
+
+/* Median of three to a[hi-1], then partition [lo, hi-1) around it; returns the pivot's place. */
+static size_t partition(struct ix_item *a, size_t lo, size_t hi)
+{
+	size_t mid = lo + (hi - lo) / 2;
+	if (item_before(&a[mid], &a[lo]))
+		item_swap(&a[mid], &a[lo]);
+	if (item_before(&a[hi - 1], &a[lo]))
+		item_swap(&a[hi - 1], &a[lo]);
+	if (item_before(&a[hi - 1], &a[mid]))
+		item_swap(&a[hi - 1], &a[mid]);
+	item_swap(&a[mid], &a[hi - 1]);
+	const struct ix_item piv = a[hi - 1];
+	size_t s = lo;
+	for (size_t i = lo; i < hi - 1; i++)
+		if (item_before(&a[i], &piv))
+			item_swap(&a[i], &a[s++]);
+	item_swap(&a[s], &a[hi - 1]);
+	return s;
+}
+
+static void insertion_sort(struct ix_item *a, size_t n)
+{
+	for (size_t i = 1; i < n; i++) {
+		struct ix_item x = a[i];
+		size_t j = i;
+		for (; j && item_before(&x, &a[j - 1]); j--)
+			a[j] = a[j - 1];
+		a[j] = x;
+	}
+}
+
+static unsigned depth_budget(size_t n)
+{
+	unsigned b = 2;
+	for (size_t t = n; t; t >>= 1)
+		b += 2;
+	return b;
+}
+
+/* Quicksort on the smaller side, looping on the larger; after too many
+ * rounds it hands the rest to qsort, so adversarial scores stay O(n log n). */
+static void sort_items(struct ix_item *a, size_t n)
+{
+	unsigned budget = depth_budget(n);
+	while (n > 16) {
+		if (!budget--) {
+			qsort(a, n, sizeof(*a), item_cmp);
+			return;
+		}
+		size_t s = partition(a, 0, n);
+		if (s < n - s - 1) {
+			sort_items(a, s);
+			a += s + 1;
+			n -= s + 1;
+		} else {
+			sort_items(a + s + 1, n - s - 1);
+			n = s;
+		}
+	}
+	insertion_sort(a, n);
+}
+
+/* Quickselect: a[k] in its sorted place, better items before it. */
+static void select_nth(struct ix_item *a, size_t n, size_t k)
+{
+	size_t lo = 0, hi = n; /* k in [lo, hi) */
+	unsigned budget = depth_budget(n);
+	while (hi - lo > 16) {
+		if (!budget--)
+			break;
+		size_t s = partition(a, lo, hi);
+		if (s == k)
+			return;
+		if (k < s)
+			hi = s;
+		else
+			lo = s + 1;
+	}
+	sort_items(a + lo, hi - lo);
+}
+
+void ix_select(struct ix_item *a, size_t n, size_t m)
+{
+	if (m && m < n)
+		select_nth(a, n, m - 1);
+}
+
+void ix_top(struct ix_item *a, size_t n, size_t m)
+{
+	if (m > n)
+		m = n;
+	if (!m)
+		return;
+	if (m < n)
+		select_nth(a, n, m - 1);
+	sort_items(a, m);
+}
+
+void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, unsigned G,
+		      float *lse, enum ix_score how, struct ix_item *out)
+{
+	float m[IX_MAX_GROUP], z[IX_MAX_GROUP], inv[IX_MAX_GROUP];
+	for (unsigned g = 0; g < G; g++) {
+		m[g] = -INFINITY;
+		z[g] = 0;
+	}
+	for (size_t j = 0; j < n; j++)
+		for (unsigned g = 0; g < G; g++) {
+			float x = (lw ? lw[j] : 0) + s[j * G + g];
+			m[g] = x > m[g] ? x : m[g];
+		}
+	for (unsigned g = 0; g < G; g++)
+		if (!isfinite(m[g]))
+			m[g] = 0;
+	/* s becomes w_j * exp(s - m): one exponential per unit and head */
+	for (size_t j = 0; j < n; j++)
+		for (unsigned g = 0; g < G; g++) {
+			float e = expf((lw ? lw[j] : 0) + s[j * G + g] - m[g]);
+			s[j * G + g] = e;
+			z[g] += e;
+		}
+	for (unsigned g = 0; g < G; g++) {
+		inv[g] = z[g] > 0 ? 1.0f / z[g] : 0;
+		if (lse)
+			lse[g] = z[g] > 0 ? m[g] + logf(z[g]) : -INFINITY;
+	}
+	for (size_t j = 0; j < n; j++) {
+		float acc = 0;
+		for (unsigned g = 0; g < G; g++) {
+			float p = s[j * G + g] * inv[g];
+			acc = how == IX_DENSITY_MAX ? (p > acc ? p : acc) : acc + p;
+		}
+		/* per token: divide by the weight w_j = exp(lw[j]) */
+		if (how != IX_MASS && lw)
+			acc *= expf(-lw[j]);
+		out[j].score = isnan(acc) ? 0 : acc;
+		out[j].id = ids ? ids[j] : (uint32_t)j;
+	}
+}
+
+/* ---- token sets ---------------------------------------------------------- */
+
+uint64_t ix_bits_emit(const uint64_t *bits, uint64_t n, uint64_t *out)
+{
+	uint64_t k = 0;
+	size_t words = ix_bits_words(n);
+	for (size_t i = 0; i < words; i++) {
+		uint64_t w = bits[i];
+		while (w) {
+			out[k++] = (uint64_t)i * 64 + (uint64_t)__builtin_ctzll(w);
+			w &= w - 1;
+		}
+	}
+	return k;
+}
+
+uint64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+		      const uint32_t *ids, size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp)
+{
+	float s[IX_MAX_GROUP];
+	for (size_t i = 0; i < cnt; i++) {
+		ix_dots(keys->k + (size_t)ids[i] * keys->d, 1, 0, q, G, keys->d, s);
+		float acc = sumexp ? 0 : -INFINITY;
+		for (unsigned g = 0; g < G; g++) {
+			float x = s[g] - off[g];
+			if (sumexp)
+				acc += expf(x);
+			else if (x > acc)
+				acc = x;
+		}
+		tmp[i].score = isnan(acc) ? -INFINITY : acc;
+		tmp[i].id = ids[i];
+	}
+	if (take > cnt)
+		take = cnt;
+	ix_top(tmp, cnt, take);
+	for (size_t i = 0; i < take; i++)
+		ix_bit_set(bits, tmp[i].id);
+	return cnt;
+}
+
+uint64_t ix_merge_heads(const float *D, const int64_t *L, unsigned G, size_t k, uint64_t n, uint64_t budget,
+			float *best, uint64_t *bits, struct ix_item *pool, uint64_t *out)
+{
+	size_t np = 0;
+	memset(bits, 0, ix_bits_words(n) * sizeof(uint64_t));
+	for (unsigned g = 0; g < G; g++) {
+		const float *dg = D + (size_t)g * k;
+		const int64_t *lg = L + (size_t)g * k;
+		float top = -INFINITY;
+		for (size_t i = 0; i < k; i++)
+			if (lg[i] >= 0 && (uint64_t)lg[i] < n && dg[i] > top)
+				top = dg[i];
+		for (size_t i = 0; i < k; i++) {
+			if (lg[i] < 0 || (uint64_t)lg[i] >= n)
+				continue;
+			uint64_t t = (uint64_t)lg[i];
+			float rel = dg[i] - top;
+			if (isnan(rel))
+				rel = -INFINITY;
+			if (!ix_bit_get(bits, t)) {
+				ix_bit_set(bits, t);
+				best[t] = rel;
+				pool[np++] = (struct ix_item){ .id = (uint32_t)t };
+			} else if (rel > best[t]) {
+				best[t] = rel;
+			}
+		}
+	}
+	if (np > budget) {
+		for (size_t i = 0; i < np; i++)
+			pool[i].score = best[pool[i].id];
+		ix_select(pool, np, budget);
+		for (size_t i = budget; i < np; i++)
+			bits[pool[i].id >> 6] &= ~(1ull << (pool[i].id & 63));
+	}
+	return ix_bits_emit(bits, n, out);
+}
+
+uint64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
+		       const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+		       uint64_t *bits, uint32_t *ids, struct ix_item *tmp)
+{
+	const struct ix_item *it;
+	uint64_t left = budget;
+	size_t walked = 0, pooled = 0;
+	while (left && (it = ix_walk_next(w))) {
+		uint64_t t0 = (uint64_t)it->id * unit, t1 = t0 + unit < n ? t0 + unit : n;
+		walked++;
+		if (whole && !pooled && t1 - t0 <= left) {
+			for (uint64_t t = t0; t < t1; t++)
+				ix_bit_set(bits, t);
+			left -= t1 - t0;
+			continue;
+		}
+		for (uint64_t t = t0; t < t1; t++)
+			ids[pooled++] = (uint32_t)t;
+		if (pooled >= left && walked >= min_units)
+			break;
+	}
+	if (!left || !pooled)
+		return 0;
+	return ix_tail_fill(keys, q, G, off, sumexp, ids, pooled, left, bits, tmp);
+}
+
+int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, int need_keys, const float *q,
+		       unsigned G, uint64_t budget, struct index_result *res)
+{
+	if (!res || !q || !G || G > IX_MAX_GROUP)
+		return -EINVAL;
+	if (keys && (keys->n != n || keys->d != d || !keys->k))
+		return -EINVAL;
+	if (need_keys && !keys)
+		return -EINVAL;
+	res->n_tokens = 0;
+	res->scanned = 0;
+	res->n_est = 0;
+	if (!budget)
+		return 1;
+	if (!res->tokens)
+		return -EINVAL;
+	if (budget >= n) {
+		for (uint64_t i = 0; i < n; i++)
+			res->tokens[i] = i;
+		res->n_tokens = n;
+		return 1;
+	}
+	return 0;
+}

@@ -1,0 +1,295 @@
+/*
+ * What the policies of this folder share: blob reading and writing, a
+ * per-thread scratch arena, a parallel loop for builds, dot products,
+ * top-m selection, token bitmaps, group softmax and tail fill. Internal to
+ * index/: nothing outside this folder includes it.
+ *
+ * Glossary
+ *   blob     a saved index: a 16-byte header (magic "MNIX", policy u16,
+ *            format version u16, body length u64), then the policy's body;
+ *            all integers and floats little-endian
+ *   scratch  memory a search borrows from its thread (grown on demand,
+ *            freed when the thread exits), so that concurrent searches of
+ *            one index need no lock and a warm thread allocates nothing
+ *   item     a (score, id) pair that selection orders by score descending,
+ *            then id ascending (deterministic on ties)
+ *   bits     a bitmap over the segment's tokens: setting bits and reading
+ *            them back in order yields sorted, unique token lists
+ */
+#ifndef MNEMO_INDEX_IX_H
+#define MNEMO_INDEX_IX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policy.h"
+
+/**
+ * What every policy's index starts with: search() and save() check it, so
+ * an index handed to another policy's methods is refused (-EINVAL).
+ */
+struct index {
+	uint32_t policy;          /* enum index_policy */
+};
+
+/** A check that must hold or the process is broken: on in every build. */
+#define IX_ASSERT(cond)                                                                    \
+	do {                                                                               \
+		if (!(cond))                                                               \
+			ix_assert_fail(#cond, __FILE__, __LINE__);                         \
+	} while (0)
+
+__attribute__((noreturn)) void ix_assert_fail(const char *what, const char *file, int line);
+
+#define IX_MAGIC 0x58494e4du      /* "MNIX" read as a little-endian u32 */
+#define IX_HEADER_BYTES 16
+#define IX_MAX_DIM 65536u         /* largest head_dim a blob may claim */
+#define IX_MAX_GROUP 1024u        /* largest G a search accepts */
+#define IX_MAX_TOKENS 0xffffffffull /* segments hold at most this many tokens (u32 ids) */
+
+/* ---- blobs ------------------------------------------------------------ */
+
+/** A growing output buffer; the first failure sticks in @c err. */
+struct ix_wr {
+	uint8_t *buf;
+	size_t len, cap;
+	int err;
+};
+
+/** Start a blob: header with @p policy and format @p version. */
+void ix_wr_begin(struct ix_wr *w, unsigned policy, uint16_t version, size_t hint);
+void ix_wr_bytes(struct ix_wr *w, const void *p, size_t n);
+void ix_wr_u32(struct ix_wr *w, uint32_t v);
+void ix_wr_u64(struct ix_wr *w, uint64_t v);
+void ix_wr_f32(struct ix_wr *w, float v);
+void ix_wr_f32s(struct ix_wr *w, const float *v, size_t n);
+void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n);
+/**
+ * Patch the body length and hand the buffer out (caller frees with free()).
+ * @return 0, or the first error (-ENOMEM); on error nothing is handed out.
+ */
+int ix_wr_end(struct ix_wr *w, uint8_t **buf, size_t *len);
+
+/** A cursor over a hostile blob; the first failure sticks in @c err (-EBADMSG). */
+struct ix_rd {
+	const uint8_t *p;
+	size_t left;
+	int err;
+};
+
+/**
+ * Check the header (magic, @p policy, @p version, body length == what
+ * follows exactly) and position @p r on the body.
+ * @return 0 or -EBADMSG.
+ */
+int ix_rd_begin(struct ix_rd *r, const uint8_t *buf, size_t len, unsigned policy, uint16_t version);
+uint32_t ix_rd_u32(struct ix_rd *r);
+uint64_t ix_rd_u64(struct ix_rd *r);
+/** A float that must be finite (else err). */
+float ix_rd_f32(struct ix_rd *r);
+/** Raw bytes: a pointer into the blob, NULL (and err) when fewer than @p n are left. */
+const uint8_t *ix_rd_bytes(struct ix_rd *r, size_t n);
+/**
+ * Allocate and read @p n finite floats; nothing is allocated unless the blob
+ * still holds them. @return 0, -EBADMSG, -ENOMEM.
+ */
+int ix_rd_f32s(struct ix_rd *r, size_t n, float **out);
+/** Allocate and read @p n u32, each < @p below. @return 0, -EBADMSG, -ENOMEM. */
+int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out);
+/** 0 when the body was consumed exactly and nothing failed, else -EBADMSG. */
+int ix_rd_end(const struct ix_rd *r);
+
+/* ---- threads and scratch ------------------------------------------------ */
+
+/** Worker count for @p threads (0: online cores), at least 1, at most @p items. */
+unsigned ix_threads(unsigned threads, size_t items);
+
+/**
+ * Run fn(ctx, item, worker) for item in [0, n_items) on @p threads threads
+ * (worker < threads). With more than one thread each worker limits OpenMP
+ * (FAISS, BLAS) to one thread, so nested FAISS calls do not oversubscribe.
+ * @return 0 or the first nonzero return of fn (the others still run).
+ */
+int ix_parallel(unsigned threads, size_t n_items, int (*fn)(void *ctx, size_t item, unsigned worker), void *ctx);
+
+/**
+ * This thread's scratch of at least @p bytes (64-byte aligned), or NULL
+ * (-ENOMEM). Valid until the thread's next call; never free it.
+ */
+void *ix_scratch(size_t bytes);
+
+/** Round @p n up to a multiple of 64 (carving scratch into aligned parts). */
+static inline size_t ix_align(size_t n)
+{
+	return (n + 63) & ~(size_t)63;
+}
+
+/* ---- arithmetic -------------------------------------------------------- */
+
+float ix_dot(const float *a, const float *b, unsigned d);
+
+/**
+ * out[i*G + g] = rows[i*stride .. +d) . q[g*d .. +d) for i < n; NaN
+ * becomes -INFINITY so that selection stays total.
+ */
+void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
+
+/* ---- selection ---------------------------------------------------------- */
+
+struct ix_item {
+	float score;
+	uint32_t id;
+};
+
+/**
+ * Put the @p m best of @p a[0..n) first, in order (score descending, id
+ * ascending); the rest follow in no order. m is clamped to n.
+ */
+void ix_top(struct ix_item *a, size_t n, size_t m);
+
+/** Put the @p m best of @p a[0..n) first, in no order (m clamped to n). */
+void ix_select(struct ix_item *a, size_t n, size_t m);
+
+/** What ix_group_softmax() scores a unit by. */
+enum ix_score {
+	IX_MASS,                  /* sum_g w_j*exp(s_jg) / Z_g: the group's estimated attention mass */
+	IX_DENSITY,               /* sum_g exp(s_jg) / Z_g: the same per token (mass / w_j) */
+	IX_DENSITY_MAX,           /* max_g exp(s_jg) / Z_g: threshold mode's statistic */
+};
+
+/**
+ * The group's softmax over units of weight w_j = exp(lw[j]): for each head
+ * g, Z_g = sum_j w_j*exp(s[j*G + g]) and lse[g] = log Z_g; out[j].score as
+ * @p how says, out[j].id = ids ? ids[j] : j.
+ * @param s    [n][G] scores, overwritten (with scaled exponentials)
+ * @param lw   log weights (NULL: all 0)
+ * @param lse  [G] output (may be NULL)
+ */
+void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, unsigned G,
+		      float *lse, enum ix_score how, struct ix_item *out);
+
+/**
+ * Items in order, selected lazily: ix_top() runs on the next batch only
+ * when the walk reaches it, so walking k items of n costs O(n + k log k).
+ */
+struct ix_walk {
+	struct ix_item *a;
+	size_t n, ready, pos;
+};
+
+static inline void ix_walk_init(struct ix_walk *w, struct ix_item *a, size_t n, size_t first)
+{
+	w->a = a;
+	w->n = n;
+	w->ready = first < n ? first : n;
+	w->pos = 0;
+	ix_top(a, n, w->ready);
+}
+
+/** The next item in order, or NULL at the end. */
+static inline const struct ix_item *ix_walk_next(struct ix_walk *w)
+{
+	if (w->pos == w->n)
+		return NULL;
+	if (w->pos == w->ready) {
+		size_t more = w->ready > 64 ? w->ready : 64;
+		if (more > w->n - w->ready)
+			more = w->n - w->ready;
+		ix_top(w->a + w->ready, w->n - w->ready, more);
+		w->ready += more;
+	}
+	return &w->a[w->pos++];
+}
+
+/* ---- token sets ---------------------------------------------------------- */
+
+static inline void ix_bit_set(uint64_t *bits, uint64_t i)
+{
+	bits[i >> 6] |= 1ull << (i & 63);
+}
+
+static inline int ix_bit_get(const uint64_t *bits, uint64_t i)
+{
+	return (int)(bits[i >> 6] >> (i & 63)) & 1;
+}
+
+static inline size_t ix_bits_words(uint64_t n)
+{
+	return (size_t)((n + 63) / 64);
+}
+
+/** Write the set tokens of @p bits (over n tokens) to @p out in order; returns how many. */
+uint64_t ix_bits_emit(const uint64_t *bits, uint64_t n, uint64_t *out);
+
+/**
+ * Tail fill: score the tokens @p ids[0..cnt) exactly for the group and set
+ * the bits of the best @p take. A token's score is, with @p sumexp,
+ * sum_g exp(q_g.k - off[g]), else max_g (q_g.k - off[g]).
+ * @param tmp  room for @p cnt items
+ * @return the tokens scored (cnt)
+ */
+uint64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+		      const uint32_t *ids, size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp);
+
+/**
+ * Merge per-head nearest-neighbour lists (FAISS results: @p D scores, @p L
+ * labels, [G][k], -1 for none) into at most @p budget tokens: the union,
+ * ranked by the best over heads of (score - that head's top score).
+ * @param best  room for n floats (need not be initialised)
+ * @param bits  room for n bits (cleared here)
+ * @param pool  room for G*k items
+ * @param out   sorted, unique tokens
+ * @return the number of tokens written to @p out
+ */
+uint64_t ix_merge_heads(const float *D, const int64_t *L, unsigned G, size_t k, uint64_t n, uint64_t budget,
+			float *best, uint64_t *bits, struct ix_item *pool, uint64_t *out);
+
+/**
+ * Units of @p unit consecutive tokens (unit i holds [i*unit, min(n, (i+1)*unit)))
+ * in the order of @p w: with @p whole, whole units while they fit in
+ * @p budget; the next ones are pooled until they hold what is left and at
+ * least @p min_units units were walked, and the pool is tail filled
+ * (ix_tail_fill()). Without @p whole every unit goes to the pool.
+ * @param ids, tmp  room for ix_fill_units_room() entries
+ * @return the tokens scored by tail fill
+ */
+uint64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
+		       const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+		       uint64_t *bits, uint32_t *ids, struct ix_item *tmp);
+
+static inline size_t ix_fill_units_room(uint64_t n, unsigned unit, uint64_t budget, size_t min_units)
+{
+	uint64_t room = budget + ((uint64_t)min_units + 1) * unit;
+	return (size_t)(room < n ? room : n);
+}
+
+/**
+ * Check search()'s arguments common to every policy and answer the
+ * trivial cases: budget 0 (nothing) and budget >= n (every token).
+ * @return 1 when @p res is already complete, 0 to go on, -EINVAL.
+ */
+int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, int need_keys, const float *q,
+		       unsigned G, uint64_t budget, struct index_result *res);
+
+/* ---- k-means (kmeans.c) ---------------------------------------------------- */
+
+/**
+ * Spherical k-means of @p n points through FAISS: inner-product assignment,
+ * centroids L2-normalised after every iteration.
+ * @param x          [n][d] points (normalise them for spherical k-means proper)
+ * @param max_per    points k-means samples per centroid (0: all)
+ * @param threads    OpenMP threads for FAISS (0: leave as is)
+ * @param centroids  [k][d] output, unit norm
+ * @param assign     [n] output (may be NULL): each point's nearest centroid by inner product
+ * @return 0, -EINVAL, -ENOMEM, -EIO
+ */
+int ix_kmeans_ip(const float *x, size_t n, unsigned d, unsigned k, unsigned iters, uint32_t seed, unsigned max_per,
+		 unsigned threads, float *centroids, uint32_t *assign);
+
+/** Map a FAISS C API return code to 0 / -EIO (the message stays in index_faiss_last_error()). */
+int ix_faiss_error(int code);
+
+/** A 64-bit checksum of @p n bytes (XXH3). */
+uint64_t ix_checksum(const void *p, size_t n);
+
+#endif

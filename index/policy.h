@@ -1,0 +1,226 @@
+/*
+ * Retrieval policies over the keys of one (layer, kv_head) segment.
+ *
+ * Glossary
+ *   segment   the keys an index is built over: n consecutive tokens of one
+ *             (context, layer, kv_head), given to build() as fp32 [n][d]
+ *             (post-RoPE, as stored); token ids in results are relative to
+ *             the segment's first token.
+ *   group     the G query heads that share the KV head (GQA); search() picks
+ *             one candidate set for all of them, ranking by the sum over the
+ *             group of each head's softmax score (RetroInfer).
+ *   budget    the most tokens search() may return for exact attention.
+ *   scanned   keys (or representatives: centroids, page bounds, graph
+ *             nodes) whose score against a query was computed.
+ *   estimate  a cluster that is not attended exactly but stands in as one
+ *             pseudo-key of weight n_j: it adds n_j * exp(q.c_j) to the
+ *             softmax denominator and exp(q.c_j) * vsum_j to the numerator
+ *             (RetroInfer); policies that do not estimate return none.
+ *
+ *   unit      what a policy ranks: a page (quest), a block (blocks), a
+ *             cluster (centroids*), an inverted list or graph node (faiss-*).
+ *   tail fill when the next unit in rank order does not fit in what is left
+ *             of the budget, its tokens are scored exactly and the best of
+ *             them fill the rest (counted in scanned), so search() uses the
+ *             whole budget and a budget >= n returns every token.
+ *
+ * Queries passed to search() are already multiplied by 1/sqrt(d).
+ * Every function returns 0 or a negative errno.
+ *
+ * The policies (search() counts in @c scanned what is said here):
+ *
+ * quest (Quest): per page of unit_tokens (16) tokens, the element-wise min
+ *   and max of the keys; a page's bound for one head is
+ *   U = sum_i max(q_i*max_i, q_i*min_i) >= q.k for every k of the page. For
+ *   a group a page scores sum_g exp(U_g - log sum_pages exp(U_g)), the
+ *   group's summed softmax over pages of the bounds (each term bounds the
+ *   page's best key's weight under that head's page softmax); measured
+ *   better than the max over heads of U_g - max_pages U_g (0.82 against
+ *   0.78 of the best mass at 5 % on the unit test's data). Whole pages are
+ *   taken in score order and the pages that do not fit share the rest of
+ *   the budget by tail fill; Quest keeps at least 3 pages, so a budget
+ *   under 3 pages takes the best tokens of the top min(3, pages) pages.
+ *   scanned = pages bounded + tokens scored by tail fill (a bound reads two
+ *   vectors, min and max).
+ *
+ * blocks (InfLLM): blocks of unit_tokens (128) tokens with 4 representative
+ *   keys each. With prefill_q, the representatives are the keys that
+ *   received the most attention (full softmax over the segment, summed over
+ *   the last max_prefill (16) prefill positions and the group's heads), as
+ *   InfLLM picks them from local queries. Without, medoids: seeds by a
+ *   farthest-point traversal of the block's keys, 4 rounds of k-means in
+ *   the block, then per group the key nearest its mean (measured better
+ *   than the farthest points themselves: 0.65 against 0.45 of the best mass
+ *   at 5 % on the unit test's data, and on par with received attention). A
+ *   block's score for one head is the max over its representatives of q.r
+ *   (the mean measured no better); for a group, the sum over heads of the
+ *   softmax over blocks of those scores. Whole blocks are taken in score
+ *   order, the candidates that do not fit share the rest by tail fill.
+ *   scanned = representatives scored + tail fill tokens.
+ *
+ * centroids (RetroInfer; Squeezed Attention): each chunk of chunk_tokens
+ *   (8192) is clustered alone by mean-centred spherical k-means (keys minus
+ *   the chunk's mean, L2-normalised, inner-product assignment, FAISS) into
+ *   about chunk/unit_tokens clusters, iters (10) iterations; empty clusters
+ *   are dropped. Per cluster: centroid (the mean of the raw keys), size n_j,
+ *   value sum (when v is given); members are stored contiguously by
+ *   cluster. Budget mode: with Z_g = sum_l n_l*exp(q_g.c_l) (head g's
+ *   softmax over clusters of n_j*exp(q_g.c_j)), cluster j scores
+ *   sum_g exp(q_g.c_j) / Z_g, the group's summed estimated attention per
+ *   member (its share of the mass, divided by n_j); clusters are taken in
+ *   score order until the budget is filled (the first that does not fit by
+ *   tail fill). Ranking by the mass itself (times n_j) favours big clusters
+ *   and measured worse per budget token (0.92 against 0.97 of the best
+ *   mass at 5 % on the unit test's data). The clusters after them become
+ *   estimates while their sizes sum to at most est_share*n and est_cap
+ *   allows (only when v was given). Threshold mode: see enum index_select;
+ *   the statistic of cluster j is max_g exp(q_g.c_j) / Z_g, the threshold
+ *   the quantile of that statistic over calibration keys (every key of a
+ *   cluster counts); clusters are taken in statistic order. scanned = clusters
+ *   scored + tail fill tokens.
+ *
+ * centroids2 (Squeezed Attention, hierarchical): the fine clusters of
+ *   centroids, and per chunk about fine/16 coarse clusters by spherical
+ *   k-means over the fine centroids (coarse centroid, size and value sum
+ *   over its tokens). Search scores every coarse cluster like centroids
+ *   does, keeps coarse clusters in score order until they hold
+ *   coarse_factor (8) times the budget (threshold mode: those passing the
+ *   coarse threshold, within the same cap), then scores only the fine clusters inside the
+ *   survivors, normalising over them alone (sizes recounted inside the
+ *   survivors), and selects among them as centroids does (threshold mode:
+ *   the fine threshold, calibrated the same way). A cluster is kept only
+ *   when both levels pass. Estimates: the survivors' unselected fine
+ *   clusters first, then the next coarse clusters as coarse pseudo-keys.
+ *   scanned = coarse clusters + fine clusters scored + tail fill tokens.
+ *
+ * faiss-ivf (baseline): IndexIVFFlat, inner product, nlist = 4*sqrt(n)
+ *   (at most n/8) lists trained by spherical k-means on at most 64 keys per
+ *   list, 10 iterations; nprobe = ceil(budget / (n/nlist)). Each head
+ *   fetches its top budget keys; a group keeps the union, ranked by the
+ *   best over heads of (q_g.k - head g's best score). scanned = nlist +
+ *   keys of the union of the probed lists.
+ *
+ * faiss-hnsw (baseline): IndexHNSWFlat, M = 32, inner product (FAISS's own
+ *   METRIC_INNER_PRODUCT), efConstruction 40, efSearch = max(budget, 16)
+ *   (FAISS searches with max(efSearch, k) anyway). Group as faiss-ivf.
+ *   FAISS's C API exposes no HNSW counters, so scanned is an estimate:
+ *   per head 3 * efSearch + 200 + M * levels (fitted to FAISS's internal
+ *   counter, see faiss_hnsw.c), summed over the group, capped at n. Searches of
+ *   one faiss-hnsw index serialise (efSearch is a field of the index).
+ */
+#ifndef MNEMO_INDEX_POLICY_H
+#define MNEMO_INDEX_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index.h"
+
+struct index_keys {
+	const float *k;           /* [n][d] */
+	uint64_t n;
+	unsigned d;
+};
+
+/** How centroids and centroids2 pick clusters at search time. */
+enum index_select {
+	/** Clusters in score order until the budget is filled (RetroInfer). */
+	INDEX_SELECT_BUDGET = 0,
+	/**
+	 * Clusters whose estimated per-key attention, max over the group's
+	 * heads, passes a threshold calibrated at build time on prefill
+	 * queries (Squeezed Attention): fewer tokens than the budget when few
+	 * clusters pass, never more. Needs prefill_q.
+	 */
+	INDEX_SELECT_THRESHOLD = 1,
+};
+
+struct index_build_params {
+	uint32_t seed;            /* deterministic builds */
+	unsigned threads;         /* 0: all cores */
+	const float *prefill_q;   /* optional [n_prefill][G][d] queries, pre-scaled (calibration, ann) */
+	uint64_t n_prefill;
+	unsigned group;           /* G */
+	const float *v;           /* optional [n][d] values (centroids keep per-cluster value sums) */
+	/*
+	 * Tuning: 0 (or 0.0) keeps the policy's default, given in brackets;
+	 * a policy ignores what it does not use. All are saved with the index.
+	 */
+	unsigned unit_tokens;     /* quest: page [16]; blocks: block [128]; centroids*: mean tokens per cluster [16] */
+	unsigned chunk_tokens;    /* centroids*: tokens clustered together [8192] */
+	unsigned iters;           /* centroids*: k-means iterations [10] */
+	unsigned max_prefill;     /* the last prefill queries used: blocks [16], calibration [100] */
+	float est_share;          /* centroids*: most tokens estimated, as a share of n [0.232]; < 0: none */
+	enum index_select select; /* centroids*: [budget] or threshold */
+	float quantile;           /* threshold mode: share of calibration keys under the threshold [0.7] */
+	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [8] */
+};
+
+struct index_result {
+	uint64_t *tokens;         /* sorted, unique, < n; capacity = budget (caller's memory) */
+	uint64_t n_tokens;
+	uint64_t scanned;
+	/* estimates (may stay 0): caller's memory of capacity est_cap */
+	unsigned est_cap, n_est;
+	float *est_key;           /* [est_cap][d] centroid of each estimated cluster */
+	float *est_count;         /* [est_cap] n_j */
+	float *est_vsum;          /* [est_cap][d] sum of the values of the cluster */
+};
+
+struct index;
+
+#define POLICY_OPS_VERSION 1
+
+struct policy_ops {
+	uint32_t version;
+	const char *name;
+	/**
+	 * Build over a segment; the index keeps no pointer into @p keys unless documented.
+	 * @p p may be NULL (every default). The caller owns *out and frees it with free() below.
+	 * @return 0, -EINVAL (empty or oversized keys, a tuning value out of range,
+	 *         threshold mode without prefill queries), -ENOMEM, -EIO (FAISS failed)
+	 */
+	int (*build)(const struct index_keys *keys, const struct index_build_params *p, struct index **out);
+	/** Free an index of this policy (NULL is fine); another policy's index aborts. */
+	void (*free)(struct index *ix);
+	/**
+	 * Pick up to @p budget tokens for the group's queries @p q [G][d].
+	 * @p keys are the same keys the index was built over (policies may score them;
+	 * quest, blocks and centroids* need them, faiss-* accept NULL).
+	 * Searches of one index may run in parallel from many threads: each borrows
+	 * scratch memory from its own thread (grown once, then reused).
+	 * @return 0, -EINVAL (an index of another policy, G == 0 or > 1024, keys
+	 *         that are not the index's), -ENOMEM, -EIO (FAISS failed)
+	 */
+	int (*search)(const struct index *ix, const struct index_keys *keys, const float *q, unsigned G,
+		      uint64_t budget, struct index_result *res);
+	/**
+	 * Serialise to a malloc'ed buffer (the caller frees it): a versioned
+	 * little-endian blob with a magic, see each policy's file.
+	 * @return 0, -EINVAL, -ENOMEM, -EIO
+	 */
+	int (*save)(const struct index *ix, uint8_t **buf, size_t *len);
+	/**
+	 * Rebuild an index from a blob of save(); the blob is hostile: a
+	 * truncated, foreign or malformed one is refused and nothing is read
+	 * outside [buf, buf + len). @p keys (may be NULL) must match the blob's n and d.
+	 * @return 0, -EBADMSG (malformed), -EINVAL (keys do not match), -ENOMEM
+	 */
+	int (*load)(const uint8_t *buf, size_t len, const struct index_keys *keys, struct index **out);
+	/** Bytes the index holds in RAM (FAISS indexes: an estimate from their sizes). */
+	size_t (*memory)(const struct index *ix);
+};
+
+/** The ops of @p policy (enum index_policy), or NULL (exact has none). */
+const struct policy_ops *policy_ops_get(uint32_t policy);
+
+/**
+ * quest only: the bound U of every page for one query head @p q [d]
+ * (pre-scaled), as search() computes it; for tests and tools.
+ * @param U    [cap] output, page p's bound at U[p]
+ * @return the number of pages (written when <= cap), -EINVAL when @p ix
+ *         is not a quest index, -ENOMEM
+ */
+int64_t index_quest_bounds(const struct index *ix, const float *q, float *U, uint64_t cap);
+
+#endif
