@@ -212,7 +212,8 @@ static int h_attend(struct request *r)
 	struct attend_exec ex = { .parallel = pool_parallel, .pool = r->d->pool,
 				  .workers = pool_size(r->d->pool) };
 	uint64_t t0 = now_ns();
-	rc = attend_exact(c, &ar, &res, &ex);
+	rc = m.policy == POLICY_EXACT ? attend_exact(c, &ar, &res, &ex) :
+					attend_policy(c, m.policy, m.budget, &ar, &res, &ex);
 	uint64_t dt = now_ns() - t0;
 	if (rc == -ERANGE) {
 		req_error(r, rc, "token range [%llu, %llu) is past layer %u's %llu tokens",

@@ -392,11 +392,11 @@ int mnemo_seal(mnemo_client *c, uint64_t ctx, uint64_t *tokens)
 }
 
 int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
-			uint64_t token_begin, uint64_t token_end, const float *q,
+			uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 			uint32_t n_floats, uint64_t *req_id)
 {
 	struct msg_attend_req m = {
-		.ctx = ctx, .layer = layer, .policy = (uint32_t)policy,
+		.ctx = ctx, .layer = layer, .policy = (uint32_t)policy, .budget = budget,
 		.token_begin = token_begin, .token_end = token_end,
 	};
 	struct wbuf b;
@@ -437,6 +437,13 @@ int mnemo_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_polic
 		 uint64_t token_begin, uint64_t token_end, const float *q,
 		 float *o, float *lse, struct mnemo_attend_info *info)
 {
+	return mnemo_attend_ex(c, ctx, layer, policy, 0, token_begin, token_end, q, o, lse, info);
+}
+
+int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+		    uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
+		    float *o, float *lse, struct mnemo_attend_info *info)
+{
 	int rc;
 	if (c->geom_ctx != ctx) {
 		/* ids are never reused, so a context's shape can be remembered */
@@ -449,7 +456,7 @@ int mnemo_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_polic
 		c->geom_head_dim = ci.geom.head_dim;
 	}
 	uint64_t id;
-	rc = mnemo_submit_attend(c, ctx, layer, policy, token_begin, token_end, q,
+	rc = mnemo_submit_attend(c, ctx, layer, policy, budget, token_begin, token_end, q,
 				 c->geom_q_heads * c->geom_head_dim, &id);
 	return rc ? rc : mnemo_wait_attend(c, id, o, lse, c->geom_q_heads, c->geom_head_dim, info);
 }

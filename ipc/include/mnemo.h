@@ -38,7 +38,13 @@ enum mnemo_dtype {
 
 /** Retrieval policies an ATTEND may ask for. */
 enum mnemo_policy {
-	MNEMO_POLICY_EXACT = 0,   /**< every token of the range */
+	MNEMO_POLICY_EXACT = 0,      /**< every token of the range */
+	MNEMO_POLICY_QUEST = 1,      /**< Quest: per-page key bounds */
+	MNEMO_POLICY_BLOCKS = 2,     /**< InfLLM: blocks with representative keys */
+	MNEMO_POLICY_CENTROIDS = 3,  /**< Squeezed Attention / RetroInfer clusters */
+	MNEMO_POLICY_CENTROIDS2 = 4, /**< hierarchical clusters */
+	MNEMO_POLICY_FAISS_IVF = 5,  /**< off-the-shelf ANNS baseline */
+	MNEMO_POLICY_FAISS_HNSW = 6, /**< off-the-shelf ANNS baseline */
 };
 
 /** A model's KV shape. */
@@ -156,6 +162,15 @@ int mnemo_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_polic
 		 float *o, float *lse, struct mnemo_attend_info *info);
 
 /**
+ * mnemo_attend() with a retrieval policy and a budget: at most @p budget
+ * tokens per KV head are attended exactly (0: the daemon's default, 2% of
+ * the indexed tokens); see ipc/PROTOCOL.md, ATTEND.
+ */
+int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+		    uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
+		    float *o, float *lse, struct mnemo_attend_info *info);
+
+/**
  * FETCH raw K/V of @p n_ids token positions of @p layer.
  * @param out  receives [2][n_kv_heads][n_ids][head_dim] in the context's
  *             dtype; @p out_len must be at least that. If @p out lies in the
@@ -199,7 +214,7 @@ int mnemo_wait_append(mnemo_client *c, uint64_t req_id, uint64_t *context_tokens
 
 /** Send an ATTEND without waiting; the reply is collected by mnemo_wait_attend(). */
 int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
-			uint64_t token_begin, uint64_t token_end, const float *q,
+			uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 			uint32_t n_floats, uint64_t *req_id);
 int mnemo_wait_attend(mnemo_client *c, uint64_t req_id, float *o, float *lse,
 		      uint32_t n_q_heads, uint32_t head_dim, struct mnemo_attend_info *info);

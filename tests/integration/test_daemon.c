@@ -92,18 +92,31 @@ static size_t pack(uint8_t *dst, int t0, int n)
 	return (size_t)(p - dst);
 }
 
+static double check_attend_policy(mnemo_client *c, uint64_t ctx, int layer, uint64_t a, uint64_t b,
+				  enum mnemo_policy policy, uint32_t budget);
+
 static double check_attend(mnemo_client *c, uint64_t ctx, int layer, uint64_t a, uint64_t b)
+{
+	return check_attend_policy(c, ctx, layer, a, b, MNEMO_POLICY_EXACT, 0);
+}
+
+/* Any policy with a budget of every token must equal exact attention. */
+static double check_attend_policy(mnemo_client *c, uint64_t ctx, int layer, uint64_t a, uint64_t b,
+				  enum mnemo_policy policy, uint32_t budget)
 {
 	float q[H * G * D], o[H * G * D], lse[H * G];
 	for (int i = 0; i < H * G * D; i++)
 		q[i] = check_uniform(&seed);
 	struct mnemo_attend_info info;
-	int rc = mnemo_attend(c, ctx, (uint32_t)layer, MNEMO_POLICY_EXACT, a, b, q, o, lse, &info);
-	CHECK(rc == 0, "attend: %s", mnemo_last_error(c));
+	int rc = mnemo_attend_ex(c, ctx, (uint32_t)layer, policy, budget, a, b, q, o, lse, &info);
+	CHECK(rc == 0, "attend (policy %d): %s", policy, mnemo_last_error(c));
 	if (rc)
 		return INFINITY;
 	uint64_t end = b == UINT64_MAX ? N : b;
-	CHECK(info.scanned == (end - a) * H, "scanned %llu", (unsigned long long)info.scanned);
+	CHECK(policy != MNEMO_POLICY_EXACT || info.scanned == (end - a) * H, "scanned %llu",
+	      (unsigned long long)info.scanned);
+	CHECK(info.loaded == (end - a) * H, "policy %d with budget %u loaded %llu of %llu", policy, budget,
+	      (unsigned long long)info.loaded, (unsigned long long)(end - a) * H);
 	double worst = 0;
 	for (int hq = 0; hq < H * G; hq++) {
 		int h = hq / G;
@@ -132,7 +145,7 @@ static double check_attend(mnemo_client *c, uint64_t ctx, int layer, uint64_t a,
 		CHECK(fabs(lse[hq] - (mx + log(sum))) < 1e-3, "lse %g vs %g", lse[hq], mx + log(sum));
 		free(s);
 	}
-	CHECK(worst < 2e-3, "attend [%llu,%llu) relative error %g", (unsigned long long)a,
+	CHECK(worst < 2e-3, "attend (policy %d) [%llu,%llu) relative error %g", policy, (unsigned long long)a,
 	      (unsigned long long)end, worst);
 	return worst;
 }
@@ -406,7 +419,7 @@ static void check_malformed(mnemo_client *good, uint64_t ctx)
 	CHECK(mnemo_attend(c, ctx, 5, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) == -EINVAL, "bad layer");
 	CHECK(mnemo_attend(c, ctx, 0, (enum mnemo_policy)77, 0, 10, q, o, lse, NULL) == -EINVAL, "bad policy");
 	uint64_t rid;
-	CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 10, q, H * D, &rid) == 0 &&
+	CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 0, 10, q, H * D, &rid) == 0 &&
 	      mnemo_wait_attend(c, rid, o, lse, H * G, D, NULL) == -EINVAL, "q of the wrong size");
 	void *base;
 	CHECK(mnemo_shm_attach(c, 1 << 20, &base) == 0, "attach");
@@ -524,7 +537,7 @@ static void check_sigterm(mnemo_client *c, uint64_t ctx)
 		q[i] = check_uniform(&seed);
 	uint64_t ids[8];
 	for (int i = 0; i < 8; i++)
-		CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, H * G * D, &ids[i]) == 0,
+		CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 0, UINT64_MAX, q, H * G * D, &ids[i]) == 0,
 		      "submit before SIGTERM");
 	kill(daemon_pid, SIGTERM);
 	for (int i = 0; i < 8; i++)
@@ -558,6 +571,11 @@ int main(int argc, char **argv)
 		check_attend(c, ctx, layer, 100, 6543);
 	}
 	check_fetch(c, ctx);
+	/* every policy, given every token, is exact attention (its index built on first use) */
+	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_FAISS_HNSW; p++) {
+		check_attend_policy(c, ctx, 1, 0, UINT64_MAX, (enum mnemo_policy)p, N);
+		check_attend_policy(c, ctx, 0, 100, 6543, (enum mnemo_policy)p, N);
+	}
 	{
 		struct mnemo_context_info *list;
 		size_t n;
