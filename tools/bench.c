@@ -28,19 +28,37 @@
 
 #include <json-c/json.h>
 
+#include "bench_retrieval.h"
 #include "kernels.h"
 #include "mnemo.h"
 #include "record.h"
 #include "ssd.h"
 
 static int opt_json;
-static const char *opt_socket, *opt_mnemod;
+static const char *opt_socket, *opt_mnemod, *opt_ssd;
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
 static const char *opt_dir;
 static uint64_t opt_tier_bytes = 1ull << 30;
 static unsigned opt_tier_seconds = 3, opt_rounds = 5;
+static struct bench_retrieval_opts ropt = {
+	.policies = { "quest", "blocks", "centroids", "centroids2", "faiss-ivf", "faiss-hnsw" },
+	.n_policies = 6,
+	.budgets = { 0.01, 0.02, 0.05 },
+	.n_budgets = 3,
+	.queries = 16,
+};
+
+/* Split "a,b,c" into at most @p max pieces (the string is kept, not copied). */
+static unsigned split_list(char *s, const char **out, unsigned max)
+{
+	unsigned n = 0;
+	char *save, *tok;
+	for (tok = strtok_r(s, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save))
+		out[n++] = tok;
+	return n;
+}
 
 static char tmpdir[128], sock_path[256];
 static pid_t daemon_pid = -1;
@@ -122,8 +140,10 @@ static mnemo_client *connect_daemon(const char *argv0)
 		snprintf(data, sizeof(data), "%s/data", tmpdir);
 		daemon_pid = fork();
 		if (daemon_pid == 0) {
+			/* RAM only: ipc and attend measure the transport and the kernels;
+			 * the tier suite measures the SSD path on its own */
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
-			       "--log-level", "warn", (char *)NULL);
+			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -145,7 +165,10 @@ static void stop_daemon(void)
 	int st;
 	waitpid(daemon_pid, &st, 0);
 	daemon_pid = -1;
-	rmdir(tmpdir);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "mnemo-bench: could not remove %s\n", tmpdir);
 }
 
 /* ---- ipc ---- */
@@ -453,7 +476,7 @@ static double fio_gbps(const char *args, const char *kind)
 	return gbps;
 }
 
-static void bench_tier(void)
+static void bench_tier(const char *argv0)
 {
 	const char *base = opt_dir ? opt_dir : "/var/tmp";
 	char dir[512];
@@ -574,6 +597,56 @@ static void bench_tier(void)
 	free(bufs);
 	ssd_file_remove(f);
 	ssd_close(s);
+
+	/* APPEND through a daemon whose SSD tier is on the same file system:
+	 * what write-through costs a client, beside fio's sequential write */
+	stop_daemon();
+	char ssd[600];
+	snprintf(ssd, sizeof(ssd), "%s/daemon-ssd", dir);
+	opt_ssd = ssd;
+	mnemo_client *c = connect_daemon(argv0);
+	enum { H = 8, D = 128 };
+	const uint32_t chunk = 16384;                 /* 64 MiB per APPEND */
+	const size_t chunk_bytes = (size_t)2 * H * chunk * D * 2;
+	void *arena;
+	if ((rc = mnemo_shm_attach(c, 2 * chunk_bytes, &arena)))
+		die("shm attach", c, rc);
+	memset(arena, 0x3c, 2 * chunk_bytes);
+	const uint64_t tokens = opt_tier_bytes / ((uint64_t)2 * H * D * 2) / chunk * chunk;
+	double ap[16];
+	for (unsigned round = 0; round < opt_rounds; round++) {
+		struct mnemo_geometry g = { 1, H, H * 4, D, MNEMO_BF16, 10000.f };
+		uint64_t ctx, inflight[2] = { 0, 0 };
+		char name[32];
+		snprintf(name, sizeof(name), "bench-durable-%u", round);
+		if ((rc = mnemo_create(c, name, &g, &ctx)))
+			die("create", c, rc);
+		double t0 = now_s();
+		int slot_i = 0;
+		for (uint64_t t = 0; t < tokens; t += chunk, slot_i ^= 1) {
+			if (inflight[slot_i] && (rc = mnemo_wait_append(c, inflight[slot_i], NULL)))
+				die("append", c, rc);
+			if ((rc = mnemo_submit_append(c, ctx, 0, 1, t, chunk, (uint8_t *)arena + slot_i * chunk_bytes,
+						      chunk_bytes, &inflight[slot_i])))
+				die("append", c, rc);
+		}
+		for (int k = 0; k < 2; k++)
+			if (inflight[k] && (rc = mnemo_wait_append(c, inflight[k], NULL)))
+				die("append", c, rc);
+		ap[round] = (double)tokens * 2 * H * D * 2 / (now_s() - t0) / 1e9;
+		mnemo_drop(c, ctx, NULL);
+	}
+	mnemo_close(c);
+	stop_daemon();
+	opt_ssd = NULL;
+	double ours_a = pct(ap, opt_rounds, 0.5);
+	if (opt_json)
+		printf("{\"suite\":\"tier\",\"metric\":\"append_durable\",\"qd\":128,\"block_kib\":%u,\"gbps\":%.3f,"
+		       "\"fio_gbps\":%.3f,\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"append_mib\":%zu,\"dir\":\"%s\"}\n",
+		       slot / 1024, ours_a, fio_w, ours_a / fio_w, chunk_bytes >> 20, base);
+	else
+		printf("tier append    durable APPENDs of %zu MiB through mnemod: %.2f GB/s of K/V | fio seqwrite %.2f GB/s | ratio %.2f\n",
+		       chunk_bytes >> 20, ours_a, fio_w, ours_a / fio_w);
 	char cmd[600];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
@@ -592,7 +665,12 @@ static void usage(FILE *f)
 		"  tier      SSD tier: sequential write-through and random block reads (queue\n"
 		"            depths 1 and 32, checksums verified) vs fio with io_uring, O_DIRECT,\n"
 		"            the same block size and the same file system (--dir)\n"
-		"  all       every suite above\n"
+		"  retrieval every policy at a sweep of budgets on a trace's decode queries\n"
+		"            (--trace FILE, DESIGN.md section 7), scored against exact attention\n"
+		"            computed in the same run: mass recall, oracle-relative mass recall,\n"
+		"            top-100 recall, output and lse error, scanned and loaded fractions,\n"
+		"            p50/p99 per query group beside exact's, build time\n"
+		"  all       ipc, attend and tier\n"
 		"\n"
 		"Options:\n"
 		"  --json            one JSON object per result line (DESIGN.md section 9)\n"
@@ -605,6 +683,14 @@ static void usage(FILE *f)
 		"  --tier-bytes SIZE tier: bytes written and then read at random (default 1G)\n"
 		"  --seconds N       tier: seconds per random-read round (default 3)\n"
 		"  --rounds N        tier: rounds alternating with fio, medians reported (default 5)\n"
+		"  --trace FILE      retrieval: the safetensors trace (mnemo-kvgen writes them)\n"
+		"  --policies LIST   retrieval: comma-separated (default quest,blocks,centroids,\n"
+		"                    centroids2,faiss-ivf,faiss-hnsw)\n"
+		"  --budgets LIST    retrieval: fractions of the tokens (< 1) or token counts\n"
+		"                    (default 0.01,0.02,0.05)\n"
+		"  --heads N         retrieval: KV heads to measure (default: all)\n"
+		"  --queries N       retrieval: decode queries per head (default 16)\n"
+		"  --layer N         retrieval: the layer (default 0)\n"
 		"  -h, --help        this help\n");
 }
 
@@ -644,6 +730,33 @@ int main(int argc, char **argv)
 			else if (*end == 'M' || *end == 'm')
 				opt_tier_bytes <<= 20;
 			i++;
+		} else if (!strcmp(a, "--trace") && v) {
+			ropt.trace = v;
+			i++;
+		} else if (!strcmp(a, "--policies") && v) {
+			ropt.n_policies = split_list(argv[++i], ropt.policies, 16);
+		} else if (!strcmp(a, "--budgets") && v) {
+			const char *b[16];
+			unsigned n = split_list(argv[++i], b, 16);
+			ropt.n_budgets = 0;
+			for (unsigned k = 0; k < n; k++) {
+				char *end;
+				double x = strtod(b[k], &end);
+				if (*end || !(x > 0)) {
+					fprintf(stderr, "mnemo-bench: bad budget %s\n", b[k]);
+					return 2;
+				}
+				ropt.budgets[ropt.n_budgets++] = x;
+			}
+		} else if (!strcmp(a, "--heads") && v) {
+			ropt.heads = strtoull(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--queries") && v) {
+			ropt.queries = strtoull(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--layer") && v) {
+			ropt.layer = (unsigned)strtoul(v, NULL, 10);
+			i++;
 		} else if (!strcmp(a, "--rounds") && v && atoi(v) > 0 && atoi(v) <= 16) {
 			opt_rounds = (unsigned)atoi(v);
 			i++;
@@ -678,6 +791,14 @@ int main(int argc, char **argv)
 		opt_workers = n > 0 ? (unsigned)n : 1;
 	}
 	int all = !strcmp(suite, "all");
+	if (!strcmp(suite, "retrieval")) {
+		if (!ropt.trace) {
+			fprintf(stderr, "mnemo-bench: retrieval needs --trace FILE\n");
+			return 2;
+		}
+		ropt.json = opt_json;
+		return bench_retrieval(&ropt) ? 1 : 0;
+	}
 	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend") && strcmp(suite, "tier")) {
 		fprintf(stderr, "mnemo-bench: unknown suite %s\n", suite);
 		usage(stderr);
@@ -688,7 +809,7 @@ int main(int argc, char **argv)
 	if (all || !strcmp(suite, "attend"))
 		bench_attend(argv[0]);
 	if (all || !strcmp(suite, "tier"))
-		bench_tier();
+		bench_tier(argv[0]);
 	stop_daemon();
 	return 0;
 }

@@ -1,0 +1,20 @@
+/* mnemo-bench retrieval: options and entry point (see bench_retrieval.c). */
+#ifndef MNEMO_TOOLS_BENCH_RETRIEVAL_H
+#define MNEMO_TOOLS_BENCH_RETRIEVAL_H
+
+struct bench_retrieval_opts {
+	const char *trace;
+	int json;
+	unsigned layer;
+	unsigned long long heads;      /* 0: all KV heads */
+	unsigned long long queries;    /* 0: every decode query */
+	const char *policies[16];
+	unsigned n_policies;
+	double budgets[16];            /* < 1: a fraction of the tokens; >= 1: a token count */
+	unsigned n_budgets;
+};
+
+/** Run the suite; 0, or a negative errno after a message on stderr. */
+int bench_retrieval(const struct bench_retrieval_opts *o);
+
+#endif
