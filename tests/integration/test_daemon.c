@@ -287,10 +287,12 @@ static int raw_reply(int fd, uint64_t *id, char *msg, size_t cap)
 	return h.status;
 }
 
+/* Closed by the daemon: EOF, or a reset when it closed with our bytes unread. */
 static bool raw_closed(int fd)
 {
 	char b;
-	return recv(fd, &b, 1, 0) == 0;
+	ssize_t r = recv(fd, &b, 1, 0);
+	return r == 0 || (r < 0 && errno == ECONNRESET);
 }
 
 static void check_malformed(mnemo_client *good, uint64_t ctx)
