@@ -29,6 +29,7 @@
 #include <json-c/json.h>
 
 #include "bench_retrieval.h"
+#include "bench_util.h"
 #include "kernels.h"
 #include "mnemo.h"
 #include "record.h"
@@ -63,25 +64,6 @@ static unsigned split_list(char *s, const char **out, unsigned max)
 static char tmpdir[128], sock_path[256];
 static pid_t daemon_pid = -1;
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, size_t n, double p)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	size_t i = (size_t)(p * (n - 1) + 0.5);
-	return v[i < n ? i : n - 1];
-}
 
 static void die(const char *what, mnemo_client *c, int rc)
 {

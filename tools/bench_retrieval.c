@@ -20,32 +20,11 @@
 #include <unistd.h>
 
 #include "bench_retrieval.h"
+#include "bench_util.h"
 #include "kernels.h"
 #include "policy.h"
 #include "safetensors.h"
 #include "sparse.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, size_t n, double p)
-{
-	if (!n)
-		return 0;
-	qsort(v, n, sizeof(*v), cmp_double);
-	size_t i = (size_t)(p * (n - 1) + 0.5);
-	return v[i < n ? i : n - 1];
-}
 
 static int cmp_float_desc(const void *a, const void *b)
 {
