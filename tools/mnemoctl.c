@@ -202,11 +202,15 @@ int main(int argc, char **argv)
 				if (di.ssd_max == UINT64_MAX)
 					printf("ssd tier     none (--ssd-dir none): nothing survives a restart\n");
 				else
-					printf("ssd tier     %.1f MiB used%s%.1f MiB cap; %" PRIu64 " reads (%.1f MiB), %"
+				{
+					char cap[48] = "no cap (--ssd-max 0)";
+					if (di.ssd_max)
+						snprintf(cap, sizeof(cap), "cap %.1f MiB", di.ssd_max / 1048576.0);
+					printf("ssd tier     %.1f MiB used, %s; %" PRIu64 " reads (%.1f MiB), %"
 					       PRIu64 " writes (%.1f MiB); %" PRIu64 " bad blocks\n",
-					       di.ssd_used / 1048576.0, di.ssd_max ? " of " : ", no ",
-					       di.ssd_max / 1048576.0, di.ssd_reads, di.ssd_read_bytes / 1048576.0,
+					       di.ssd_used / 1048576.0, cap, di.ssd_reads, di.ssd_read_bytes / 1048576.0,
 					       di.ssd_writes, di.ssd_write_bytes / 1048576.0, di.bad_blocks);
+				}
 			}
 		}
 	} else if (!strcmp(cmd, "stat")) {
