@@ -3,6 +3,7 @@
 #include "ix.h"
 
 #include <errno.h>
+#include <string.h>
 #include <faiss/c_api/Clustering_c.h>
 #include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/Index_c.h>
@@ -29,6 +30,22 @@ const char *index_faiss_last_error(void)
 	return e ? e : "";
 }
 
+/* Train @p cl with @p index as its assigner and copy out the k x d centroids. */
+static int train_copy(FaissClustering *cl, FaissIndex *index, const float *x, size_t n, unsigned d,
+		      unsigned k, float *centroids)
+{
+	int rc = faiss_error(faiss_Clustering_train(cl, (idx_t)n, x, index));
+	if (rc)
+		return rc;
+	float *c = NULL;
+	size_t len = 0;
+	faiss_Clustering_centroids(cl, &c, &len);
+	if (len != (size_t)k * d)
+		return -EIO;
+	memcpy(centroids, c, len * sizeof(float));
+	return 0;
+}
+
 int index_kmeans(const float *x, size_t n, unsigned d, unsigned k, unsigned iters,
 		 uint32_t seed, float *centroids)
 {
@@ -50,18 +67,7 @@ int index_kmeans(const float *x, size_t n, unsigned d, unsigned k, unsigned iter
 	rc = faiss_error(faiss_IndexFlatL2_new_with(&flat, (idx_t)d));
 	if (rc)
 		goto out;
-	rc = faiss_error(faiss_Clustering_train(cl, (idx_t)n, x, (FaissIndex *)flat));
-	if (rc)
-		goto out;
-	float *c = NULL;
-	size_t len = 0;
-	faiss_Clustering_centroids(cl, &c, &len);
-	if (len != (size_t)k * d) {
-		rc = -EIO;
-		goto out;
-	}
-	for (size_t i = 0; i < len; i++)
-		centroids[i] = c[i];
+	rc = train_copy(cl, (FaissIndex *)flat, x, n, d, k, centroids);
 out:
 	if (flat)
 		faiss_Index_free((FaissIndex *)flat);
@@ -98,19 +104,8 @@ int ix_kmeans_ip(const float *x, size_t n, unsigned d, unsigned k, unsigned iter
 	rc = faiss_error(faiss_IndexFlatIP_new_with(&ip, (idx_t)d));
 	if (rc)
 		goto out;
-	rc = faiss_error(faiss_Clustering_train(cl, (idx_t)n, x, (FaissIndex *)ip));
-	if (rc)
-		goto out;
-	float *c = NULL;
-	size_t len = 0;
-	faiss_Clustering_centroids(cl, &c, &len);
-	if (len != (size_t)k * d) {
-		rc = -EIO;
-		goto out;
-	}
-	for (size_t i = 0; i < len; i++)
-		centroids[i] = c[i];
-	if (!assign)
+	rc = train_copy(cl, (FaissIndex *)ip, x, n, d, k, centroids);
+	if (rc || !assign)
 		goto out;
 	/* the final assignment, against the final centroids */
 	dist = malloc(n * sizeof(*dist));
