@@ -39,7 +39,7 @@ static int centroids_search(const struct index *ix, const struct index_keys *key
 	const struct clusters *cl = to_cl(ix);
 	if (!cl)
 		return -EINVAL;
-	int rc = ix_search_prologue(cl->n, cl->d, keys, 1, q, G, budget, res);
+	int rc = cl_search_prologue(cl, keys, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const uint32_t nf = cl->nf;
@@ -47,6 +47,7 @@ static int centroids_search(const struct index *ix, const struct index_keys *key
 	size_t off_it = off_s + ix_align((size_t)nf * G * sizeof(float));
 	size_t off_bits = off_it + ix_align((size_t)nf * sizeof(struct ix_item));
 	size_t off_tmp = off_bits + ix_align(ix_bits_words(cl->n) * sizeof(uint64_t));
+	size_t off_mbits = off_tmp + ix_align((size_t)cl->max_members * sizeof(struct ix_item));
 	uint8_t *sc = ix_scratch(off_bits + cl_scratch_tail(cl));
 	if (!sc)
 		return -ENOMEM;
@@ -63,14 +64,15 @@ static int centroids_search(const struct index *ix, const struct index_keys *key
 			lse[g] = 0;
 	memset(bits, 0, ix_bits_words(cl->n) * sizeof(uint64_t));
 	struct cl_pick st;
-	cl_pick_init(cl, budget, res, &st);
+	cl_pick_init(cl, budget, res, &st, (uint64_t *)(sc + off_mbits));
 	/* clusters expected for the budget, and the estimates after them */
 	size_t first = (size_t)((double)budget * nf / (double)cl->n) + 16 + (st.est_on ? res->est_cap : 0);
 	struct ix_walk w;
-	ix_walk_init(&w, it, nf, first);
+	ix_walk_init(&w, it, nf, thr_mode ? first : 0);
 	cl_pick_fine(cl, keys, q, G, lse, &w, thr_mode ? expf(cl->thr_fine) : -INFINITY, bits, tmp, &st, res);
 	res->scanned = nf + st.scanned;
 	res->n_tokens = ix_bits_emit(bits, cl->n, res->tokens);
+	cl_runs_finish(cl, &st, res);
 	return 0;
 }
 
@@ -99,6 +101,20 @@ static size_t centroids_memory(const struct index *ix)
 	return clusters_memory(to_cl(ix));
 }
 
+static int centroids_attach_rows(struct index *ix, const struct index_rows *src)
+{
+	const struct clusters *cl = to_cl(ix);
+	if (!cl)
+		return -EINVAL;
+	return clusters_attach_rows((struct clusters *)ix, src);
+}
+
+static const struct index_rows *centroids_rows(const struct index *ix)
+{
+	const struct clusters *cl = to_cl(ix);
+	return cl && cl->rk ? &cl->rows : NULL;
+}
+
 const struct policy_ops centroids_policy_ops = {
 	.version = POLICY_OPS_VERSION,
 	.name = "centroids",
@@ -108,4 +124,6 @@ const struct policy_ops centroids_policy_ops = {
 	.save = centroids_save,
 	.load = centroids_load,
 	.memory = centroids_memory,
+	.attach_rows = centroids_attach_rows,
+	.rows = centroids_rows,
 };

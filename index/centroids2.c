@@ -42,7 +42,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	const struct clusters *cl = to_cl(ix);
 	if (!cl)
 		return -EINVAL;
-	int rc = ix_search_prologue(cl->n, cl->d, keys, 1, q, G, budget, res);
+	int rc = cl_search_prologue(cl, keys, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const uint32_t nf = cl->nf, nc = cl->nc;
@@ -55,6 +55,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	size_t off_itf = off_ids + ix_align((size_t)nf * sizeof(uint32_t));
 	size_t off_bits = off_itf + ix_align((size_t)nf * sizeof(struct ix_item));
 	size_t off_tmp = off_bits + ix_align(ix_bits_words(cl->n) * sizeof(uint64_t));
+	size_t off_mbits = off_tmp + ix_align((size_t)cl->max_members * sizeof(struct ix_item));
 	uint8_t *sc = ix_scratch(off_bits + cl_scratch_tail(cl));
 	if (!sc)
 		return -ENOMEM;
@@ -69,7 +70,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	ix_dots(cl->ccent, nc, d, q, G, d, Sc);
 	ix_group_softmax(Sc, cl->clnn, NULL, nc, G, NULL, thr_mode ? IX_DENSITY_MAX : IX_DENSITY, itc);
 	struct cl_pick st;
-	cl_pick_init(cl, budget, res, &st);
+	cl_pick_init(cl, budget, res, &st, (uint64_t *)(sc + off_mbits));
 	const double cover = (double)cl->coarse_factor * (double)budget;
 	const float tc = thr_mode ? expf(cl->thr_coarse) : -INFINITY;
 	struct ix_walk wc;
@@ -100,7 +101,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	memset(bits, 0, ix_bits_words(cl->n) * sizeof(uint64_t));
 	size_t first = (size_t)((double)budget * nf / (double)cl->n) + 16 + (st.est_on ? res->est_cap : 0);
 	struct ix_walk wf;
-	ix_walk_init(&wf, itf, m, first);
+	ix_walk_init(&wf, itf, m, thr_mode ? first : 0);
 	cl_pick_fine(cl, keys, q, G, lse, &wf, thr_mode ? expf(cl->thr_fine) : -INFINITY, bits, tmp, &st, res);
 	/* then the coarse clusters after the survivors, as coarse pseudo-keys */
 	while (st.est_on && (c = ix_walk_next(&wc)))
@@ -109,6 +110,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 			break;
 	res->scanned = nc + m + st.scanned;
 	res->n_tokens = ix_bits_emit(bits, cl->n, res->tokens);
+	cl_runs_finish(cl, &st, res);
 	return 0;
 }
 
@@ -137,6 +139,20 @@ static size_t centroids2_memory(const struct index *ix)
 	return clusters_memory(to_cl(ix));
 }
 
+static int centroids2_attach_rows(struct index *ix, const struct index_rows *src)
+{
+	const struct clusters *cl = to_cl(ix);
+	if (!cl)
+		return -EINVAL;
+	return clusters_attach_rows((struct clusters *)ix, src);
+}
+
+static const struct index_rows *centroids2_rows(const struct index *ix)
+{
+	const struct clusters *cl = to_cl(ix);
+	return cl && cl->rk ? &cl->rows : NULL;
+}
+
 const struct policy_ops centroids2_policy_ops = {
 	.version = POLICY_OPS_VERSION,
 	.name = "centroids2",
@@ -146,4 +162,6 @@ const struct policy_ops centroids2_policy_ops = {
 	.save = centroids2_save,
 	.load = centroids2_load,
 	.memory = centroids2_memory,
+	.attach_rows = centroids2_attach_rows,
+	.rows = centroids2_rows,
 };

@@ -13,10 +13,11 @@
 #define CL_CALIB 100
 #define CL_EST_SHARE 0.232f
 #define CL_QUANTILE 0.7f
-#define CL_COARSE_FACTOR 8.0f
+#define CL_COARSE_FACTOR 2.0f
 #define CL_COARSE_RATIO 16        /* fine clusters per coarse cluster */
 #define CL_MAX_UNIT 65536u
 #define CL_MAX_ITERS 1000u
+#define CL_MAX_ROW_DIM 1024u    /* attached rows: a row converts on the stack */
 
 /* ---- build ---------------------------------------------------------------- */
 
@@ -518,7 +519,33 @@ void clusters_free(struct clusters *cl)
 	free(cl->clnn);
 	free(cl->cvsum);
 	free(cl->coff);
+	free(cl->rk);
+	free(cl->rv);
 	free(cl);
+}
+
+int clusters_attach_rows(struct clusters *cl, const struct index_rows *src)
+{
+	const size_t es = src ? ix_row_elem(src->dtype) : 0;
+	if (!es || !src->k || !src->v || src->stride < es * cl->d || cl->d > CL_MAX_ROW_DIM)
+		return -EINVAL;
+	const size_t row = es * cl->d;
+	uint8_t *rk = malloc(cl->n * row), *rv = malloc(cl->n * row);
+	if (!rk || !rv) {
+		free(rk);
+		free(rv);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < cl->n; i++) {
+		memcpy(rk + i * row, src->k + (size_t)cl->perm[i] * src->stride, row);
+		memcpy(rv + i * row, src->v + (size_t)cl->perm[i] * src->stride, row);
+	}
+	free(cl->rk);
+	free(cl->rv);
+	cl->rk = rk;
+	cl->rv = rv;
+	cl->rows = (struct index_rows){ .k = rk, .v = rv, .stride = row, .dtype = src->dtype };
+	return 0;
 }
 
 size_t clusters_memory(const struct clusters *cl)
@@ -528,6 +555,7 @@ size_t clusters_memory(const struct clusters *cl)
 	size_t d = cl->d, m = sizeof(*cl);
 	m += (size_t)cl->nf * (d + 1 + 1) * sizeof(float) + (size_t)cl->n * sizeof(uint32_t);
 	m += cl->vsum ? (size_t)cl->nf * d * sizeof(float) : 0;
+	m += cl->rk ? 2 * cl->n * cl->rows.stride : 0;
 	if (cl->nc) {
 		m += (size_t)cl->nc * (d + 1 + 1) * sizeof(float) + sizeof(uint32_t);
 		m += cl->cvsum ? (size_t)cl->nc * d * sizeof(float) : 0;
@@ -650,14 +678,121 @@ fail:
 
 /* ---- search helpers ---------------------------------------------------------------- */
 
+int cl_search_prologue(const struct clusters *cl, const struct index_keys *keys, const float *q, unsigned G,
+		       uint64_t budget, struct index_result *res)
+{
+	int rc = ix_search_prologue(cl->n, cl->d, keys, !cl->rk, q, G, budget, res);
+	if (rc == 1 && res->n_tokens == cl->n && cl->rk && res->runs && res->runs_cap) {
+		res->runs[0] = 0;
+		res->runs[1] = (uint32_t)cl->n;
+		res->n_runs = 1;
+	}
+	return rc;
+}
+
+/* Member positions [first, first + count) picked: marked in the run bitmap. */
+static void run_add(struct cl_pick *st, uint32_t first, uint32_t count)
+{
+	if (!st->mbits)
+		return;
+	uint64_t i = first, e = (uint64_t)first + count;
+	for (; i < e && (i & 63); i++)
+		ix_bit_set(st->mbits, i);
+	for (; i + 64 <= e; i += 64)
+		st->mbits[i / 64] = ~0ull;
+	for (; i < e; i++)
+		ix_bit_set(st->mbits, i);
+}
+
+void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct index_result *res)
+{
+	if (!st->mbits)
+		return;
+	/* maximal runs of set bits, in position order */
+	const size_t words = ix_bits_words(cl->n);
+	uint64_t n = 0, start = 0;
+	int open = 0;
+	for (size_t w = 0; w < words; w++) {
+		uint64_t x = st->mbits[w];
+		if (!open && !x)
+			continue;
+		if (open && x == ~0ull)
+			continue;
+		for (unsigned b = 0; b < 64; b++) {
+			int on = (x >> b) & 1;
+			if (on && !open) {
+				start = (uint64_t)w * 64 + b;
+				open = 1;
+			} else if (!on && open) {
+				if (n < res->runs_cap) {
+					res->runs[2 * n] = (uint32_t)start;
+					res->runs[2 * n + 1] = (uint32_t)((uint64_t)w * 64 + b - start);
+				}
+				n++;
+				open = 0;
+			}
+		}
+	}
+	if (open) {
+		if (n < res->runs_cap) {
+			res->runs[2 * n] = (uint32_t)start;
+			res->runs[2 * n + 1] = (uint32_t)(cl->n - start);
+		}
+		n++;
+	}
+	res->n_runs = n <= res->runs_cap ? n : 0;
+}
+
+/*
+ * The best @p take members of fine cluster @p j by summed softmax score
+ * (sum_g exp(q_g.k - lse[g])), scored from the fp32 keys or, without them,
+ * the attached rows. Returns the members scored.
+ */
+static uint64_t cl_tail_fill(const struct clusters *cl, const struct index_keys *keys, const float *q,
+			     unsigned G, const float *lse, uint32_t j, uint64_t take, uint64_t *bits,
+			     struct ix_item *tmp, struct cl_pick *st)
+{
+	const uint32_t f = cl->off[j], cnt = cl->off[j + 1] - f;
+	const unsigned d = cl->d;
+	float s[IX_MAX_GROUP], row[CL_MAX_ROW_DIM];
+	for (uint32_t i = 0; i < cnt; i++) {
+		const uint32_t tok = cl->perm[f + i];
+		if (keys && keys->k) {
+			ix_dots(keys->k + (size_t)tok * d, 1, 0, q, G, d, s);
+		} else {
+			ix_row_f32(cl->rows.k + (size_t)(f + i) * cl->rows.stride, cl->rows.dtype, d, row);
+			ix_dots(row, 1, 0, q, G, d, s);
+		}
+		float acc = 0;
+		for (unsigned g = 0; g < G; g++)
+			acc += expf(s[g] - lse[g]);
+		tmp[i].score = isnan(acc) ? -INFINITY : acc;
+		tmp[i].id = i;
+	}
+	if (take > cnt)
+		take = cnt;
+	ix_top(tmp, cnt, take);
+	for (uint64_t i = 0; i < take; i++) {
+		ix_bit_set(bits, cl->perm[f + tmp[i].id]);
+		run_add(st, f + tmp[i].id, 1);
+	}
+	return cnt;
+}
+
 size_t cl_scratch_tail(const struct clusters *cl)
 {
-	return ix_align(ix_bits_words(cl->n) * sizeof(uint64_t)) +
+	return 2 * ix_align(ix_bits_words(cl->n) * sizeof(uint64_t)) +
 	       ix_align((size_t)cl->max_members * sizeof(struct ix_item));
 }
 
-void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st)
+void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st,
+		  uint64_t *mbits)
 {
+	st->mbits = NULL;
+	if (cl->rk && res->runs && res->runs_cap) {
+		st->mbits = mbits;
+		memset(mbits, 0, ix_bits_words(cl->n) * sizeof(uint64_t));
+	}
 	st->left = budget;
 	st->scanned = 0;
 	st->taking = 1;
@@ -687,6 +822,37 @@ void cl_pick_fine(const struct clusters *cl, const struct index_keys *keys, cons
 {
 	const struct ix_item *it;
 	const unsigned d = cl->d;
+	/*
+	 * Budget mode: the walk would take the best clusters in order while
+	 * they fit. When the best k together fit, it takes all of them before
+	 * anything else matters, so they are taken without sorting them and
+	 * only the rest is walked in order. k is a little under the clusters
+	 * the budget holds on average.
+	 */
+	if (thr == -INFINITY && st->taking && w->pos == 0 && w->ready == 0) {
+		size_t k = (size_t)(0.8 * (double)st->left * (double)cl->nf / (double)cl->n);
+		k = k < w->n ? k : w->n;
+		if (k > 64) {
+			ix_select(w->a, w->n, k);
+			uint64_t sum = 0;
+			for (size_t i = 0; i < k; i++)
+				sum += cl->off[w->a[i].id + 1] - cl->off[w->a[i].id];
+			if (sum <= st->left) {
+				for (size_t i = 0; i < k; i++) {
+					const uint32_t j = w->a[i].id, cnt = cl->off[j + 1] - cl->off[j];
+					const uint32_t *mem = cl->perm + cl->off[j];
+					for (uint32_t x = 0; x < cnt; x++)
+						ix_bit_set(bits, mem[x]);
+					run_add(st, cl->off[j], cnt);
+				}
+				st->left -= sum;
+				w->a += k;
+				w->n -= k;
+				if (!st->left)
+					st->taking = 0;
+			}
+		}
+	}
 	while (st->taking && (it = ix_walk_next(w))) {
 		const uint32_t j = it->id, cnt = cl->off[j + 1] - cl->off[j];
 		const uint32_t *mem = cl->perm + cl->off[j];
@@ -701,12 +867,13 @@ void cl_pick_fine(const struct clusters *cl, const struct index_keys *keys, cons
 		if (cnt <= st->left) {
 			for (uint32_t i = 0; i < cnt; i++)
 				ix_bit_set(bits, mem[i]);
+			run_add(st, cl->off[j], cnt);
 			st->left -= cnt;
 			if (!st->left)
 				st->taking = 0;
 			continue;
 		}
-		st->scanned += ix_tail_fill(keys, q, G, lse, 1, mem, cnt, st->left, bits, tmp);
+		st->scanned += cl_tail_fill(cl, keys, q, G, lse, j, st->left, bits, tmp, st);
 		st->left = 0;
 		st->taking = 0;
 	}

@@ -46,6 +46,9 @@ struct clusters {
 	enum index_select select;
 	float est_share, quantile, coarse_factor;
 	float thr_fine, thr_coarse;
+	/* attached rows (attach_rows), in member order: row i is token perm[i] */
+	uint8_t *rk, *rv;
+	struct index_rows rows;
 };
 
 /** Build for @p policy (POLICY_CENTROIDS, or POLICY_CENTROIDS2 with a coarse level). */
@@ -56,6 +59,9 @@ int clusters_save(const struct clusters *cl, uint8_t **buf, size_t *len);
 int clusters_load(const uint8_t *buf, size_t len, const struct index_keys *keys, unsigned policy,
 		  struct clusters **out);
 size_t clusters_memory(const struct clusters *cl);
+
+/** Copy @p src (token order) into member order; replaces rows attached before. */
+int clusters_attach_rows(struct clusters *cl, const struct index_rows *src);
 
 /** Tokens of coarse cluster @p J. */
 static inline uint32_t clusters_coarse_tokens(const struct clusters *cl, uint32_t J)
@@ -70,10 +76,16 @@ struct cl_pick {
 	int taking;               /* 0 once the budget is full or a cluster failed the threshold */
 	int est_on;               /* estimates wanted and possible */
 	uint64_t est_tokens, est_max;
+	uint64_t *mbits;          /* member positions picked, when runs are wanted; else NULL */
 };
 
-/** Start a walk: estimates are on when @p res asks and the index has values. */
-void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st);
+/**
+ * Start a walk: estimates are on when @p res asks and the index has values;
+ * runs are recorded in @p mbits (a bitmap of n bits, cleared here) when
+ * rows are attached and @p res asks for runs.
+ */
+void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st,
+		  uint64_t *mbits);
 
 /**
  * Walk fine clusters in order: take whole clusters while they fit and their
@@ -90,7 +102,21 @@ void cl_pick_fine(const struct clusters *cl, const struct index_keys *keys, cons
 int cl_estimate(unsigned d, const float *key, uint32_t count, const float *vsum, struct cl_pick *st,
 		struct index_result *res);
 
-/** Bytes of scratch a search needs for its token bitmap and tail-fill items. */
+/**
+ * Bytes of scratch a search needs for its token bitmap, its tail-fill items
+ * (max_members) and its run bitmap, in that order, each ix_align()ed.
+ */
 size_t cl_scratch_tail(const struct clusters *cl);
+
+/**
+ * Search prologue for both policies: keys may be NULL once rows are
+ * attached. Returns like ix_search_prologue(); for an everything budget
+ * it also sets the single run.
+ */
+int cl_search_prologue(const struct clusters *cl, const struct index_keys *keys, const float *q, unsigned G,
+		       uint64_t budget, struct index_result *res);
+
+/** Emit res->runs from the walk's run bitmap (a no-op without runs). */
+void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct index_result *res);
 
 #endif

@@ -413,7 +413,42 @@ static inline __attribute__((always_inline)) float dot_body(const float *a, cons
 static inline __attribute__((always_inline)) void dots_body(const float *rows, size_t n, size_t stride,
 							       const float *q, unsigned G, unsigned d, float *out)
 {
-	for (size_t i = 0; i < n; i++) {
+	size_t i = 0;
+	/* two rows at a time share each load of the queries */
+	if (G % 4 == 0 && d % 8 == 0)
+		for (; i + 2 <= n; i += 2) {
+			const float *r0 = rows + i * stride, *r1 = r0 + stride;
+			float *o = out + i * G;
+			for (unsigned g = 0; g < G; g += 4) {
+				const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+				v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+				v8f b0 = { 0 }, b1 = { 0 }, b2 = { 0 }, b3 = { 0 };
+				for (unsigned j = 0; j < d; j += 8) {
+					v8f x = load8(r0 + j), y = load8(r1 + j), w;
+					w = load8(q0 + j);
+					a0 += x * w;
+					b0 += y * w;
+					w = load8(q1 + j);
+					a1 += x * w;
+					b1 += y * w;
+					w = load8(q2 + j);
+					a2 += x * w;
+					b2 += y * w;
+					w = load8(q3 + j);
+					a3 += x * w;
+					b3 += y * w;
+				}
+				o[g] = hsum8(&a0);
+				o[g + 1] = hsum8(&a1);
+				o[g + 2] = hsum8(&a2);
+				o[g + 3] = hsum8(&a3);
+				o[G + g] = hsum8(&b0);
+				o[G + g + 1] = hsum8(&b1);
+				o[G + g + 2] = hsum8(&b2);
+				o[G + g + 3] = hsum8(&b3);
+			}
+		}
+	for (; i < n; i++) {
 		const float *r = rows + i * stride;
 		float *o = out + i * G;
 		unsigned g = 0;
@@ -518,6 +553,35 @@ static int have_avx2_fma(void)
 	return 0;
 }
 #endif
+
+void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out)
+{
+	if (dtype == IX_ROW_F32) {
+		memcpy(out, row, (size_t)d * sizeof(float));
+		return;
+	}
+	for (unsigned j = 0; j < d; j++) {
+		uint16_t h;
+		memcpy(&h, row + 2 * (size_t)j, 2);
+		if (dtype == IX_ROW_BF16) {
+			uint32_t u = (uint32_t)h << 16;
+			memcpy(&out[j], &u, 4);
+			continue;
+		}
+		/* IEEE half: scale the bits into place, subnormals by arithmetic */
+		uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+		if (e == 0x1f) {
+			u = sign | 0x7f800000u | (m << 13);
+		} else if (e) {
+			u = sign | ((e + 112) << 23) | (m << 13);
+		} else {
+			float f = ldexpf((float)m, -24);
+			memcpy(&u, &f, 4);
+			u |= sign;
+		}
+		memcpy(&out[j], &u, 4);
+	}
+}
 
 float ix_dot(const float *a, const float *b, unsigned d)
 {
@@ -809,6 +873,7 @@ int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, in
 	res->n_tokens = 0;
 	res->scanned = 0;
 	res->n_est = 0;
+	res->n_runs = 0;
 	if (!budget)
 		return 1;
 	if (!res->tokens)

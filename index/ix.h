@@ -128,6 +128,18 @@ static inline size_t ix_align(size_t n)
 
 float ix_dot(const float *a, const float *b, unsigned d);
 
+/** Row element types of struct index_rows (the values of enum kv_dtype). */
+enum { IX_ROW_F32 = 0, IX_ROW_F16 = 1, IX_ROW_BF16 = 2 };
+
+/** Bytes per element of row type @p dtype, or 0 when unknown. */
+static inline size_t ix_row_elem(unsigned dtype)
+{
+	return dtype == IX_ROW_F32 ? 4 : dtype == IX_ROW_F16 || dtype == IX_ROW_BF16 ? 2 : 0;
+}
+
+/** Convert one row of @p d elements of type @p dtype to fp32. */
+void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out);
+
 /**
  * out[i*G + g] = rows[i*stride .. +d) . q[g*d .. +d) for i < n; NaN
  * becomes -INFINITY so that selection stays total.

@@ -84,7 +84,7 @@
  *   k-means over the fine centroids (coarse centroid, size and value sum
  *   over its tokens). Search scores every coarse cluster like centroids
  *   does, keeps coarse clusters in score order until they hold
- *   coarse_factor (8) times the budget (threshold mode: those passing the
+ *   coarse_factor (2) times the budget (threshold mode: those passing the
  *   coarse threshold, within the same cap), then scores only the fine clusters inside the
  *   survivors, normalising over them alone (sizes recounted inside the
  *   survivors), and selects among them as centroids does (threshold mode:
@@ -153,13 +153,32 @@ struct index_build_params {
 	float est_share;          /* centroids*: most tokens estimated, as a share of n [0.232]; < 0: none */
 	enum index_select select; /* centroids*: [budget] or threshold */
 	float quantile;           /* threshold mode: share of calibration keys under the threshold [0.7] */
-	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [8] */
+	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [2] */
+};
+
+/**
+ * K and V rows of a segment as stored (dtype: 0 f32, 1 f16, 2 bf16, the
+ * values of enum kv_dtype), row t at k + t * stride.
+ */
+struct index_rows {
+	const uint8_t *k, *v;
+	size_t stride;
+	unsigned dtype;
 };
 
 struct index_result {
 	uint64_t *tokens;         /* sorted, unique, < n; capacity = budget (caller's memory) */
 	uint64_t n_tokens;
 	uint64_t scanned;
+	/*
+	 * Optional, for policies with rows attached (attach_rows): the same
+	 * tokens as (first, count) pairs of row positions in the index's own
+	 * row order, sorted, disjoint and merged where adjacent, so attention
+	 * reads them as runs of contiguous rows. Caller's memory of runs_cap
+	 * pairs; budget + 1 pairs always suffice. Left at 0 runs otherwise.
+	 */
+	uint32_t *runs;
+	uint64_t runs_cap, n_runs;
 	/* estimates (may stay 0): caller's memory of capacity est_cap */
 	unsigned est_cap, n_est;
 	float *est_key;           /* [est_cap][d] centroid of each estimated cluster */
@@ -209,6 +228,19 @@ struct policy_ops {
 	int (*load)(const uint8_t *buf, size_t len, const struct index_keys *keys, struct index **out);
 	/** Bytes the index holds in RAM (FAISS indexes: an estimate from their sizes). */
 	size_t (*memory)(const struct index *ix);
+	/**
+	 * Optional (NULL where a policy has none): copy the segment's K/V rows
+	 * @p src (token order, as stored) into the index, grouped the way
+	 * search() picks them (centroids*: cluster members contiguous), so
+	 * attention over a result reads runs of rows instead of gathering
+	 * tokens one by one; search() then fills res->runs and no longer needs
+	 * the fp32 keys (keys may be NULL). Not saved: attach again after load().
+	 * Costs the rows' size in RAM.
+	 * @return 0, -EINVAL (dtype, or d > 1024), -ENOMEM
+	 */
+	int (*attach_rows)(struct index *ix, const struct index_rows *src);
+	/** The attached rows in the index's order, or NULL. */
+	const struct index_rows *(*rows)(const struct index *ix);
 };
 
 /** The ops of @p policy (enum index_policy), or NULL (exact has none). */

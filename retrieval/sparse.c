@@ -6,6 +6,8 @@
 
 /* Tokens gathered per kernel call: a tile of K and V stays in L1/L2. */
 #define TILE 32u
+/* Bytes of K and of V of the next run prefetched before a run is folded. */
+#define RUN_PREFETCH 2048u
 
 void sparse_fold_rows(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
 		      enum kv_dtype dtype, const uint8_t *const *krows, const uint8_t *const *vrows,
@@ -54,17 +56,57 @@ void attend_sparse(const struct attn_kernels *kern, const float *q, unsigned G, 
 		   const struct kv_rows *rows, const uint64_t *ids, uint64_t n,
 		   const struct kv_estimates *est, float *o, float *lse)
 {
-	const uint8_t *kp[TILE], *vp[TILE];
+	enum { BATCH = TILE };
+	const uint8_t *kp[BATCH], *vp[BATCH];
 	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
 	attn_state_init(G, d, m, l, o);
-	for (uint64_t i = 0; i < n; i += TILE) {
-		unsigned t = (unsigned)(n - i < TILE ? n - i : TILE);
+	for (uint64_t i = 0; i < n; i += BATCH) {
+		unsigned t = (unsigned)(n - i < BATCH ? n - i : BATCH);
 		for (unsigned j = 0; j < t; j++) {
 			kp[j] = (const uint8_t *)rows->k + ids[i + j] * rows->stride;
 			vp[j] = (const uint8_t *)rows->v + ids[i + j] * rows->stride;
 		}
 		sparse_fold_rows(kern, q, G, d, rows->dtype, kp, vp, t, m, l, o);
 	}
+	sparse_fold_estimates(q, G, d, est, m, l, o);
+	attn_state_finish(G, d, m, l, o, o, lse);
+}
+
+void sparse_fold_runs(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		      const struct kv_rows *rows, const uint32_t *runs, uint64_t n_runs,
+		      float *m, float *l, float *acc)
+{
+	attn_block_fn fn = kern->block[rows->dtype];
+	for (uint64_t r = 0; r < n_runs; r++) {
+		const uint64_t first = runs[2 * r], count = runs[2 * r + 1];
+		/*
+		 * The kernel prefetches within a run only; start the next run's
+		 * first rows now, so a short run does not begin on a cold miss.
+		 */
+		if (r + 1 < n_runs) {
+			size_t at = (size_t)runs[2 * r + 2] * rows->stride;
+			size_t len = (size_t)runs[2 * r + 3] * rows->stride;
+			len = len < RUN_PREFETCH ? len : RUN_PREFETCH;
+			for (size_t c = 0; c < len; c += 64) {
+				__builtin_prefetch((const uint8_t *)rows->k + at + c);
+				__builtin_prefetch((const uint8_t *)rows->v + at + c);
+			}
+		}
+		for (uint64_t i = 0; i < count; i += ATTN_MAX_BLOCK) {
+			unsigned t = (unsigned)(count - i < ATTN_MAX_BLOCK ? count - i : ATTN_MAX_BLOCK);
+			size_t at = (first + i) * rows->stride;
+			fn(q, G, d, (const uint8_t *)rows->k + at, (const uint8_t *)rows->v + at, t, m, l, acc);
+		}
+	}
+}
+
+void attend_runs(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		 const struct kv_rows *rows, const uint32_t *runs, uint64_t n_runs,
+		 const struct kv_estimates *est, float *o, float *lse)
+{
+	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+	attn_state_init(G, d, m, l, o);
+	sparse_fold_runs(kern, q, G, d, rows, runs, n_runs, m, l, o);
 	sparse_fold_estimates(q, G, d, est, m, l, o);
 	attn_state_finish(G, d, m, l, o, o, lse);
 }

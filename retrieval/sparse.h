@@ -43,6 +43,20 @@ void sparse_fold_rows(const struct attn_kernels *kern, const float *q, unsigned 
 		      enum kv_dtype dtype, const uint8_t *const *krows, const uint8_t *const *vrows,
 		      uint64_t n, float *m, float *l, float *acc);
 
+/**
+ * Fold runs of contiguous rows into a group's running state: run i covers
+ * rows runs[2i] .. runs[2i] + runs[2i+1] - 1 of @p rows (a policy's own
+ * row order, index_result.runs). The block kernels read each run in place.
+ */
+void sparse_fold_runs(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		      const struct kv_rows *rows, const uint32_t *runs, uint64_t n_runs,
+		      float *m, float *l, float *acc);
+
+/** attend_sparse() over runs of rows instead of token ids. */
+void attend_runs(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
+		 const struct kv_rows *rows, const uint32_t *runs, uint64_t n_runs,
+		 const struct kv_estimates *est, float *o, float *lse);
+
 /** Fold estimated clusters into a group's running state. */
 void sparse_fold_estimates(const float *q, unsigned G, unsigned d, const struct kv_estimates *est,
 			   float *m, float *l, float *acc);

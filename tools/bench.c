@@ -670,6 +670,8 @@ static void usage(FILE *f)
 		"                    centroids2,faiss-ivf,faiss-hnsw)\n"
 		"  --budgets LIST    retrieval: fractions of the tokens (< 1) or token counts\n"
 		"                    (default 0.01,0.02,0.05)\n"
+		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
+		"                    clusters holding X times the budget (default 2)\n"
 		"  --heads N         retrieval: KV heads to measure (default: all)\n"
 		"  --queries N       retrieval: decode queries per head (default 16)\n"
 		"  --layer N         retrieval: the layer (default 0)\n"
@@ -730,6 +732,14 @@ int main(int argc, char **argv)
 				}
 				ropt.budgets[ropt.n_budgets++] = x;
 			}
+		} else if (!strcmp(a, "--coarse-factor") && v) {
+			char *end;
+			ropt.coarse_factor = strtod(v, &end);
+			if (*end || !(ropt.coarse_factor >= 1)) {
+				fprintf(stderr, "mnemo-bench: --coarse-factor wants a number >= 1\n");
+				return 2;
+			}
+			i++;
 		} else if (!strcmp(a, "--heads") && v) {
 			ropt.heads = strtoull(v, NULL, 10);
 			i++;

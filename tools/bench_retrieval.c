@@ -77,7 +77,7 @@ static double top_mass(const float *p, uint64_t n, uint64_t k, float *scratch)
 
 struct series {
 	double mass, oracle, top100, err, lse_err, scanned, loaded;
-	double *ms;
+	double *ms, *search_ms;
 	size_t n_ms, n;
 };
 
@@ -86,20 +86,21 @@ static void emit(const struct bench_retrieval_opts *o, const char *policy, doubl
 {
 	double k = s->n ? (double)s->n : 1;
 	double p50 = pct(s->ms, s->n_ms, 0.5), p99 = pct(s->ms, s->n_ms, 0.99);
+	double s50 = pct(s->search_ms, s->n_ms, 0.5);
 	if (o->json)
 		printf("{\"suite\":\"retrieval\",\"policy\":\"%s\",\"budget\":%" PRIu64 ",\"budget_frac\":%.4f,"
 		       "\"tokens\":%" PRIu64 ",\"mass_recall\":%.4f,\"oracle_mass_recall\":%.4f,"
 		       "\"top100_recall\":%.4f,\"out_rel_err\":%.4f,\"lse_abs_err\":%.4f,\"scanned_frac\":%.5f,"
-		       "\"loaded_frac\":%.5f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"exact_p50_ms\":%.3f,"
+		       "\"loaded_frac\":%.5f,\"search_p50_ms\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"exact_p50_ms\":%.3f,"
 		       "\"ratio\":%.3f,\"ratio_of\":\"exact_p50_ms/p50_ms\",\"build_s\":%.2f}\n",
 		       policy, budget, budget_frac, N, s->mass / k, s->oracle / k, s->top100 / k, s->err / k,
-		       s->lse_err / k, s->scanned / k, s->loaded / k, p50, p99, exact_p50,
+		       s->lse_err / k, s->scanned / k, s->loaded / k, s50, p50, p99, exact_p50,
 		       p50 > 0 ? exact_p50 / p50 : 0, build_s);
 	else
 		printf("%-11s %6.3f %7" PRIu64 " | mass %.3f oracle %.3f top100 %.3f | err %.4f lse %.4f | "
-		       "scanned %.4f loaded %.4f | p50 %7.3f ms p99 %7.3f (exact %7.3f, %5.1fx) | build %6.2f s\n",
+		       "scanned %.4f loaded %.4f | search %6.3f p50 %7.3f ms p99 %7.3f (exact %7.3f, %5.1fx) | build %6.2f s\n",
 		       policy, budget_frac, budget, s->mass / k, s->oracle / k, s->top100 / k, s->err / k,
-		       s->lse_err / k, s->scanned / k, s->loaded / k, p50, p99, exact_p50,
+		       s->lse_err / k, s->scanned / k, s->loaded / k, s50, p50, p99, exact_p50,
 		       p50 > 0 ? exact_p50 / p50 : 0, build_s);
 }
 
@@ -158,8 +159,9 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 	float *p = malloc((size_t)G * N * sizeof(float)), *scratch = malloc(N * sizeof(float));
 	float *q = malloc((size_t)queries * G * d * sizeof(float));
 	uint64_t *ids = malloc(N * sizeof(uint64_t));
+	uint32_t *runs = malloc((N + 1) * 2 * sizeof(uint32_t));
 	float *eo = malloc((size_t)queries * G * d * 4), *el = malloc((size_t)queries * G * 4);
-	if (!kf || !vf || !p || !scratch || !q || !ids || !eo || !el) {
+	if (!kf || !vf || !p || !scratch || !q || !ids || !runs || !eo || !el) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -182,7 +184,10 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 	double *exact_ms = malloc(sizeof(double) * heads * queries);
 	size_t n_exact = 0;
 	for (size_t i = 0; i < (size_t)(n_pol + 1) * o->n_budgets; i++)
+	{
 		acc[i].ms = malloc(sizeof(double) * heads * queries);
+		acc[i].search_ms = malloc(sizeof(double) * heads * queries);
+	}
 	float thr100[ATTN_MAX_GROUP];
 	static float est_key[4096 * 4], est_cnt[4096], est_vsum[4096 * 4];
 	static float o_[ATTN_MAX_GROUP * ATTN_MAX_DIM], l_[ATTN_MAX_GROUP];
@@ -235,9 +240,14 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		struct index *ixs[16] = { 0 };
 		for (unsigned pi = 0; pi < n_pol; pi++) {
 			struct index_build_params bp = { .seed = 1, .prefill_q = pq, .n_prefill = P, .group = G,
-							 .v = vf };
+							 .v = vf, .coarse_factor = (float)o->coarse_factor };
 			double t0 = now_s();
 			rc = pols[pi]->build(&keys, &bp, &ixs[pi]);
+			/* policies that group rows their own way get them, as mnemod does */
+			if (!rc && pols[pi]->attach_rows) {
+				struct index_rows ir = { .k = kraw, .v = vraw, .stride = d * es, .dtype = dt };
+				rc = pols[pi]->attach_rows(ixs[pi], &ir);
+			}
 			build_s[pi] += now_s() - t0;
 			if (rc) {
 				fprintf(stderr, "mnemo-bench: %s build: %s\n", pols[pi]->name, strerror(-rc));
@@ -272,7 +282,8 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 						budget = N;
 					struct series *sr = &acc[pi * o->n_budgets + bi];
 					struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = est_key,
-								    .est_count = est_cnt, .est_vsum = est_vsum };
+								    .est_count = est_cnt, .est_vsum = est_vsum,
+								    .runs = runs, .runs_cap = N + 1 };
 					double t0 = now_s();
 					if (po) {
 						if ((rc = po->search(ixs[pi], &keys, qq, G, budget, &res))) {
@@ -286,9 +297,19 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 						res.n_tokens = budget;
 						res.scanned = budget;
 					}
+					double t1 = now_s();
 					struct kv_estimates est = { .n = res.n_est, .key = est_key, .count = est_cnt,
 								    .vsum = est_vsum };
-					attend_sparse(kern, qq, G, (unsigned)d, &rows, ids, res.n_tokens, &est, o_, l_);
+					const struct index_rows *ir = po && po->rows ? po->rows(ixs[pi]) : NULL;
+					if (ir) {
+						struct kv_rows own = { .k = ir->k, .v = ir->v, .stride = ir->stride,
+								       .dtype = (enum kv_dtype)ir->dtype };
+						attend_runs(kern, qq, G, (unsigned)d, &own, runs, res.n_runs, &est, o_, l_);
+					} else {
+						attend_sparse(kern, qq, G, (unsigned)d, &rows, ids, res.n_tokens, &est, o_,
+							      l_);
+					}
+					sr->search_ms[sr->n_ms] = (t1 - t0) * 1e3;
 					sr->ms[sr->n_ms++] = (now_s() - t0) * 1e3;
 					for (unsigned g = 0; g < G; g++) {
 						const float *pg = p + (size_t)g * N;
@@ -338,8 +359,10 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		}
 	rc = 0;
 out_free:
-	for (size_t i = 0; i < (size_t)(n_pol + 1) * o->n_budgets; i++)
+	for (size_t i = 0; i < (size_t)(n_pol + 1) * o->n_budgets; i++) {
 		free(acc[i].ms);
+		free(acc[i].search_ms);
+	}
 	free(acc);
 	free(build_s);
 	free(exact_ms);
@@ -350,6 +373,7 @@ out:
 	free(scratch);
 	free(q);
 	free(ids);
+	free(runs);
 	free(eo);
 	free(el);
 	st_close(f);

@@ -12,6 +12,7 @@ struct bench_retrieval_opts {
 	unsigned n_policies;
 	double budgets[16];            /* < 1: a fraction of the tokens; >= 1: a token count */
 	unsigned n_budgets;
+	double coarse_factor;          /* centroids2 tuning; 0: the policy's default */
 };
 
 /** Run the suite; 0, or a negative errno after a message on stderr. */
