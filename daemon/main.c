@@ -43,6 +43,8 @@ int main(int argc, char **argv)
 		log_err("daemon", "host tier: %s", strerror(-rc));
 		goto out;
 	}
+	char sidedir[PATH_MAX + 16];
+	snprintf(sidedir, sizeof(sidedir), "%s/indexes", cfg.data_dir);
 	if (strcmp(cfg.ssd_dir, "none")) {
 		char catdir[PATH_MAX + 16];
 		if ((rc = mkdir_p(cfg.ssd_dir, 0700)) || (rc = ssd_open(cfg.ssd_dir, cfg.ssd_max, &d.ssd))) {
@@ -59,7 +61,9 @@ int main(int argc, char **argv)
 		log_warn("daemon", "--ssd-dir none: contexts live in RAM only and are lost on exit");
 	}
 	struct store_config sc = { .block_tokens = cfg.block_tokens, .host_ops = &tier_host_ops,
-				   .host = d.host, .ssd = d.ssd, .catalog = cat };
+				   .host = d.host, .ssd = d.ssd, .catalog = cat,
+				   /* retrieval indexes survive a restart with the blocks they index */
+				   .side_dir = d.ssd ? sidedir : NULL };
 	const char *why = NULL;
 	if ((rc = store_open(&sc, &d.store, &why))) {
 		log_err("daemon", "store: %s (%s)", why ? why : "cannot open", strerror(-rc));

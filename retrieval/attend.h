@@ -55,10 +55,14 @@ int attend_exact(struct kv_ctx *c, const struct attend_request *req,
  * the indexed tokens) for the group's queries; attention is exact over
  * them, over tokens appended after the index was built, and adds the
  * policy's estimated clusters when the range is the whole index. The
- * index is built on first use and kept with the context.
+ * index is loaded from the context's side files or built on first use,
+ * saved there, and kept with the context.
  * @return attend_exact()'s errors, and -EINVAL for an unknown policy
  */
 int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
 		  struct attend_result *res, const struct attend_exec *ex);
+
+/** Indexes built and indexes loaded from side files since the process started. */
+void attend_policy_counts(uint64_t *builds, uint64_t *loads);
 
 #endif

@@ -4,9 +4,17 @@
  * queries; attention runs exactly over the picked tokens, over every token
  * appended after the index was built, and over the estimates.
  *
- * Indexes are built on first use from the stored keys (converted to fp32)
- * and kept on the context until it is dropped. They are not persisted yet:
- * a restarted daemon rebuilds them on first use.
+ * Indexes are built on first use from the stored keys (converted to fp32),
+ * kept on the context until it is dropped, and saved as the context's side
+ * files (kv_ctx_side_save(), name "<policy>-l<layer>-h<head>.idx"): a
+ * restarted daemon loads them instead of building. A side file that fails
+ * its checks is rebuilt over. Policies that keep their own copy of the rows
+ * (attach_rows: centroids*) get it after the build or load and are
+ * attended run by run from it; the others keep the fp32 keys their search
+ * scores and read the picked tokens through pinned blocks.
+ *
+ * Side file body: magic "MNPX" u32, version u32, policy u32, reserved u32,
+ * tokens covered u64, then the policy's save() blob.
  */
 #define _GNU_SOURCE
 #include "attend.h"
@@ -15,18 +23,31 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "policy.h"
 #include "sparse.h"
 
+#define PX_MAGIC 0x58504e4du /* "MNPX" */
+#define PX_VERSION 1u
+#define PX_HEADER 24u
+
+static _Atomic uint64_t n_builds, n_loads;
+
+void attend_policy_counts(uint64_t *builds, uint64_t *loads)
+{
+	*builds = atomic_load(&n_builds);
+	*loads = atomic_load(&n_loads);
+}
+
 /* One index of one (policy, layer, head). */
 struct slot {
 	pthread_mutex_t mu;       /* one build at a time */
 	struct index *ix;
 	uint64_t n;               /* tokens it covers: [0, n) */
-	float *k;                 /* the fp32 keys it was built over (searches may score them) */
+	float *k;                 /* the fp32 keys it was built over, unless it holds rows */
 };
 
 struct ctx_indexes {
@@ -102,31 +123,165 @@ static int gather_f32(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t 
 	return 0;
 }
 
-/* The slot's index, built over the layer's tokens when missing. Read lock held. */
-static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t layer,
-			uint32_t head, unsigned G)
+/* K and V rows [0, n) of (layer, head) as stored, into [n][row] arrays. */
+static int gather_raw(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, uint8_t *k, uint8_t *v)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint32_t B = kv_ctx_block_tokens(c);
+	const size_t row = (size_t)g->head_dim * g->elem_size;
+	const uint8_t *win[64];
+	for (uint64_t b0 = 0; b0 * B < n; b0 += 64) {
+		uint64_t nb = (n + B - 1) / B - b0;
+		if (nb > 64)
+			nb = 64;
+		uint64_t bad;
+		int rc = kv_ctx_pin(c, layer, head, b0, (uint32_t)nb, win, &bad);
+		if (rc)
+			return rc;
+		for (uint64_t b = 0; b < nb; b++) {
+			uint64_t t0 = (b0 + b) * B, cnt = n - t0 < B ? n - t0 : B;
+			memcpy(k + t0 * row, win[b], cnt * row);
+			memcpy(v + t0 * row, win[b] + (size_t)B * row, cnt * row);
+		}
+		kv_ctx_unpin(c, layer, head, b0, (uint32_t)nb);
+	}
+	return 0;
+}
+
+/* Give the index its own rows when its policy keeps them; the fp32 keys are then not needed. */
+static int attach(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t layer, uint32_t head)
+{
+	if (!po->attach_rows)
+		return 0;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const size_t row = (size_t)g->head_dim * g->elem_size;
+	uint8_t *k = malloc(s->n * row + 1), *v = malloc(s->n * row + 1);
+	int rc = k && v ? gather_raw(c, layer, head, s->n, k, v) : -ENOMEM;
+	if (!rc) {
+		struct index_rows src = { .k = k, .v = v, .stride = row, .dtype = g->dtype };
+		rc = po->attach_rows(s->ix, &src);
+	}
+	free(k);
+	free(v);
+	if (!rc) {
+		free(s->k);
+		s->k = NULL;
+	}
+	return rc;
+}
+
+static void side_name(char *out, size_t cap, const struct policy_ops *po, uint32_t layer, uint32_t head)
+{
+	snprintf(out, cap, "%s-l%u-h%u.idx", po->name, layer, head);
+}
+
+/* The saved index of the slot, if one is there and sound; 0 when loaded. */
+static int load_saved(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
+		      uint32_t layer, uint32_t head, uint64_t n)
+{
+	char name[96];
+	side_name(name, sizeof(name), po, layer, head);
+	void *buf;
+	size_t len;
+	int rc = kv_ctx_side_load(c, name, &buf, &len);
+	if (rc)
+		return rc;
+	const uint8_t *p = buf;
+	uint32_t magic, version, pol;
+	uint64_t covered;
+	rc = -EBADMSG;
+	if (len > PX_HEADER) {
+		memcpy(&magic, p, 4);
+		memcpy(&version, p + 4, 4);
+		memcpy(&pol, p + 8, 4);
+		memcpy(&covered, p + 16, 8);
+		/* an index over more tokens than the layer holds is not this context's */
+		if (magic == PX_MAGIC && version == PX_VERSION && pol == policy && covered && covered <= n)
+			rc = po->load(p + PX_HEADER, len - PX_HEADER, NULL, &s->ix);
+	}
+	free(buf);
+	if (rc)
+		return rc;
+	s->n = covered;
+	return 0;
+}
+
+static void save(struct kv_ctx *c, const struct slot *s, const struct policy_ops *po, uint32_t policy,
+		 uint32_t layer, uint32_t head)
+{
+	uint8_t *blob;
+	size_t len;
+	if (po->save(s->ix, &blob, &len))
+		return;
+	uint8_t *buf = malloc(PX_HEADER + len);
+	if (buf) {
+		uint32_t h[4] = { PX_MAGIC, PX_VERSION, policy, 0 };
+		memcpy(buf, h, sizeof(h));
+		memcpy(buf + 16, &s->n, 8);
+		memcpy(buf + PX_HEADER, blob, len);
+		char name[96];
+		side_name(name, sizeof(name), po, layer, head);
+		/* best effort: without it the next daemon builds again */
+		kv_ctx_side_save(c, name, buf, PX_HEADER + len);
+	}
+	free(buf);
+	free(blob);
+}
+
+/* The slot's index: loaded when saved, else built over the layer's tokens. Read lock held. */
+static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
+			uint32_t layer, uint32_t head, unsigned G)
 {
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
-	if (!s->ix) {
-		const struct kv_geometry *g = kv_ctx_geometry(c);
-		uint64_t n = kv_ctx_layer_tokens(c, layer);
-		float *k = malloc(n * g->head_dim * sizeof(float) + 4);
-		float *v = malloc(n * g->head_dim * sizeof(float) + 4);
+	if (s->ix)
+		goto out;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint64_t n = kv_ctx_layer_tokens(c, layer);
+	float *k = NULL, *v = NULL;
+	if (load_saved(c, s, po, policy, layer, head, n) == 0) {
+		atomic_fetch_add(&n_loads, 1);
+		if (!po->attach_rows) {
+			/* the policy scores fp32 keys */
+			k = malloc(s->n * g->head_dim * sizeof(float) + 4);
+			v = malloc(s->n * g->head_dim * sizeof(float) + 4);
+			rc = k && v ? gather_f32(c, layer, head, s->n, k, v) : -ENOMEM;
+			if (!rc) {
+				s->k = k;
+				k = NULL;
+			}
+		} else {
+			rc = attach(c, s, po, layer, head);
+		}
+	} else {
+		k = malloc(n * g->head_dim * sizeof(float) + 4);
+		v = malloc(n * g->head_dim * sizeof(float) + 4);
 		if (!k || !v) {
 			rc = -ENOMEM;
 		} else if (!(rc = gather_f32(c, layer, head, n, k, v))) {
 			struct index_keys keys = { .k = k, .n = n, .d = g->head_dim };
 			struct index_build_params bp = { .seed = 1, .group = G, .v = v };
 			if (!(rc = po->build(&keys, &bp, &s->ix))) {
+				atomic_fetch_add(&n_builds, 1);
 				s->n = n;
 				s->k = k;
 				k = NULL;
+				free(v);
+				v = NULL;
+				save(c, s, po, policy, layer, head);
+				rc = attach(c, s, po, layer, head);
 			}
 		}
-		free(k);
-		free(v);
 	}
+	if (rc && s->ix) {
+		po->free(s->ix);
+		s->ix = NULL;
+		free(s->k);
+		s->k = NULL;
+	}
+	free(k);
+	free(v);
+out:
 	pthread_mutex_unlock(&s->mu);
 	return rc;
 }
@@ -207,8 +362,9 @@ static void policy_unit(void *arg, unsigned h)
 	uint64_t bad = 0, run[4096];
 	int rc;
 	uint64_t *ids = NULL;
+	uint32_t *runs = NULL;
 	float *ek = NULL, *ec = NULL, *ev = NULL;
-	if ((rc = ensure_index(j->c, s, j->po, j->layer, h, G)))
+	if ((rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, G)))
 		goto fail;
 	/* the index covers [0, s->n); the request wants [begin, end) */
 	uint64_t idx_end = s->n < j->end ? s->n : j->end;
@@ -228,19 +384,38 @@ static void policy_unit(void *arg, unsigned h)
 	uint64_t picked = 0;
 	struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = ek, .est_count = ec,
 				    .est_vsum = ev };
+	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
+	const int whole = j->begin == 0 && idx_end == s->n;
+	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;
+	if (own) {
+		runs = malloc((budget + 1) * 2 * sizeof(uint32_t));
+		if (!runs) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		res.runs = runs;
+		res.runs_cap = budget + 1;
+	}
 	if (j->begin < idx_end && s->n) {
 		struct index_keys keys = { .k = s->k, .n = s->n, .d = d };
-		if ((rc = j->po->search(s->ix, &keys, q, G, budget, &res)))
+		if ((rc = j->po->search(s->ix, s->k ? &keys : NULL, q, G, budget, &res)))
 			goto fail;
-		qsort(ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
-		/* keep what lies in the requested range */
-		for (uint64_t i = 0; i < res.n_tokens; i++)
-			if (ids[i] >= j->begin && ids[i] < idx_end)
-				ids[picked++] = ids[i];
-		if ((rc = fold_ids(j, h, q, ids, picked, m, l, o, &bad)))
-			goto fail;
+		if (own && (res.n_runs || !res.n_tokens)) {
+			struct kv_rows rows = { .k = own->k, .v = own->v, .stride = own->stride,
+						.dtype = (enum kv_dtype)own->dtype };
+			sparse_fold_runs(j->kern, q, G, d, &rows, runs, res.n_runs, m, l, o);
+			picked = res.n_tokens;
+		} else {
+			qsort(ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
+			/* keep what lies in the requested range */
+			for (uint64_t i = 0; i < res.n_tokens; i++)
+				if (ids[i] >= j->begin && ids[i] < idx_end)
+					ids[picked++] = ids[i];
+			if ((rc = fold_ids(j, h, q, ids, picked, m, l, o, &bad)))
+				goto fail;
+		}
 		/* estimates stand for whole clusters: only when the range is the whole index */
-		if (j->begin == 0 && idx_end == s->n) {
+		if (whole) {
 			struct kv_estimates est = { .n = res.n_est, .key = ek, .count = ec, .vsum = ev };
 			sparse_fold_estimates(q, G, d, &est, m, l, o);
 		}
@@ -260,6 +435,7 @@ static void policy_unit(void *arg, unsigned h)
 	atomic_fetch_add(&j->scanned, res.scanned + tail);
 	atomic_fetch_add(&j->loaded, picked + tail);
 	free(ids);
+	free(runs);
 	free(ek);
 	free(ec);
 	free(ev);
@@ -273,6 +449,7 @@ fail:
 		}
 	}
 	free(ids);
+	free(runs);
 	free(ek);
 	free(ec);
 	free(ev);

@@ -21,6 +21,7 @@
 
 #include "catalog.h"
 #include "record.h"
+#include "sidefile.h"
 #include "ssd.h"
 
 enum blk_state { BLK_ABSENT = 0, BLK_LOADING, BLK_RESIDENT };
@@ -391,6 +392,13 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 					ssd_unlink(cfg->ssd, ids[i]);
 			free(ids);
 		}
+		/* and side files likewise */
+		if (cfg->side_dir && sidefile_list_ctx(cfg->side_dir, &ids, &n) == 0) {
+			for (size_t i = 0; i < n; i++)
+				if (!find_locked(s, ids[i], NULL, 0))
+					sidefile_remove_ctx(cfg->side_dir, ids[i]);
+			free(ids);
+		}
 	}
 	*out = s;
 	return 0;
@@ -527,9 +535,26 @@ int store_ctx_delete(struct store *s, struct kv_ctx *c)
 			c->file = NULL;
 		}
 		pthread_rwlock_unlock(&c->lock);
+		/* side files after the catalog too: an orphan is swept at start */
+		if (s->cfg.side_dir)
+			sidefile_remove_ctx(s->cfg.side_dir, c->id);
 	}
 	store_ctx_drop(s, c);
 	return 0;
+}
+
+int kv_ctx_side_save(struct kv_ctx *c, const char *name, const void *buf, size_t len)
+{
+	if (!c->store->cfg.side_dir)
+		return -ENOTSUP;
+	return sidefile_write(c->store->cfg.side_dir, c->id, name, buf, len);
+}
+
+int kv_ctx_side_load(struct kv_ctx *c, const char *name, void **buf, size_t *len)
+{
+	if (!c->store->cfg.side_dir)
+		return -ENOTSUP;
+	return sidefile_read(c->store->cfg.side_dir, c->id, name, buf, len);
 }
 
 void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), void *arg)

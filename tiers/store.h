@@ -57,6 +57,8 @@ struct store_config {
 	struct ssd *ssd;                  /* NULL: RAM only, nothing survives a restart;
 	                                   * else host must align blocks to SSD_ALIGN */
 	struct catalog *catalog;          /* with ssd: where durable blocks are named */
+	const char *side_dir;             /* with ssd (may be NULL): where side files live
+	                                   * (sidefile.h); borrowed, outlives the store */
 };
 
 struct store_stats {
@@ -174,6 +176,15 @@ void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
  */
 void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux));
 void *kv_ctx_aux(struct kv_ctx *c);
+
+/**
+ * Durable side data of a context (sidefile.h), removed with the context:
+ * what retrieval derives from the K/V and wants back after a restart.
+ * @return 0, -ENOTSUP (a store without side_dir: nothing survives anyway),
+ *         and sidefile_write()/sidefile_read()'s errors
+ */
+int kv_ctx_side_save(struct kv_ctx *c, const char *name, const void *buf, size_t len);
+int kv_ctx_side_load(struct kv_ctx *c, const char *name, void **buf, size_t *len);
 
 /**
  * Copy K/V of @p n token positions of @p layer into @p out laid out
