@@ -581,6 +581,8 @@ int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out)
 		out->ssd_read_bytes = d.ssd_read_bytes;
 		out->ssd_write_bytes = d.ssd_write_bytes;
 		out->bad_blocks = d.bad_blocks;
+		out->index_builds = d.index_builds;
+		out->index_loads = d.index_loads;
 		copy_name(out->kernels, sizeof(out->kernels), d.kernels, d.kernels_len);
 	}
 	free(p);

@@ -142,7 +142,8 @@ int sidefile_read(const char *dir, uint64_t ctx, const char *name, void **buf, s
 	memcpy(&blen, h + 8, 8);
 	memcpy(&sum, h + 16, 8);
 	blen = le64toh(blen);
-	if (le32toh(magic) != SF_MAGIC || le32toh(version) != SF_VERSION ||
+	static const uint8_t zero[SF_HEADER - 24];
+	if (memcmp(h + 24, zero, sizeof(zero)) || le32toh(magic) != SF_MAGIC || le32toh(version) != SF_VERSION ||
 	    blen != (uint64_t)st.st_size - SF_HEADER) {
 		rc = -EBADMSG;
 		goto out;

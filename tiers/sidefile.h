@@ -5,7 +5,7 @@
  *
  * Layout: DIR/ctx-<id as 16 hex digits>/NAME. A file is a 32-byte header
  * (magic "MNSF", version 1, body length u64, XXH3-64 of the body u64,
- * reserved) and the body. Writes are atomic: a temporary file, fdatasync,
+ * 8 reserved bytes that must be zero) and the body. Writes are atomic: a temporary file, fdatasync,
  * rename over NAME, fsync of the directory, so a crash leaves the old file
  * or the new one. Reads check everything: a file that fails is refused
  * with -EBADMSG, never half-used.

@@ -88,6 +88,8 @@ struct mnemo_daemon_info {
 	uint64_t ssd_used, ssd_max;     /**< ssd_max UINT64_MAX: no SSD tier; 0: no cap */
 	uint64_t hits, misses, evictions;
 	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
+	uint64_t index_builds;          /**< retrieval indexes built since mnemod started */
+	uint64_t index_loads;           /**< retrieval indexes loaded from disk instead */
 	char kernels[32];
 };
 

@@ -329,6 +329,83 @@ static void full_disk(const char *bin)
 	daemon_cleanup(&d);
 }
 
+/*
+ * Retrieval indexes persist: a restarted daemon loads them (STAT counts
+ * loads, not builds) and answers exactly as before; a corrupted index file
+ * is built over; dropping the context removes its index files.
+ */
+static void indexes_persist(const char *bin)
+{
+	struct daemon d;
+	daemon_init(&d, bin);
+	const uint64_t N = 32768;
+	const uint32_t pols[2] = { MNEMO_POLICY_CENTROIDS2, MNEMO_POLICY_QUEST };
+	float q[H * D], o[2][H * D], l[2][H], o2[H * D], l2[H];
+	for (int i = 0; i < H * D; i++)
+		q[i] = 2.0f * check_uniform(&seed);
+	uint64_t ctx = 0;
+	char idxdir[300];
+	for (int round = 0; round < 3; round++) {
+		CHECK(daemon_start(&d, NULL) == 0, "start, round %d", round);
+		mnemo_client *c;
+		if (mnemo_connect(d.sock, &c)) {
+			CHECK(0, "connect");
+			break;
+		}
+		if (round == 0) {
+			ctx = create(c, "indexed");
+			uint16_t *kv = malloc((size_t)2 * H * 4096 * D * 2);
+			for (uint64_t t = 0; t < N; t += 4096) {
+				fill(kv, t, 4096);
+				CHECK(mnemo_append(c, ctx, 0, 1, t, 4096, kv, (size_t)2 * H * 4096 * D * 2, NULL) == 0,
+				      "append");
+			}
+			free(kv);
+			uint64_t tokens;
+			CHECK(mnemo_seal(c, ctx, &tokens) == 0 && tokens == N, "seal");
+			snprintf(idxdir, sizeof(idxdir), "%s/data/indexes/ctx-%016llx", d.dir, (unsigned long long)ctx);
+		}
+		for (int p = 0; p < 2; p++) {
+			float *oo = round ? o2 : o[p], *ll = round ? l2 : l[p];
+			CHECK(mnemo_attend_ex(c, ctx, 0, pols[p], N / 20, 0, UINT64_MAX, q, oo, ll, NULL) == 0,
+			      "attend policy %u, round %d: %s", pols[p], round, mnemo_last_error(c));
+			if (round)
+				CHECK(!memcmp(o2, o[p], sizeof(o2)) && !memcmp(l2, l[p], sizeof(l2)),
+				      "policy %u answers differently after restart %d", pols[p], round);
+		}
+		struct mnemo_daemon_info di;
+		CHECK(mnemo_stat_daemon(c, &di) == 0, "stat");
+		/* round 0 builds one per (policy, head); round 1 loads them all; round 2 rebuilds the corrupt one */
+		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? 0 : 1;
+		CHECK(di.index_builds == want_b && di.index_builds + di.index_loads == 2 * H,
+		      "round %d: %llu built, %llu loaded", round, (unsigned long long)di.index_builds,
+		      (unsigned long long)di.index_loads);
+		if (round == 2) {
+			CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop");
+			CHECK(access(idxdir, F_OK) != 0, "%s left after drop", idxdir);
+		}
+		mnemo_close(c);
+		CHECK(daemon_stop(&d, SIGTERM) == 0, "clean stop");
+		if (round == 1) {
+			/* one flipped byte in the middle of one index */
+			char path[400];
+			snprintf(path, sizeof(path), "%s/centroids2-l0-h1.idx", idxdir);
+			FILE *f = fopen(path, "r+b");
+			CHECK(f != NULL, "open %s", path);
+			if (f) {
+				fseek(f, 0, SEEK_END);
+				long at = ftell(f) / 2;
+				fseek(f, at, SEEK_SET);
+				int ch = fgetc(f);
+				fseek(f, at, SEEK_SET);
+				fputc(ch ^ 0x10, f);
+				fclose(f);
+			}
+		}
+	}
+	daemon_cleanup(&d);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -342,5 +419,6 @@ int main(int argc, char **argv)
 	crash_and_corrupt(&d);
 	daemon_cleanup(&d);
 	full_disk(argv[1]);
+	indexes_persist(argv[1]);
 	return check_exit();
 }
