@@ -194,10 +194,6 @@ static int h_attend(struct request *r)
 			       m.q_len, nq * 4);
 		goto out;
 	}
-	if (m.flags) {
-		rc = req_error(r, -EINVAL, "ATTEND flags must be 0");
-		goto out;
-	}
 	q = malloc(nq * sizeof(float));
 	o = malloc(nq * sizeof(float));
 	lse = malloc(g->n_q_heads * sizeof(float));
@@ -207,7 +203,7 @@ static int h_attend(struct request *r)
 	}
 	proto_f32_from_wire(q, m.q, nq);
 	struct attend_request ar = { .layer = m.layer, .token_begin = m.token_begin,
-				     .token_end = m.token_end, .q = q };
+				     .token_end = m.token_end, .q = q, .sinks = m.sinks, .window = m.window };
 	struct attend_result res = { .o = o, .lse = lse };
 	struct attend_exec ex = { .parallel = pool_parallel, .pool = r->d->pool,
 				  .workers = pool_size(r->d->pool) };

@@ -395,8 +395,17 @@ int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnem
 			uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 			uint32_t n_floats, uint64_t *req_id)
 {
+	struct mnemo_attend_opts o = { .budget = budget };
+	return mnemo_submit_attend_opts(c, ctx, layer, policy, &o, token_begin, token_end, q, n_floats, req_id);
+}
+
+int mnemo_submit_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+			     const struct mnemo_attend_opts *opts, uint64_t token_begin, uint64_t token_end,
+			     const float *q, uint32_t n_floats, uint64_t *req_id)
+{
 	struct msg_attend_req m = {
-		.ctx = ctx, .layer = layer, .policy = (uint32_t)policy, .budget = budget,
+		.ctx = ctx, .layer = layer, .policy = (uint32_t)policy,
+		.budget = opts ? opts->budget : 0, .sinks = opts ? opts->sinks : 0, .window = opts ? opts->window : 0,
 		.token_begin = token_begin, .token_end = token_end,
 	};
 	struct wbuf b;
@@ -444,6 +453,14 @@ int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_po
 		    uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 		    float *o, float *lse, struct mnemo_attend_info *info)
 {
+	struct mnemo_attend_opts op = { .budget = budget };
+	return mnemo_attend_opts(c, ctx, layer, policy, &op, token_begin, token_end, q, o, lse, info);
+}
+
+int mnemo_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+		      const struct mnemo_attend_opts *opts, uint64_t token_begin, uint64_t token_end,
+		      const float *q, float *o, float *lse, struct mnemo_attend_info *info)
+{
 	int rc;
 	if (c->geom_ctx != ctx) {
 		/* ids are never reused, so a context's shape can be remembered */
@@ -456,8 +473,8 @@ int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_po
 		c->geom_head_dim = ci.geom.head_dim;
 	}
 	uint64_t id;
-	rc = mnemo_submit_attend(c, ctx, layer, policy, budget, token_begin, token_end, q,
-				 c->geom_q_heads * c->geom_head_dim, &id);
+	rc = mnemo_submit_attend_opts(c, ctx, layer, policy, opts, token_begin, token_end, q,
+				      c->geom_q_heads * c->geom_head_dim, &id);
 	return rc ? rc : mnemo_wait_attend(c, id, o, lse, c->geom_q_heads, c->geom_head_dim, info);
 }
 

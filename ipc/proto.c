@@ -421,7 +421,8 @@ void msg_attend_req_encode(struct wbuf *b, const struct msg_attend_req *m)
 	wbuf_u64(b, m->token_begin);
 	wbuf_u64(b, m->token_end);
 	wbuf_u32(b, m->budget);
-	wbuf_u32(b, m->flags);
+	wbuf_u16(b, m->sinks);
+	wbuf_u16(b, m->window);
 	wbuf_put(b, m->q, m->q_len);
 }
 
@@ -435,7 +436,8 @@ int msg_attend_req_decode(const void *p, size_t n, struct msg_attend_req *m)
 	m->token_begin = rbuf_u64(&r);
 	m->token_end = rbuf_u64(&r);
 	m->budget = rbuf_u32(&r);
-	m->flags = rbuf_u32(&r);
+	m->sinks = rbuf_u16(&r);
+	m->window = rbuf_u16(&r);
 	if (r.err)
 		return r.err;
 	m->q_len = r.len - r.off;

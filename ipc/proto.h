@@ -169,7 +169,8 @@ struct msg_attend_req {
 	uint64_t ctx;
 	uint32_t layer, policy;
 	uint64_t token_begin, token_end;
-	uint32_t budget, flags;
+	uint32_t budget;
+	uint16_t sinks, window;  /* tokens at the range's start / end always attended exactly */
 	const uint8_t *q;       /* n_q x head_dim f32, little-endian, borrowed */
 	size_t q_len;           /* bytes; the handler checks it against the geometry */
 };

@@ -29,6 +29,9 @@ struct attend_request {
 	uint64_t token_begin;
 	uint64_t token_end;        /* exclusive; UINT64_MAX: the layer's end */
 	const float *q;            /* [n_q_heads][head_dim], not scaled */
+	/* policies only: the range's first sinks and last window tokens are
+	 * attended exactly whatever the index picks (exact attends all anyway) */
+	uint32_t sinks, window;
 };
 
 struct attend_result {

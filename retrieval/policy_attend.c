@@ -294,6 +294,7 @@ struct policy_job {
 	const struct attn_kernels *kern;
 	uint32_t layer, G, d, dtype, B;
 	uint64_t begin, end, budget;
+	uint32_t sinks, window;
 	const float *qs;
 	float *o, *lse;
 	_Atomic uint64_t scanned, loaded;
@@ -351,6 +352,57 @@ static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint
 	return 0;
 }
 
+static int in_sorted(const uint64_t *a, uint64_t n, uint64_t x)
+{
+	uint64_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (a[mid] < x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && a[lo] == x;
+}
+
+/*
+ * The request's sinks and window inside the index's part of the range, less
+ * what the index picked (@p sel, sorted): attended exactly on top.
+ */
+static int fold_extras(struct policy_job *j, uint32_t h, const float *q, uint64_t idx_end, const uint64_t *sel,
+		       uint64_t n_sel, float *m, float *l, float *acc, uint64_t *bad, uint64_t *added)
+{
+	uint64_t run[256], n = 0;
+	uint64_t s_end = j->begin + j->sinks < idx_end ? j->begin + j->sinks : idx_end;
+	uint64_t w_begin = j->end - j->begin > j->window ? j->end - j->window : j->begin;
+	if (w_begin < s_end)
+		w_begin = s_end;
+	*added = 0;
+	for (int part = 0; part < 2; part++) {
+		uint64_t a = part ? w_begin : j->begin, e = part ? idx_end : s_end;
+		for (uint64_t t = a; t < e; t++) {
+			if (in_sorted(sel, n_sel, t))
+				continue;
+			run[n++] = t;
+			if (n == 256 || t + 1 == e) {
+				int rc = fold_ids(j, h, q, run, n, m, l, acc, bad);
+				if (rc)
+					return rc;
+				*added += n;
+				n = 0;
+			}
+		}
+		if (n) {
+			int rc = fold_ids(j, h, q, run, n, m, l, acc, bad);
+			if (rc)
+				return rc;
+			*added += n;
+			n = 0;
+		}
+	}
+	return 0;
+}
+
 static void policy_unit(void *arg, unsigned h)
 {
 	struct policy_job *j = arg;
@@ -381,7 +433,7 @@ static void policy_unit(void *arg, unsigned h)
 		goto fail;
 	}
 	attn_state_init(G, d, m, l, o);
-	uint64_t picked = 0;
+	uint64_t picked = 0, extra = 0;
 	struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = ek, .est_count = ec,
 				    .est_vsum = ev };
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
@@ -405,6 +457,9 @@ static void policy_unit(void *arg, unsigned h)
 						.dtype = (enum kv_dtype)own->dtype };
 			sparse_fold_runs(j->kern, q, G, d, &rows, runs, res.n_runs, m, l, o);
 			picked = res.n_tokens;
+			/* res.tokens is sorted: the extras are what it lacks */
+			if ((rc = fold_extras(j, h, q, idx_end, ids, picked, m, l, o, &bad, &extra)))
+				goto fail;
 		} else {
 			qsort(ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
 			/* keep what lies in the requested range */
@@ -412,6 +467,8 @@ static void policy_unit(void *arg, unsigned h)
 				if (ids[i] >= j->begin && ids[i] < idx_end)
 					ids[picked++] = ids[i];
 			if ((rc = fold_ids(j, h, q, ids, picked, m, l, o, &bad)))
+				goto fail;
+			if ((rc = fold_extras(j, h, q, idx_end, ids, picked, m, l, o, &bad, &extra)))
 				goto fail;
 		}
 		/* estimates stand for whole clusters: only when the range is the whole index */
@@ -433,7 +490,7 @@ static void policy_unit(void *arg, unsigned h)
 	}
 	attn_state_finish(G, d, m, l, o, o, lse);
 	atomic_fetch_add(&j->scanned, res.scanned + tail);
-	atomic_fetch_add(&j->loaded, picked + tail);
+	atomic_fetch_add(&j->loaded, picked + extra + tail);
 	free(ids);
 	free(runs);
 	free(ek);
@@ -488,7 +545,8 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 	struct policy_job job = {
 		.c = c, .po = po, .policy = policy, .x = x, .kern = attn_kernels_best(), .layer = req->layer, .G = G, .d = d,
 		.dtype = g->dtype, .B = kv_ctx_block_tokens(c), .begin = req->token_begin, .end = end,
-		.budget = budget, .qs = qs, .o = res->o, .lse = res->lse,
+		.budget = budget, .sinks = req->sinks, .window = req->window, .qs = qs, .o = res->o,
+		.lse = res->lse,
 	};
 	ex->parallel(ex->pool, g->n_kv_heads, policy_unit, &job);
 	if ((rc = atomic_load(&job.err))) {

@@ -172,6 +172,18 @@ int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_po
 		    uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 		    float *o, float *lse, struct mnemo_attend_info *info);
 
+/** Per-request choices of a policy ATTEND (zero-initialise what you do not set). */
+struct mnemo_attend_opts {
+	uint32_t budget;          /**< tokens per KV head the index may pick; 0: 2% of the indexed tokens */
+	uint16_t sinks;           /**< the range's first tokens, always attended exactly */
+	uint16_t window;          /**< the range's last tokens, always attended exactly */
+};
+
+/** mnemo_attend_ex() with every per-request choice (@p opts may be NULL: defaults). */
+int mnemo_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+		      const struct mnemo_attend_opts *opts, uint64_t token_begin, uint64_t token_end,
+		      const float *q, float *o, float *lse, struct mnemo_attend_info *info);
+
 /**
  * FETCH raw K/V of @p n_ids token positions of @p layer.
  * @param out  receives [2][n_kv_heads][n_ids][head_dim] in the context's
@@ -218,6 +230,10 @@ int mnemo_wait_append(mnemo_client *c, uint64_t req_id, uint64_t *context_tokens
 int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
 			uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 			uint32_t n_floats, uint64_t *req_id);
+/** mnemo_submit_attend() with every per-request choice (@p opts may be NULL). */
+int mnemo_submit_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
+			     const struct mnemo_attend_opts *opts, uint64_t token_begin, uint64_t token_end,
+			     const float *q, uint32_t n_floats, uint64_t *req_id);
 int mnemo_wait_attend(mnemo_client *c, uint64_t req_id, float *o, float *lse,
 		      uint32_t n_q_heads, uint32_t head_dim, struct mnemo_attend_info *info);
 

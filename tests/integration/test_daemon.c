@@ -551,6 +551,83 @@ static void check_sigterm(mnemo_client *c, uint64_t ctx)
 	CHECK(access(sock_path, F_OK) != 0, "socket file left behind");
 }
 
+/*
+ * sinks and window: attended exactly on top of what the index picks, never
+ * twice. With a small budget, when the picks miss the sinks and the window
+ * (the loaded count tells), the answer is the merge of the plain policy
+ * ATTEND with exact attention over sinks and window, computed here; with
+ * every token in the budget, it is exact attention and nothing is loaded
+ * twice.
+ */
+static void check_sinks_window(mnemo_client *c, uint64_t ctx)
+{
+	enum { SINKS = 16, WINDOW = 32, BUDGET = 50 };
+	float q[H * G * D], oa[H * G * D], la[H * G], orr[H * G * D], lr[H * G];
+	int found = 0;
+	for (int attempt = 0; attempt < 12 && !found; attempt++) {
+		for (int i = 0; i < H * G * D; i++)
+			q[i] = check_uniform(&seed);
+		struct mnemo_attend_opts plain = { .budget = BUDGET }, extra = { BUDGET, SINKS, WINDOW };
+		struct mnemo_attend_info ia, ir;
+		int rc = mnemo_attend_opts(c, ctx, 0, MNEMO_POLICY_QUEST, &plain, 0, UINT64_MAX, q, oa, la, &ia);
+		rc |= mnemo_attend_opts(c, ctx, 0, MNEMO_POLICY_QUEST, &extra, 0, UINT64_MAX, q, orr, lr, &ir);
+		CHECK(rc == 0, "attend with sinks and window: %s", mnemo_last_error(c));
+		if (rc)
+			return;
+		CHECK(ir.loaded >= ia.loaded && ir.loaded <= ia.loaded + (uint64_t)(SINKS + WINDOW) * H,
+		      "loaded %llu with extras, %llu without", (unsigned long long)ir.loaded,
+		      (unsigned long long)ia.loaded);
+		if (ir.loaded != ia.loaded + (uint64_t)(SINKS + WINDOW) * H)
+			continue; /* the picks overlap the extras: try another query */
+		found = 1;
+		double worst = 0, worst_lse = 0;
+		for (int hq = 0; hq < H * G; hq++) {
+			int h = hq / G;
+			double s[SINKS + WINDOW], mx = -INFINITY, sum = 0, ro[D] = { 0 };
+			for (int i = 0; i < SINKS + WINDOW; i++) {
+				int t = i < SINKS ? i : N - WINDOW + (i - SINKS);
+				double acc = 0;
+				for (int j = 0; j < D; j++)
+					acc += (double)q[hq * D + j] * ref_k[0][h][t][j];
+				s[i] = acc / sqrt(D);
+				mx = fmax(mx, s[i]);
+			}
+			for (int i = 0; i < SINKS + WINDOW; i++) {
+				int t = i < SINKS ? i : N - WINDOW + (i - SINKS);
+				double p = exp(s[i] - mx);
+				sum += p;
+				for (int j = 0; j < D; j++)
+					ro[j] += p * ref_v[0][h][t][j];
+			}
+			double le = mx + log(sum), lm = fmax(le, la[hq]);
+			double lse = lm + log(exp(le - lm) + exp(la[hq] - lm));
+			double num = 0, den = 0;
+			for (int j = 0; j < D; j++) {
+				double want = exp(le - lse) * ro[j] / sum + exp(la[hq] - lse) * oa[hq * D + j];
+				num += pow(orr[hq * D + j] - want, 2);
+				den += want * want;
+			}
+			worst = fmax(worst, sqrt(num / den));
+			worst_lse = fmax(worst_lse, fabs(lr[hq] - lse));
+		}
+		CHECK(worst < 2e-3 && worst_lse < 1e-3, "sinks+window: relative error %g, lse error %g", worst,
+		      worst_lse);
+	}
+	CHECK(found, "every query's picks overlapped the sinks or the window");
+	/* everything in the budget: exact, each token once */
+	struct mnemo_attend_opts all = { N, SINKS, WINDOW };
+	struct mnemo_attend_info info;
+	float oe[H * G * D], le[H * G];
+	CHECK(mnemo_attend_opts(c, ctx, 0, MNEMO_POLICY_CENTROIDS2, &all, 0, UINT64_MAX, q, orr, lr, &info) == 0 &&
+	      mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, oe, le, NULL) == 0,
+	      "attend: %s", mnemo_last_error(c));
+	double worst = 0;
+	for (int i = 0; i < H * G; i++)
+		worst = fmax(worst, fabs(lr[i] - le[i]));
+	CHECK(info.loaded == (uint64_t)N * H && worst < 1e-3, "full budget with extras: loaded %llu, lse error %g",
+	      (unsigned long long)info.loaded, worst);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -578,6 +655,7 @@ int main(int argc, char **argv)
 		check_attend_policy(c, ctx, 1, 0, UINT64_MAX, (enum mnemo_policy)p, N);
 		check_attend_policy(c, ctx, 0, 100, 6543, (enum mnemo_policy)p, N);
 	}
+	check_sinks_window(c, ctx);
 	{
 		struct mnemo_context_info *list;
 		size_t n;

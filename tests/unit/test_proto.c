@@ -196,7 +196,7 @@ static void test_attend(void)
 	for (int i = 0; i < 12; i++)
 		q[i] = (float)i * 0.5f - 1.0f;
 	struct msg_attend_req m = { .ctx = 3, .layer = 1, .policy = 0, .token_begin = 10,
-				    .token_end = UINT64_MAX, .budget = 0, .flags = 0,
+				    .token_end = UINT64_MAX, .budget = 7, .sinks = 4, .window = 0x1234,
 				    .q = (const uint8_t *)q, .q_len = sizeof(q) }, d;
 	struct wbuf b;
 	wbuf_init(&b);
@@ -204,8 +204,8 @@ static void test_attend(void)
 	CHECK(msg_attend_req_decode(b.data, b.len, &d) == 0, "decode");
 	float back[12];
 	proto_f32_from_wire(back, d.q, 12);
-	CHECK(d.ctx == 3 && d.layer == 1 && d.token_begin == 10 && d.token_end == UINT64_MAX &&
-	      d.q_len == sizeof(q) && !memcmp(back, q, sizeof(q)), "fields");
+	CHECK(d.ctx == 3 && d.layer == 1 && d.token_begin == 10 && d.token_end == UINT64_MAX && d.budget == 7 &&
+	      d.sinks == 4 && d.window == 0x1234 && d.q_len == sizeof(q) && !memcmp(back, q, sizeof(q)), "fields");
 	/* the fixed part is 40 bytes; q must be a non-empty multiple of 4 */
 	check_strict("attend", &b, (decode_fn)msg_attend_req_decode, &d, 41);
 	CHECK(msg_attend_req_decode(b.data, 40, &d) != 0, "no queries accepted");
