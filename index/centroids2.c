@@ -13,6 +13,8 @@
 
 #include "clusters.h"
 
+#define MIN_SURVIVORS 4
+
 static const struct clusters *to_cl(const struct index *ix)
 {
 	return ix && ix->policy == POLICY_CENTROIDS2 ? (const struct clusters *)ix : NULL;
@@ -74,12 +76,16 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	const double cover = (double)cl->coarse_factor * (double)budget;
 	const float tc = thr_mode ? expf(cl->thr_coarse) : -INFINITY;
 	struct ix_walk wc;
-	ix_walk_init(&wc, itc, nc, (size_t)(cover * nc / (double)cl->n) + 4);
-	/* survivors: in order while they pass and hold less than cover tokens */
-	size_t m = 0;
+	ix_walk_init(&wc, itc, nc, (size_t)(cover * nc / (double)cl->n) + MIN_SURVIVORS);
+	/*
+	 * survivors: in order while they pass and hold less than cover tokens,
+	 * and at least MIN_SURVIVORS of them: coarse scores rank roughly, and
+	 * a small budget must not hang on one or two coarse clusters
+	 */
+	size_t m = 0, kept = 0;
 	double held = 0;
 	const struct ix_item *c;
-	while (held < cover && (c = ix_walk_next(&wc))) {
+	while ((held < cover || kept < MIN_SURVIVORS) && (c = ix_walk_next(&wc))) {
 		if (!(c->score >= tc)) {
 			wc.pos--; /* not a survivor: the first coarse estimate */
 			break;
@@ -91,6 +97,7 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 			ids[m++] = j;
 		}
 		held += clusters_coarse_tokens(cl, J);
+		kept++;
 	}
 	/* fine: inside the survivors only, normalised among themselves */
 	float lse[IX_MAX_GROUP];

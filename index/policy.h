@@ -84,7 +84,7 @@
  *   k-means over the fine centroids (coarse centroid, size and value sum
  *   over its tokens). Search scores every coarse cluster like centroids
  *   does, keeps coarse clusters in score order until they hold
- *   coarse_factor (2) times the budget (threshold mode: those passing the
+ *   coarse_factor (2) times the budget, and at least 4 of them (threshold mode: those passing the
  *   coarse threshold, within the same cap), then scores only the fine clusters inside the
  *   survivors, normalising over them alone (sizes recounted inside the
  *   survivors), and selects among them as centroids does (threshold mode:

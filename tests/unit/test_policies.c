@@ -7,7 +7,7 @@
  *   - results are sorted, unique, within the budget (and fill it where the
  *     policy promises to);
  *   - the attention mass of the result, against the best set of the same
- *     size, stays above a floor measured on this data;
+ *     size, stays above a floor measured on this (fixed) data;
  *   - save -> load gives identical searches;
  *   - truncated, foreign and garbage blobs are refused, bit-flipped ones
  *     are refused or, when they still decode, searched without harm.
@@ -42,6 +42,9 @@ enum {
 };
 
 static uint64_t seed;
+
+/* The seed of the keys and queries every floor below was measured on. */
+#define DATA_SEED 0x6d6e656d6f2d3034ull
 static float keys[N * D], vals[N * D], dirs[C * D], subs[C * SUB * D];
 static float qd[NQ * G * D], qp[P * G * D];
 static uint64_t toks[N], toks2[N];
@@ -174,23 +177,25 @@ struct config {
 /*
  * Floors: the mean, over NQ queries, of the group's attention mass on the
  * result over the mass of the best set of the same size, at a budget of
- * 5 % (450 tokens). Measured over 20 seeds as min / mean:
- * quest 0.79 / 0.83, blocks medoids 0.60 / 0.67, blocks received
- * 0.50 / 0.61, centroids 0.95 / 0.97, centroids threshold 0.96 / 0.97,
- * centroids2 0.95 / 0.97, centroids2 threshold 0.87 / 0.94, faiss-ivf
- * 0.88 / 0.93, faiss-hnsw 0.86 / 0.93. Each floor sits about 0.1 under
- * its minimum. (Blocks are coarse: 5 % is three and a half blocks here.)
+ * 5 % (450 tokens), on the fixed data of DATA_SEED with build seed 1.
+ * Measured: quest 0.888, blocks medoids 0.769, blocks received 0.618,
+ * centroids 0.981, centroids threshold 0.981, centroids2 0.966,
+ * centroids2 threshold 0.913, faiss-ivf 0.914, faiss-hnsw 0.908. Each floor
+ * sits 0.03 under, room for another CPU's BLAS rounding, not for a
+ * regression. (Over random seeds the spread is wide: quest 0.69 to 0.88,
+ * which is why the data is fixed. Blocks are coarse: 5 % is three and a
+ * half blocks here.)
  */
 static const struct config configs[] = {
-	{ "quest", "quest", 0, 0, INDEX_SELECT_BUDGET, 0, 1, 0.70 },
-	{ "blocks", "blocks medoids", 0, 0, INDEX_SELECT_BUDGET, 0, 1, 0.50 },
-	{ "blocks", "blocks received", 1, 0, INDEX_SELECT_BUDGET, 0, 1, 0.40 },
-	{ "centroids", "centroids", 0, 1, INDEX_SELECT_BUDGET, 2048, 1, 0.85 },
-	{ "centroids", "centroids threshold", 1, 1, INDEX_SELECT_THRESHOLD, 0, 0, 0.85 },
-	{ "centroids2", "centroids2", 0, 1, INDEX_SELECT_BUDGET, 0, 1, 0.85 },
-	{ "centroids2", "centroids2 threshold", 1, 0, INDEX_SELECT_THRESHOLD, 2048, 0, 0.77 },
-	{ "faiss-ivf", "faiss-ivf", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.78 },
-	{ "faiss-hnsw", "faiss-hnsw", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.76 },
+	{ "quest", "quest", 0, 0, INDEX_SELECT_BUDGET, 0, 1, 0.85 },
+	{ "blocks", "blocks medoids", 0, 0, INDEX_SELECT_BUDGET, 0, 1, 0.73 },
+	{ "blocks", "blocks received", 1, 0, INDEX_SELECT_BUDGET, 0, 1, 0.58 },
+	{ "centroids", "centroids", 0, 1, INDEX_SELECT_BUDGET, 2048, 1, 0.95 },
+	{ "centroids", "centroids threshold", 1, 1, INDEX_SELECT_THRESHOLD, 0, 0, 0.95 },
+	{ "centroids2", "centroids2", 0, 1, INDEX_SELECT_BUDGET, 0, 1, 0.93 },
+	{ "centroids2", "centroids2 threshold", 1, 0, INDEX_SELECT_THRESHOLD, 2048, 0, 0.88 },
+	{ "faiss-ivf", "faiss-ivf", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.88 },
+	{ "faiss-hnsw", "faiss-hnsw", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.87 },
 };
 
 struct racer {
@@ -303,7 +308,7 @@ static void run(const struct config *cf)
 		return;
 	const struct index_keys k = { .k = keys, .n = N, .d = D };
 	const struct index_build_params bp = {
-		.seed = (uint32_t)seed,
+		.seed = 1,
 		/* one thread: FAISS's parallel HNSW inserts and k-means reductions
 		 * vary with scheduling, and the floors below must hold every run */
 		.threads = 1,
@@ -498,15 +503,15 @@ static void quest_bounds(void)
 
 /*
  * The hierarchy's point, at a 2 % budget: centroids2 scores far fewer
- * centroids than centroids (measured 3.3x to 3.8x fewer over 20 seeds; the
- * floor is 2.8x, as at this size coarse clusters are coarse against the
- * budget) for about the same attention mass (measured 0.057 lower at
- * worst, 0.01 on average; the floor allows 0.08).
+ * centroids than centroids (measured 4.5x fewer on the fixed data; the
+ * floor is 4x, as at this size coarse clusters are coarse against the
+ * budget) for about the same attention mass (measured 0.009 lower; the
+ * floor allows 0.03).
  */
 static void hierarchy(void)
 {
 	const struct index_keys k = { .k = keys, .n = N, .d = D };
-	const struct index_build_params bp = { .seed = (uint32_t)seed, .threads = 2, .group = G };
+	const struct index_build_params bp = { .seed = 1, .threads = 1, .group = G };
 	const struct policy_ops *po[2] = { policy_ops_get(POLICY_CENTROIDS), policy_ops_get(POLICY_CENTROIDS2) };
 	double mass[2] = { 0, 0 };
 	uint64_t scanned[2] = { 0, 0 };
@@ -528,10 +533,9 @@ static void hierarchy(void)
 	printf("at 2%%: centroids mass/best %.3f scanned %llu, centroids2 %.3f scanned %llu (%.1fx fewer)\n", mass[0],
 	       (unsigned long long)scanned[0], mass[1], (unsigned long long)scanned[1],
 	       (double)scanned[0] / (double)(scanned[1] ? scanned[1] : 1));
-	CHECK(scanned[1] * 2.8 <= scanned[0], "centroids2 scanned %llu, centroids %llu", (unsigned long long)scanned[1],
+	CHECK(scanned[1] * 4.0 <= scanned[0], "centroids2 scanned %llu, centroids %llu", (unsigned long long)scanned[1],
 	      (unsigned long long)scanned[0]);
-	/* 0.15: an unlucky seed (a CI run) measured 0.828 against 0.951, 0.12 below */
-	CHECK(mass[1] >= mass[0] - 0.15, "centroids2 mass %.3f, centroids %.3f", mass[1], mass[0]);
+	CHECK(mass[1] >= mass[0] - 0.03, "centroids2 mass %.3f, centroids %.3f", mass[1], mass[0]);
 }
 
 /* Values = keys: an estimate's value sum must be its count times its key (the mean of raw keys). */
@@ -572,8 +576,11 @@ static void estimates(void)
 
 int main(void)
 {
-	seed = check_seed();
+	/* the data and the builds are fixed, so the floors are regressions, not luck;
+	 * the seed drives the rest (blob damage, Quest's bound cases, races) */
+	seed = DATA_SEED;
 	make_data();
+	seed = check_seed();
 
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
