@@ -14,6 +14,7 @@
 #include "index.h"
 #include "kernels.h"
 #include "log.h"
+#include "policy.h"
 #include "pool.h"
 #include "server.h"
 #include "ssd.h"
@@ -164,6 +165,45 @@ static int h_seal(struct request *r)
 		req_error(r, rc, "layers differ in length: append every layer to the same length first");
 	else
 		msg_u64_encode(&r->out, tokens);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_index(struct request *r)
+{
+	struct msg_index_req m;
+	int rc = msg_index_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+		return rc;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	uint32_t count = m.layer_count ? m.layer_count : (m.layer_begin < g->n_layers ? g->n_layers - m.layer_begin : 0);
+	if (!policy_ops_get(m.policy)) {
+		rc = req_error(r, -EINVAL, "policy %u has no index (exact needs none)", m.policy);
+	} else if (m.layer_begin >= g->n_layers || count > g->n_layers - m.layer_begin) {
+		rc = req_error(r, -EINVAL, "layers [%u, +%u) of a %u-layer context", m.layer_begin, m.layer_count,
+			       g->n_layers);
+	} else {
+		struct attend_exec ex = { .parallel = pool_parallel, .pool = r->d->pool,
+					  .workers = pool_size(r->d->pool) };
+		uint64_t counts[3] = { 0, 0, 0 }, t0 = now_ns();
+		uint32_t l = m.layer_begin;
+		for (; l < m.layer_begin + count && !rc; l++)
+			rc = attend_policy_prepare(c, m.policy, l, &ex, counts);
+		if (rc == -ENODATA)
+			req_error(r, rc, "layer %u holds no tokens to index", l - 1);
+		else if (rc == -EBADMSG)
+			req_error(r, rc, "data-integrity error in layer %u: a block failed its checksum", l - 1);
+		else if (rc)
+			req_error(r, rc, "indexing layer %u: %s", l - 1, strerror(-rc));
+		else {
+			struct msg_index_rep rep = { .built = counts[INDEX_BUILT], .loaded = counts[INDEX_LOADED],
+						     .present = counts[INDEX_PRESENT], .build_ns = now_ns() - t0 };
+			msg_index_rep_encode(&r->out, &rep);
+		}
+	}
 	kv_ctx_put(c);
 	return rc;
 }
@@ -468,4 +508,5 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_STAT] = { "STAT", h_stat, false },
 	[OP_LIST] = { "LIST", h_list, false },
 	[OP_SHM_ATTACH] = { "SHM_ATTACH", h_shm_attach, false },
+	[OP_INDEX] = { "INDEX", h_index, false },
 };

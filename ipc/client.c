@@ -391,6 +391,33 @@ int mnemo_seal(mnemo_client *c, uint64_t ctx, uint64_t *tokens)
 	return 0;
 }
 
+int mnemo_index(mnemo_client *c, uint64_t ctx, enum mnemo_policy policy, uint32_t layer_begin,
+		uint32_t layer_count, struct mnemo_index_info *info)
+{
+	struct msg_index_req m = { .ctx = ctx, .policy = (uint32_t)policy, .layer_begin = layer_begin,
+				   .layer_count = layer_count };
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_index_req_encode(&b, &m);
+	uint8_t *p;
+	uint32_t n;
+	int rc = call(c, OP_INDEX, &b, NULL, 0, -1, &p, &n);
+	if (rc)
+		return rc;
+	struct msg_index_rep r;
+	rc = msg_index_rep_decode(p, n, &r);
+	free(p);
+	if (rc)
+		return bad_reply(c, OP_INDEX);
+	if (info) {
+		info->built = r.built;
+		info->loaded = r.loaded;
+		info->present = r.present;
+		info->elapsed_ns = r.build_ns;
+	}
+	return 0;
+}
+
 int mnemo_submit_attend(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_policy policy,
 			uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 			uint32_t n_floats, uint64_t *req_id)

@@ -10,6 +10,7 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_SEAL] = "SEAL", [OP_ATTEND] = "ATTEND", [OP_FETCH] = "FETCH",
 	[OP_DROP] = "DROP", [OP_STAT] = "STAT", [OP_LIST] = "LIST",
 	[OP_SHM_ATTACH] = "SHM_ATTACH",
+	[OP_INDEX] = "INDEX",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -547,6 +548,44 @@ int msg_fetch_rep_decode(const void *p, size_t n, struct msg_fetch_rep *m)
 		m->data = NULL;
 	else
 		return -EPROTO;
+	return rbuf_end(&r);
+}
+
+void msg_index_req_encode(struct wbuf *b, const struct msg_index_req *m)
+{
+	wbuf_u64(b, m->ctx);
+	wbuf_u32(b, m->policy);
+	wbuf_u32(b, m->layer_begin);
+	wbuf_u32(b, m->layer_count);
+}
+
+int msg_index_req_decode(const void *p, size_t n, struct msg_index_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ctx = rbuf_u64(&r);
+	m->policy = rbuf_u32(&r);
+	m->layer_begin = rbuf_u32(&r);
+	m->layer_count = rbuf_u32(&r);
+	return rbuf_end(&r);
+}
+
+void msg_index_rep_encode(struct wbuf *b, const struct msg_index_rep *m)
+{
+	wbuf_u64(b, m->built);
+	wbuf_u64(b, m->loaded);
+	wbuf_u64(b, m->present);
+	wbuf_u64(b, m->build_ns);
+}
+
+int msg_index_rep_decode(const void *p, size_t n, struct msg_index_rep *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->built = rbuf_u64(&r);
+	m->loaded = rbuf_u64(&r);
+	m->present = rbuf_u64(&r);
+	m->build_ns = rbuf_u64(&r);
 	return rbuf_end(&r);
 }
 

@@ -42,6 +42,7 @@ enum proto_op {
 	OP_STAT = 8,
 	OP_LIST = 9,
 	OP_SHM_ATTACH = 10,
+	OP_INDEX = 11,
 	OP_COUNT
 };
 
@@ -174,6 +175,13 @@ struct msg_attend_req {
 	const uint8_t *q;       /* n_q x head_dim f32, little-endian, borrowed */
 	size_t q_len;           /* bytes; the handler checks it against the geometry */
 };
+struct msg_index_req {
+	uint64_t ctx;
+	uint32_t policy, layer_begin, layer_count;   /* layer_count 0: to the last layer */
+};
+struct msg_index_rep {
+	uint64_t built, loaded, present, build_ns;
+};
 struct msg_attend_rep {
 	uint32_t n_q_heads, head_dim;
 	uint64_t scanned, loaded, compute_ns;
@@ -250,6 +258,11 @@ void msg_attend_req_encode(struct wbuf *b, const struct msg_attend_req *m);
 int msg_attend_req_decode(const void *p, size_t n, struct msg_attend_req *m);
 void msg_attend_rep_encode(struct wbuf *b, const struct msg_attend_rep *m);
 int msg_attend_rep_decode(const void *p, size_t n, struct msg_attend_rep *m);
+
+void msg_index_req_encode(struct wbuf *b, const struct msg_index_req *m);
+int msg_index_req_decode(const void *p, size_t n, struct msg_index_req *m);
+void msg_index_rep_encode(struct wbuf *b, const struct msg_index_rep *m);
+int msg_index_rep_decode(const void *p, size_t n, struct msg_index_rep *m);
 
 void msg_fetch_req_encode(struct wbuf *b, const struct msg_fetch_req *m);
 int msg_fetch_req_decode(const void *p, size_t n, struct msg_fetch_req *m);

@@ -65,6 +65,23 @@ int attend_exact(struct kv_ctx *c, const struct attend_request *req,
 int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
 		  struct attend_result *res, const struct attend_exec *ex);
 
+/** Where ensure-an-index found it. */
+enum index_source {
+	INDEX_PRESENT = 0,         /* already in memory */
+	INDEX_LOADED = 1,          /* from the context's side files */
+	INDEX_BUILT = 2,
+};
+
+/**
+ * Make the indexes of @p policy for every KV head of @p layer ready ahead
+ * of the ATTENDs that need them (offline preloading), heads in parallel.
+ * @param counts  incremented at [enum index_source] per head
+ * @return 0, -EINVAL (policy, layer), -ENODATA (an empty layer), -ENOMEM,
+ *         -EBADMSG (a block failed its check), -EIO
+ */
+int attend_policy_prepare(struct kv_ctx *c, uint32_t policy, uint32_t layer, const struct attend_exec *ex,
+			  uint64_t counts[3]);
+
 /** Indexes built and indexes loaded from side files since the process started. */
 void attend_policy_counts(uint64_t *builds, uint64_t *loads);
 

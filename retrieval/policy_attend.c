@@ -230,10 +230,11 @@ static void save(struct kv_ctx *c, const struct slot *s, const struct policy_ops
 
 /* The slot's index: loaded when saved, else built over the layer's tokens. Read lock held. */
 static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
-			uint32_t layer, uint32_t head, unsigned G)
+			uint32_t layer, uint32_t head, unsigned G, enum index_source *how)
 {
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
+	*how = INDEX_PRESENT;
 	if (s->ix)
 		goto out;
 	const struct kv_geometry *g = kv_ctx_geometry(c);
@@ -241,6 +242,7 @@ static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_op
 	float *k = NULL, *v = NULL;
 	if (load_saved(c, s, po, policy, layer, head, n) == 0) {
 		atomic_fetch_add(&n_loads, 1);
+		*how = INDEX_LOADED;
 		if (!po->attach_rows) {
 			/* the policy scores fp32 keys */
 			k = malloc(s->n * g->head_dim * sizeof(float) + 4);
@@ -263,6 +265,7 @@ static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_op
 			struct index_build_params bp = { .seed = 1, .group = G, .v = v };
 			if (!(rc = po->build(&keys, &bp, &s->ix))) {
 				atomic_fetch_add(&n_builds, 1);
+				*how = INDEX_BUILT;
 				s->n = n;
 				s->k = k;
 				k = NULL;
@@ -416,7 +419,8 @@ static void policy_unit(void *arg, unsigned h)
 	uint64_t *ids = NULL;
 	uint32_t *runs = NULL;
 	float *ek = NULL, *ec = NULL, *ev = NULL;
-	if ((rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, G)))
+	enum index_source how;
+	if ((rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, G, &how)))
 		goto fail;
 	/* the index covers [0, s->n); the request wants [begin, end) */
 	uint64_t idx_end = s->n < j->end ? s->n : j->end;
@@ -559,5 +563,52 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 out:
 	free(qs);
 	kv_ctx_read_end(c);
+	return rc;
+}
+
+struct prepare_job {
+	struct kv_ctx *c;
+	const struct policy_ops *po;
+	struct ctx_indexes *x;
+	uint32_t policy, layer, G;
+	_Atomic uint64_t counts[3];
+	_Atomic int err;
+};
+
+static void prepare_unit(void *arg, unsigned h)
+{
+	struct prepare_job *j = arg;
+	struct slot *s = &j->x->slots[((size_t)j->policy * j->x->L + j->layer) * j->x->H + h];
+	enum index_source how;
+	int rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, j->G, &how);
+	if (rc) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&j->err, &zero, rc);
+		return;
+	}
+	atomic_fetch_add(&j->counts[how], 1);
+}
+
+int attend_policy_prepare(struct kv_ctx *c, uint32_t policy, uint32_t layer, const struct attend_exec *ex,
+			  uint64_t counts[3])
+{
+	const struct policy_ops *po = policy_ops_get(policy);
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	if (!po || layer >= g->n_layers)
+		return -EINVAL;
+	struct ctx_indexes *x = indexes_of(c);
+	if (!x)
+		return -ENOMEM;
+	struct prepare_job job = { .c = c, .po = po, .x = x, .policy = policy, .layer = layer,
+				   .G = g->n_q_heads / g->n_kv_heads };
+	kv_ctx_read_begin(c);
+	int rc = kv_ctx_layer_tokens(c, layer) ? 0 : -ENODATA;
+	if (!rc) {
+		ex->parallel(ex->pool, g->n_kv_heads, prepare_unit, &job);
+		rc = atomic_load(&job.err);
+	}
+	kv_ctx_read_end(c);
+	for (int i = 0; i < 3; i++)
+		counts[i] += atomic_load(&job.counts[i]);
 	return rc;
 }

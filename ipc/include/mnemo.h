@@ -172,6 +172,24 @@ int mnemo_attend_ex(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_po
 		    uint32_t budget, uint64_t token_begin, uint64_t token_end, const float *q,
 		    float *o, float *lse, struct mnemo_attend_info *info);
 
+/** What an INDEX did, counted in (layer, KV head) indexes. */
+struct mnemo_index_info {
+	uint64_t built;           /**< built now */
+	uint64_t loaded;          /**< loaded from the daemon's data directory */
+	uint64_t present;         /**< already in memory */
+	uint64_t elapsed_ns;      /**< time the daemon spent */
+};
+
+/**
+ * INDEX: make the indexes of @p policy ready for layers
+ * [layer_begin, layer_begin + layer_count) (count 0: to the last layer) so
+ * that no later ATTEND waits for a build: offline preloading. Slow (it
+ * builds); the indexes are saved with the context when the daemon has an
+ * SSD tier.
+ */
+int mnemo_index(mnemo_client *c, uint64_t ctx, enum mnemo_policy policy, uint32_t layer_begin,
+		uint32_t layer_count, struct mnemo_index_info *info);
+
 /** Per-request choices of a policy ATTEND (zero-initialise what you do not set). */
 struct mnemo_attend_opts {
 	uint32_t budget;          /**< tokens per KV head the index may pick; 0: 2% of the indexed tokens */

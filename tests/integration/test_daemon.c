@@ -657,6 +657,16 @@ int main(int argc, char **argv)
 	}
 	check_sinks_window(c, ctx);
 	{
+		/* INDEX: every policy's indexes are in memory by now; exact and bad layers are refused */
+		struct mnemo_index_info ii;
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, 0, 0, &ii) == 0 && ii.present == (uint64_t)L * H &&
+		      !ii.built && !ii.loaded, "INDEX of built indexes: %s", mnemo_last_error(c));
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_EXACT, 0, 0, &ii) == -EINVAL, "INDEX exact accepted");
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, L, 0, &ii) == -EINVAL, "INDEX past the layers accepted");
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, 1, 2, &ii) == -EINVAL, "INDEX of too many layers accepted");
+		CHECK(mnemo_index(c, 12345, MNEMO_POLICY_QUEST, 0, 0, &ii) == -ENOENT, "INDEX of no context");
+	}
+	{
 		struct mnemo_context_info *list;
 		size_t n;
 		int rc = mnemo_list(c, &list, &n);

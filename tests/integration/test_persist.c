@@ -365,6 +365,14 @@ static void indexes_persist(const char *bin)
 			CHECK(mnemo_seal(c, ctx, &tokens) == 0 && tokens == N, "seal");
 			snprintf(idxdir, sizeof(idxdir), "%s/data/indexes/ctx-%016llx", d.dir, (unsigned long long)ctx);
 		}
+		/* INDEX ahead of the ATTENDs: built, then loaded, then one rebuilt */
+		struct mnemo_index_info ii;
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_CENTROIDS2, 0, 0, &ii) == 0, "INDEX: %s", mnemo_last_error(c));
+		CHECK(ii.built == (round == 0 ? H : round == 1 ? 0 : 1) && ii.built + ii.loaded == H && !ii.present,
+		      "round %d INDEX: %llu built, %llu loaded, %llu present", round, (unsigned long long)ii.built,
+		      (unsigned long long)ii.loaded, (unsigned long long)ii.present);
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_CENTROIDS2, 0, 1, &ii) == 0 && ii.present == H && !ii.built,
+		      "INDEX again finds them in memory");
 		for (int p = 0; p < 2; p++) {
 			float *oo = round ? o2 : o[p], *ll = round ? l2 : l[p];
 			CHECK(mnemo_attend_ex(c, ctx, 0, pols[p], N / 20, 0, UINT64_MAX, q, oo, ll, NULL) == 0,

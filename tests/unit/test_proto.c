@@ -190,6 +190,24 @@ static void test_append(void)
 	wbuf_free(&b);
 }
 
+static void test_index(void)
+{
+	struct msg_index_req m = { .ctx = 9, .policy = 4, .layer_begin = 2, .layer_count = 3 }, d;
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_index_req_encode(&b, &m);
+	CHECK(msg_index_req_decode(b.data, b.len, &d) == 0 && d.ctx == 9 && d.policy == 4 && d.layer_begin == 2 &&
+	      d.layer_count == 3, "index request");
+	CHECK(msg_index_req_decode(b.data, b.len - 1, &d) != 0 && b.len == 20, "short index request accepted");
+	wbuf_free(&b);
+	struct msg_index_rep r = { 1, 2, 3, 4 }, e;
+	wbuf_init(&b);
+	msg_index_rep_encode(&b, &r);
+	CHECK(msg_index_rep_decode(b.data, b.len, &e) == 0 && e.built == 1 && e.loaded == 2 && e.present == 3 &&
+	      e.build_ns == 4, "index reply");
+	wbuf_free(&b);
+}
+
 static void test_attend(void)
 {
 	float q[3 * 4];
@@ -426,6 +444,7 @@ int main(void)
 	test_create();
 	test_append();
 	test_attend();
+	test_index();
 	test_fetch();
 	test_small();
 	test_arena();
