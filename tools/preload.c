@@ -1,0 +1,344 @@
+/*
+ * mnemo-preload FILE.safetensors --name NAME: stream a trace's K/V (the
+ * format of DESIGN.md section 7) into mnemod through the shared-memory
+ * path, seal it, and build the chosen indexes offline (INDEX), so every
+ * request that attaches later finds it ready.
+ *
+ * Resumable: a context of that name that is still open (a preload that was
+ * interrupted, or a daemon that stopped under it) is continued from its
+ * durable length; a sealed one of the right length is only indexed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mnemo.h"
+#include "safetensors.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: mnemo-preload [options] FILE.safetensors\n"
+		"\n"
+		"Streams the trace's k and v tensors ([layers][kv_heads][tokens][head_dim], F32, F16\n"
+		"or BF16) into mnemod as one context, seals it, and builds the indexes of the\n"
+		"chosen policies. Run it again after an interruption: it resumes from the last\n"
+		"durable block.\n"
+		"\n"
+		"Options:\n"
+		"  -n, --name NAME      context name (default: the file name without .safetensors)\n"
+		"  -s, --socket PATH    daemon socket (default: $MNEMO_SOCKET, else\n"
+		"                       $XDG_RUNTIME_DIR/mnemo/mnemod.sock, else var/run/mnemod.sock)\n"
+		"  -p, --policies LIST  comma-separated policies to index after sealing (quest,\n"
+		"                       blocks, centroids, centroids2, faiss-ivf, faiss-hnsw;\n"
+		"                       default: none)\n"
+		"      --chunk N        tokens per APPEND (default 4096)\n"
+		"      --q-heads N      query heads, when the trace has no q_decode or q_prefill\n"
+		"                       (default: as many as KV heads)\n"
+		"      --no-seal        leave the context open for more tokens\n"
+		"  -j, --json           print the summary as one JSON object\n"
+		"  -q, --quiet          no progress on stderr\n"
+		"  -h, --help           this help\n"
+		"\n"
+		"Exit status: 0 done, 1 the daemon refused or failed, 2 bad usage or a bad file.\n");
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
+				     "faiss-hnsw" };
+
+static int policy_by_name(const char *s, enum mnemo_policy *out)
+{
+	for (unsigned i = 1; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(s, names[i])) {
+			*out = (enum mnemo_policy)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+static void progress(uint64_t done, uint64_t total, uint64_t from, double t0, size_t tok_bytes, int final)
+{
+	double dt = now_s() - t0, rate = dt > 0 ? (double)(done - from) / dt : 0;
+	double eta = rate > 0 ? (double)(total - done) / rate : 0;
+	fprintf(stderr, "\r%" PRIu64 " / %" PRIu64 " tokens (%5.1f%%)  %8.0f tokens/s  %7.1f MiB/s  ETA %5.0f s ",
+		done, total, total ? 100.0 * (double)done / (double)total : 100.0, rate,
+		rate * (double)tok_bytes / 1048576.0, eta);
+	if (final)
+		fputc('\n', stderr);
+}
+
+int main(int argc, char **argv)
+{
+	const char *file = NULL, *name = NULL, *sock = NULL, *policies = NULL;
+	unsigned long chunk = 4096, q_heads = 0;
+	int seal = 1, json = 0, quiet = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		char *end;
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return 0;
+		} else if ((!strcmp(a, "-n") || !strcmp(a, "--name")) && v) {
+			name = v;
+			i++;
+		} else if ((!strcmp(a, "-s") || !strcmp(a, "--socket")) && v) {
+			sock = v;
+			i++;
+		} else if ((!strcmp(a, "-p") || !strcmp(a, "--policies")) && v) {
+			policies = v;
+			i++;
+		} else if (!strcmp(a, "--chunk") && v) {
+			chunk = strtoul(v, &end, 10);
+			if (*end || chunk == 0 || chunk > (1u << 20)) {
+				fprintf(stderr, "mnemo-preload: --chunk wants 1..1048576 tokens\n");
+				return 2;
+			}
+			i++;
+		} else if (!strcmp(a, "--q-heads") && v) {
+			q_heads = strtoul(v, &end, 10);
+			if (*end || q_heads == 0 || q_heads > 1024) {
+				fprintf(stderr, "mnemo-preload: --q-heads wants 1..1024\n");
+				return 2;
+			}
+			i++;
+		} else if (!strcmp(a, "--no-seal")) {
+			seal = 0;
+		} else if (!strcmp(a, "-j") || !strcmp(a, "--json")) {
+			json = 1;
+		} else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+			quiet = 1;
+		} else if (a[0] == '-' || file) {
+			fprintf(stderr, "mnemo-preload: unexpected argument %s (see --help)\n", a);
+			return 2;
+		} else {
+			file = a;
+		}
+	}
+	if (!file) {
+		usage(stderr);
+		return 2;
+	}
+	enum mnemo_policy pols[8];
+	unsigned n_pols = 0;
+	if (policies) {
+		char *list = strdup(policies), *save = NULL;
+		for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			if (n_pols == 8 || policy_by_name(t, &pols[n_pols])) {
+				fprintf(stderr, "mnemo-preload: unknown policy %s (or more than 8)\n", t);
+				free(list);
+				return 2;
+			}
+			n_pols++;
+		}
+		free(list);
+	}
+
+	char err[512];
+	struct st_file *f;
+	if (st_open(file, &f, err, sizeof(err))) {
+		fprintf(stderr, "mnemo-preload: %s\n", err);
+		return 2;
+	}
+	const struct st_tensor *tk, *tv, *tq = NULL;
+	if (st_find_rank(f, "k", 4, &tk, err, sizeof(err)) || st_find_rank(f, "v", 4, &tv, err, sizeof(err))) {
+		fprintf(stderr, "mnemo-preload: %s\n", err);
+		st_close(f);
+		return 2;
+	}
+	if (st_find(f, "q_decode"))
+		st_find_rank(f, "q_decode", 4, &tq, err, sizeof(err));
+	else if (st_find(f, "q_prefill"))
+		st_find_rank(f, "q_prefill", 4, &tq, err, sizeof(err));
+	const uint64_t L = tk->shape[0], H = tk->shape[1], N = tk->shape[2], D = tk->shape[3];
+	uint32_t dtype;
+	switch (tk->dtype) {
+	case ST_F32: dtype = MNEMO_F32; break;
+	case ST_F16: dtype = MNEMO_F16; break;
+	case ST_BF16: dtype = MNEMO_BF16; break;
+	default:
+		fprintf(stderr, "mnemo-preload: %s: k is %s; mnemod stores F32, F16 or BF16\n", file,
+			st_dtype_name(tk->dtype));
+		st_close(f);
+		return 2;
+	}
+	if (memcmp(tk->shape, tv->shape, sizeof(tk->shape)) || tv->dtype != tk->dtype) {
+		fprintf(stderr, "mnemo-preload: %s: k and v differ in shape or dtype\n", file);
+		st_close(f);
+		return 2;
+	}
+	uint64_t QH = q_heads ? q_heads : tq ? tq->shape[1] : H;
+	double theta = 0;
+	st_meta_f64(f, "rope_theta", &theta);
+	if (!L || !H || !N || !D || L > 1024 || H > 1024 || D > 1024 || QH % H || QH / H > 64 || N > UINT32_MAX) {
+		fprintf(stderr, "mnemo-preload: %s: geometry %" PRIu64 " layers x %" PRIu64 " KV heads x %" PRIu64
+			" tokens x %" PRIu64 " dims with %" PRIu64 " query heads is not one mnemod takes\n",
+			file, L, H, N, D, QH);
+		st_close(f);
+		return 2;
+	}
+	char base[256];
+	if (!name) {
+		char *dup = strdup(file);
+		snprintf(base, sizeof(base), "%s", basename(dup));
+		free(dup);
+		char *dot = strstr(base, ".safetensors");
+		if (dot && dot != base)
+			*dot = 0;
+		name = base;
+	}
+
+	mnemo_client *c;
+	const char *path = sock ? sock : mnemo_default_socket();
+	if (mnemo_connect(path, &c)) {
+		fprintf(stderr, "mnemo-preload: cannot reach mnemod at %s: %s\n", path, strerror(errno));
+		st_close(f);
+		return 1;
+	}
+	int rc = 0, status = 1;
+	const size_t es = tk->dtype == ST_F32 ? 4 : 2, row = D * es;
+	const size_t tok_bytes = L * 2 * H * row;     /* one token of every layer, K and V */
+	struct mnemo_geometry g = { (uint32_t)L, (uint32_t)H, (uint32_t)QH, (uint32_t)D, dtype, (float)theta };
+	struct mnemo_context_info ci;
+	uint64_t ctx = 0, start = 0;
+	int resumed = 0;
+	rc = mnemo_stat(c, 0, name, &ci);
+	if (rc == 0) {
+		if (ci.geom.n_layers != g.n_layers || ci.geom.n_kv_heads != g.n_kv_heads ||
+		    ci.geom.n_q_heads != g.n_q_heads || ci.geom.head_dim != g.head_dim || ci.geom.dtype != g.dtype) {
+			fprintf(stderr, "mnemo-preload: a context named %s exists with another geometry; drop it "
+					"(mnemoctl drop %s) or choose --name\n", name, name);
+			goto out;
+		}
+		if (ci.tokens > N || (ci.sealed && ci.tokens != N)) {
+			fprintf(stderr, "mnemo-preload: context %s holds %" PRIu64 " tokens%s; the trace has %" PRIu64
+					"\n", name, ci.tokens, ci.sealed ? " and is sealed" : "", N);
+			goto out;
+		}
+		ctx = ci.id;
+		start = ci.tokens;
+		resumed = start > 0;
+		if (resumed && !quiet && !json)
+			fprintf(stderr, "mnemo-preload: %s holds %" PRIu64 " tokens; resuming\n", name, start);
+	} else if (rc == -ENOENT) {
+		if ((rc = mnemo_create(c, name, &g, &ctx))) {
+			fprintf(stderr, "mnemo-preload: CREATE %s: %s\n", name, mnemo_last_error(c));
+			goto out;
+		}
+	} else {
+		fprintf(stderr, "mnemo-preload: STAT %s: %s\n", name, mnemo_last_error(c));
+		goto out;
+	}
+
+	/* two halves of the arena: one fills while the daemon copies the other */
+	if (chunk > N)
+		chunk = N;
+	const size_t slot = chunk * tok_bytes;
+	void *arena = NULL;
+	if (start < N && (rc = mnemo_shm_attach(c, 2 * slot, &arena))) {
+		fprintf(stderr, "mnemo-preload: shared memory of %zu bytes: %s\n", 2 * slot, mnemo_last_error(c));
+		goto out;
+	}
+	uint64_t pending[2] = { 0, 0 };
+	int busy[2] = { 0, 0 };
+	double t0 = now_s(), last = 0;
+	uint64_t done = start;
+	unsigned k = 0;
+	for (uint64_t t = start; t < N; t += chunk, k ^= 1) {
+		uint64_t n = N - t < chunk ? N - t : chunk;
+		if (busy[k]) {
+			if ((rc = mnemo_wait_append(c, pending[k], NULL))) {
+				fprintf(stderr, "\nmnemo-preload: APPEND: %s\n", mnemo_last_error(c));
+				goto out;
+			}
+			busy[k] = 0;
+			done += chunk;
+		}
+		uint8_t *p = (uint8_t *)arena + k * slot;
+		for (uint64_t l = 0; l < L; l++)
+			for (int kv = 0; kv < 2; kv++) {
+				const uint8_t *src = (const uint8_t *)(kv ? tv->data : tk->data);
+				for (uint64_t h = 0; h < H; h++) {
+					memcpy(p, src + ((l * H + h) * N + t) * row, n * row);
+					p += n * row;
+				}
+			}
+		if ((rc = mnemo_submit_append(c, ctx, 0, (uint32_t)L, t, (uint32_t)n, (uint8_t *)arena + k * slot,
+					      n * tok_bytes, &pending[k]))) {
+			fprintf(stderr, "\nmnemo-preload: APPEND: %s\n", mnemo_last_error(c));
+			goto out;
+		}
+		busy[k] = 1;
+		if (!quiet && !json && now_s() - last > 0.5) {
+			last = now_s();
+			progress(done, N, start, t0, tok_bytes, 0);
+		}
+	}
+	for (unsigned i = 0; i < 2; i++, k ^= 1)
+		if (busy[k]) {
+			if ((rc = mnemo_wait_append(c, pending[k], NULL))) {
+				fprintf(stderr, "\nmnemo-preload: APPEND: %s\n", mnemo_last_error(c));
+				goto out;
+			}
+			busy[k] = 0;
+		}
+	double stream_s = now_s() - t0;
+	if (!quiet && !json && start < N)
+		progress(N, N, start, t0, tok_bytes, 1);
+	uint64_t tokens = N;
+	int sealed_already = mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.sealed;
+	if (seal && !sealed_already && (rc = mnemo_seal(c, ctx, &tokens))) {
+		fprintf(stderr, "mnemo-preload: SEAL: %s\n", mnemo_last_error(c));
+		goto out;
+	}
+	double index_s[8] = { 0 };
+	struct mnemo_index_info ii[8];
+	for (unsigned i = 0; i < n_pols; i++) {
+		if (!quiet && !json)
+			fprintf(stderr, "mnemo-preload: indexing %s over %" PRIu64 " layers x %" PRIu64 " KV heads...\n",
+				names[pols[i]], L, H);
+		double ti = now_s();
+		if ((rc = mnemo_index(c, ctx, pols[i], 0, 0, &ii[i]))) {
+			fprintf(stderr, "mnemo-preload: INDEX %s: %s\n", names[pols[i]], mnemo_last_error(c));
+			goto out;
+		}
+		index_s[i] = now_s() - ti;
+	}
+	const double gib = (double)(N - start) * (double)tok_bytes / (double)(1ull << 30);
+	if (json) {
+		printf("{\"suite\":\"preload\",\"name\":\"%s\",\"ctx\":%" PRIu64 ",\"tokens\":%" PRIu64
+		       ",\"resumed_from\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"stream_s\":%.3f,\"stream_mib_s\":%.1f",
+		       name, ctx, N, start, (uint64_t)(N - start) * tok_bytes, stream_s,
+		       stream_s > 0 ? gib * 1024 / stream_s : 0);
+		for (unsigned i = 0; i < n_pols; i++)
+			printf(",\"index_%u\":{\"policy\":\"%s\",\"built\":%" PRIu64 ",\"loaded\":%" PRIu64 ",\"present\":%" PRIu64
+			       ",\"seconds\":%.3f}", i, names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present,
+			       index_s[i]);
+		printf("}\n");
+	} else {
+		printf("preloaded %s (context %" PRIu64 "): %" PRIu64 " tokens%s, %.2f GiB streamed in %.1f s (%.0f MiB/s)%s\n",
+		       name, ctx, N, resumed ? " (resumed)" : "", gib, stream_s, stream_s > 0 ? gib * 1024 / stream_s : 0,
+		       seal ? ", sealed" : "");
+		for (unsigned i = 0; i < n_pols; i++)
+			printf("  index %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64 " present in %.1f s\n",
+			       names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present, index_s[i]);
+	}
+	status = 0;
+out:
+	mnemo_close(c);
+	st_close(f);
+	return status;
+}
