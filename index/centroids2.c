@@ -91,6 +91,14 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 			break;
 		}
 		const uint32_t J = c->id, f0 = cl->coff[J], f1 = cl->coff[J + 1];
+		/* survivors lie apart: start the next one's centroids while this one is scored */
+		if (wc.pos < wc.ready) {
+			const uint32_t Jn = wc.a[wc.pos].id;
+			const char *p = (const char *)(cl->cent + (size_t)cl->coff[Jn] * d);
+			const size_t len = (size_t)(cl->coff[Jn + 1] - cl->coff[Jn]) * d * sizeof(float);
+			for (size_t o = 0; o < len; o += 64)
+				__builtin_prefetch(p + o);
+		}
 		ix_dots(cl->cent + (size_t)f0 * d, f1 - f0, d, q, G, d, Sf + m * G);
 		for (uint32_t j = f0; j < f1; j++) {
 			lw[m] = cl->lnn[j];
