@@ -5,6 +5,7 @@
  * encodes the reply into r->out.
  */
 #define _GNU_SOURCE
+#include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "log.h"
 #include "policy.h"
 #include "pool.h"
+#include "prefix.h"
 #include "server.h"
 #include "ssd.h"
 #include "store.h"
@@ -208,6 +210,76 @@ static int h_index(struct request *r)
 	return rc;
 }
 
+static int h_tokens(struct request *r)
+{
+	struct msg_tokens_req m;
+	int rc = msg_tokens_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+		return rc;
+	uint32_t *ids = malloc((size_t)m.n * 4);
+	if (!ids) {
+		kv_ctx_put(c);
+		return req_error(r, -ENOMEM, "out of memory");
+	}
+	proto_u32_from_wire(ids, m.ids, m.n);
+	struct msg_tokens_rep rep = { 0 };
+	rc = prefix_add(r->d->prefix, c, m.salt, m.token_begin, ids, m.n, &rep.tokens, &rep.chunks);
+	if (rc == -EINVAL)
+		req_error(r, rc, "context %llu's token ids were given under another salt", (unsigned long long)m.ctx);
+	else if (rc == -ERANGE)
+		req_error(r, rc, "token ids [%llu, +%u) do not continue the %llu ids given, or pass the context's tokens",
+			  (unsigned long long)m.token_begin, m.n, (unsigned long long)rep.tokens);
+	else if (rc)
+		req_error(r, rc, "token ids: %s", strerror(-rc));
+	else
+		msg_tokens_rep_encode(&r->out, &rep);
+	free(ids);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_lookup(struct request *r)
+{
+	struct msg_lookup_req m;
+	int rc = msg_lookup_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	size_t n = m.kind == PROTO_LOOKUP_HASHES ? m.n : m.n / PROTO_CHUNK_TOKENS;
+	uint64_t *h = malloc((n ? n : 1) * sizeof(uint64_t));
+	uint32_t *ids = m.kind == PROTO_LOOKUP_IDS ? malloc(((size_t)m.n ? m.n : 1) * 4) : NULL;
+	if (!h || (m.kind == PROTO_LOOKUP_IDS && !ids)) {
+		free(h);
+		free(ids);
+		return req_error(r, -ENOMEM, "out of memory");
+	}
+	if (m.kind == PROTO_LOOKUP_HASHES) {
+		for (size_t i = 0; i < n; i++) {
+			uint64_t v;
+			memcpy(&v, m.data + 8 * i, 8);
+			h[i] = le64toh(v);
+		}
+	} else {
+		/* the chain of the request's whole chunks */
+		proto_u32_from_wire(ids, m.data, m.n);
+		for (size_t k = 0; k < n; k++)
+			h[k] = proto_chunk_hash(k ? h[k - 1] : 0, m.salt, ids + k * PROTO_CHUNK_TOKENS);
+	}
+	struct msg_lookup_rep rep = { 0 };
+	uint64_t chunks;
+	unsigned probes;
+	rc = prefix_lookup(r->d->prefix, r->d->store, r->uid, h, n, &rep.ctx, &chunks, &probes);
+	rep.tokens = chunks * PROTO_CHUNK_TOKENS;
+	rep.probes = probes;
+	if (!rc)
+		msg_lookup_rep_encode(&r->out, &rep);
+	free(h);
+	free(ids);
+	return rc;
+}
+
 static int h_attend(struct request *r)
 {
 	struct msg_attend_req m;
@@ -361,6 +433,8 @@ static int h_drop(struct request *r)
 	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
 		return rc;
 	rc = store_ctx_delete(r->d->store, c);
+	if (!rc)
+		prefix_forget(r->d->prefix, kv_ctx_id(c));
 	if (rc)
 		req_error(r, rc, "cannot drop context %llu: %s", (unsigned long long)kv_ctx_id(c), strerror(-rc));
 	else
@@ -509,4 +583,6 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_LIST] = { "LIST", h_list, false },
 	[OP_SHM_ATTACH] = { "SHM_ATTACH", h_shm_attach, false },
 	[OP_INDEX] = { "INDEX", h_index, false },
+	[OP_TOKENS] = { "TOKENS", h_tokens, false },
+	[OP_LOOKUP] = { "LOOKUP", h_lookup, false },
 };

@@ -12,6 +12,7 @@
 #include "kernels.h"
 #include "log.h"
 #include "pool.h"
+#include "prefix.h"
 #include "server.h"
 #include "ssd.h"
 #include "store.h"
@@ -76,16 +77,21 @@ int main(int argc, char **argv)
 			log_info("store", "recovered %llu contexts from %s", (unsigned long long)ss.recovered_contexts,
 				 cfg.data_dir);
 	}
+	if ((rc = prefix_open(&d.prefix)) || (rc = prefix_restore(d.prefix, d.store))) {
+		log_err("daemon", "prefix table: %s", strerror(-rc));
+		goto out_prefix;
+	}
 	if ((rc = pool_start(cfg.workers, &d.pool))) {
 		log_err("daemon", "worker pool: %s", strerror(-rc));
-		goto out_store;
+		goto out_prefix;
 	}
 	log_info("daemon", "attention kernels: %s", attn_kernels_best()->name);
 	rc = server_run(&d);
 	status = rc ? 1 : 0;
 
 	pool_stop(d.pool);
-out_store:
+out_prefix:
+	prefix_close(d.prefix);
 	store_destroy(d.store);
 out_cat:
 	catalog_close(cat);

@@ -34,6 +34,7 @@ struct daemon_ctx {
 	struct tier *host;
 	struct ssd *ssd;          /* NULL with --ssd-dir none */
 	struct pool *pool;
+	struct prefix *prefix;    /* chunk-hash chains for LOOKUP */
 	uint64_t start_ms;
 	_Atomic uint64_t requests, errors;
 	_Atomic uint32_t connections;

@@ -391,6 +391,71 @@ int mnemo_seal(mnemo_client *c, uint64_t ctx, uint64_t *tokens)
 	return 0;
 }
 
+int mnemo_tokens(mnemo_client *c, uint64_t ctx, uint64_t salt, uint64_t token_begin, const uint32_t *ids,
+		 uint32_t n, uint64_t *chunks)
+{
+	/* u32 ids on the wire are little-endian, as on every host libmnemo supports */
+	struct msg_tokens_req m = { .ctx = ctx, .salt = salt, .token_begin = token_begin, .n = n,
+				    .ids = (const uint8_t *)ids };
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_tokens_req_encode(&b, &m);
+	uint8_t *p;
+	uint32_t len;
+	int rc = call(c, OP_TOKENS, &b, NULL, 0, -1, &p, &len);
+	if (rc)
+		return rc;
+	struct msg_tokens_rep r;
+	rc = msg_tokens_rep_decode(p, len, &r);
+	free(p);
+	if (rc)
+		return bad_reply(c, OP_TOKENS);
+	if (chunks)
+		*chunks = r.chunks;
+	return 0;
+}
+
+size_t mnemo_prefix_hashes(uint64_t salt, const uint32_t *ids, size_t n, uint64_t *out)
+{
+	size_t k = n / MNEMO_CHUNK_TOKENS;
+	for (size_t i = 0; i < k; i++)
+		out[i] = proto_chunk_hash(i ? out[i - 1] : 0, salt, ids + i * MNEMO_CHUNK_TOKENS);
+	return k;
+}
+
+static int lookup_call(mnemo_client *c, const struct msg_lookup_req *m, struct mnemo_lookup_info *out)
+{
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_lookup_req_encode(&b, m);
+	uint8_t *p;
+	uint32_t len;
+	int rc = call(c, OP_LOOKUP, &b, NULL, 0, -1, &p, &len);
+	if (rc)
+		return rc;
+	struct msg_lookup_rep r;
+	rc = msg_lookup_rep_decode(p, len, &r);
+	free(p);
+	if (rc)
+		return bad_reply(c, OP_LOOKUP);
+	out->ctx = r.ctx;
+	out->tokens = r.tokens;
+	out->probes = r.probes;
+	return 0;
+}
+
+int mnemo_lookup(mnemo_client *c, uint64_t salt, const uint32_t *ids, uint32_t n, struct mnemo_lookup_info *out)
+{
+	struct msg_lookup_req m = { .salt = salt, .kind = PROTO_LOOKUP_IDS, .n = n, .data = (const uint8_t *)ids };
+	return lookup_call(c, &m, out);
+}
+
+int mnemo_lookup_hashes(mnemo_client *c, const uint64_t *hashes, uint32_t n, struct mnemo_lookup_info *out)
+{
+	struct msg_lookup_req m = { .kind = PROTO_LOOKUP_HASHES, .n = n, .data = (const uint8_t *)hashes };
+	return lookup_call(c, &m, out);
+}
+
 int mnemo_index(mnemo_client *c, uint64_t ctx, enum mnemo_policy policy, uint32_t layer_begin,
 		uint32_t layer_count, struct mnemo_index_info *info)
 {

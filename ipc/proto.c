@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 static const char *const op_names[OP_COUNT] = {
 	[OP_HELLO] = "HELLO", [OP_CREATE] = "CREATE", [OP_APPEND] = "APPEND",
@@ -11,6 +12,8 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_DROP] = "DROP", [OP_STAT] = "STAT", [OP_LIST] = "LIST",
 	[OP_SHM_ATTACH] = "SHM_ATTACH",
 	[OP_INDEX] = "INDEX",
+	[OP_TOKENS] = "TOKENS",
+	[OP_LOOKUP] = "LOOKUP",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -589,6 +592,100 @@ int msg_index_rep_decode(const void *p, size_t n, struct msg_index_rep *m)
 	return rbuf_end(&r);
 }
 
+uint64_t proto_chunk_hash(uint64_t prev, uint64_t salt, const uint32_t *ids)
+{
+	uint8_t le[PROTO_CHUNK_TOKENS * 4];
+	for (unsigned i = 0; i < PROTO_CHUNK_TOKENS; i++)
+		put32(le + 4 * i, ids[i]);
+	return XXH3_64bits_withSeed(le, sizeof(le), prev ^ salt);
+}
+
+void msg_tokens_req_encode(struct wbuf *b, const struct msg_tokens_req *m)
+{
+	wbuf_u64(b, m->ctx);
+	wbuf_u64(b, m->salt);
+	wbuf_u64(b, m->token_begin);
+	wbuf_u32(b, m->n);
+	wbuf_u32(b, 0);
+	wbuf_put(b, m->ids, (size_t)m->n * 4);
+}
+
+int msg_tokens_req_decode(const void *p, size_t n, struct msg_tokens_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ctx = rbuf_u64(&r);
+	m->salt = rbuf_u64(&r);
+	m->token_begin = rbuf_u64(&r);
+	m->n = rbuf_u32(&r);
+	uint32_t reserved = rbuf_u32(&r);
+	if (r.err)
+		return r.err;
+	if (reserved)
+		return -EPROTO;
+	if (m->n < 1 || m->n > PROTO_MAX_TOKEN_IDS)
+		return -EMSGSIZE;
+	m->ids = rbuf_bytes(&r, (size_t)m->n * 4);
+	return rbuf_end(&r);
+}
+
+void msg_tokens_rep_encode(struct wbuf *b, const struct msg_tokens_rep *m)
+{
+	wbuf_u64(b, m->tokens);
+	wbuf_u64(b, m->chunks);
+}
+
+int msg_tokens_rep_decode(const void *p, size_t n, struct msg_tokens_rep *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->tokens = rbuf_u64(&r);
+	m->chunks = rbuf_u64(&r);
+	return rbuf_end(&r);
+}
+
+void msg_lookup_req_encode(struct wbuf *b, const struct msg_lookup_req *m)
+{
+	wbuf_u64(b, m->salt);
+	wbuf_u32(b, m->kind);
+	wbuf_u32(b, m->n);
+	wbuf_put(b, m->data, (size_t)m->n * (m->kind == PROTO_LOOKUP_HASHES ? 8 : 4));
+}
+
+int msg_lookup_req_decode(const void *p, size_t n, struct msg_lookup_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->salt = rbuf_u64(&r);
+	m->kind = rbuf_u32(&r);
+	m->n = rbuf_u32(&r);
+	if (r.err)
+		return r.err;
+	if (m->kind != PROTO_LOOKUP_IDS && m->kind != PROTO_LOOKUP_HASHES)
+		return -EPROTO;
+	if (m->n > PROTO_MAX_TOKEN_IDS)
+		return -EMSGSIZE;
+	m->data = rbuf_bytes(&r, (size_t)m->n * (m->kind == PROTO_LOOKUP_HASHES ? 8 : 4));
+	return rbuf_end(&r);
+}
+
+void msg_lookup_rep_encode(struct wbuf *b, const struct msg_lookup_rep *m)
+{
+	wbuf_u64(b, m->ctx);
+	wbuf_u64(b, m->tokens);
+	wbuf_u32(b, m->probes);
+}
+
+int msg_lookup_rep_decode(const void *p, size_t n, struct msg_lookup_rep *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ctx = rbuf_u64(&r);
+	m->tokens = rbuf_u64(&r);
+	m->probes = rbuf_u32(&r);
+	return rbuf_end(&r);
+}
+
 void msg_list_req_encode(struct wbuf *b, const struct msg_list_req *m)
 {
 	wbuf_u32(b, m->offset);
@@ -713,4 +810,11 @@ void proto_f32_from_wire(float *dst, const void *src, size_t n)
 		uint32_t u = get32(p + 4 * i);
 		memcpy(&dst[i], &u, 4);
 	}
+}
+
+void proto_u32_from_wire(uint32_t *dst, const void *src, size_t n)
+{
+	const uint8_t *p = src;
+	for (size_t i = 0; i < n; i++)
+		dst[i] = get32(p + 4 * i);
 }

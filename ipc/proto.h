@@ -43,6 +43,8 @@ enum proto_op {
 	OP_LIST = 9,
 	OP_SHM_ATTACH = 10,
 	OP_INDEX = 11,
+	OP_TOKENS = 12,
+	OP_LOOKUP = 13,
 	OP_COUNT
 };
 
@@ -182,6 +184,35 @@ struct msg_index_req {
 struct msg_index_rep {
 	uint64_t built, loaded, present, build_ns;
 };
+/* Prefix reuse (PROTOCOL.md, TOKENS and LOOKUP). */
+#define PROTO_CHUNK_TOKENS 256u
+#define PROTO_MAX_TOKEN_IDS (1u << 22)   /* ids per TOKENS or LOOKUP: 16 MiB */
+struct msg_tokens_req {
+	uint64_t ctx, salt, token_begin;
+	uint32_t n;
+	const uint8_t *ids;     /* n u32, little-endian, borrowed */
+};
+struct msg_tokens_rep {
+	uint64_t tokens, chunks;
+};
+enum { PROTO_LOOKUP_IDS = 0, PROTO_LOOKUP_HASHES = 1 };
+struct msg_lookup_req {
+	uint64_t salt;
+	uint32_t kind, n;       /* n ids (u32) or n chunk hashes (u64) */
+	const uint8_t *data;    /* borrowed */
+};
+struct msg_lookup_rep {
+	uint64_t ctx, tokens;
+	uint32_t probes;
+};
+
+/**
+ * Hash of one chunk of PROTO_CHUNK_TOKENS token ids in a context's chain:
+ * XXH3-64 of the ids (u32 little-endian) seeded with prev ^ salt, where
+ * prev is the previous chunk's hash (0 for the first chunk).
+ */
+uint64_t proto_chunk_hash(uint64_t prev, uint64_t salt, const uint32_t *ids);
+
 struct msg_attend_rep {
 	uint32_t n_q_heads, head_dim;
 	uint64_t scanned, loaded, compute_ns;
@@ -264,6 +295,15 @@ int msg_index_req_decode(const void *p, size_t n, struct msg_index_req *m);
 void msg_index_rep_encode(struct wbuf *b, const struct msg_index_rep *m);
 int msg_index_rep_decode(const void *p, size_t n, struct msg_index_rep *m);
 
+void msg_tokens_req_encode(struct wbuf *b, const struct msg_tokens_req *m);
+int msg_tokens_req_decode(const void *p, size_t n, struct msg_tokens_req *m);
+void msg_tokens_rep_encode(struct wbuf *b, const struct msg_tokens_rep *m);
+int msg_tokens_rep_decode(const void *p, size_t n, struct msg_tokens_rep *m);
+void msg_lookup_req_encode(struct wbuf *b, const struct msg_lookup_req *m);
+int msg_lookup_req_decode(const void *p, size_t n, struct msg_lookup_req *m);
+void msg_lookup_rep_encode(struct wbuf *b, const struct msg_lookup_rep *m);
+int msg_lookup_rep_decode(const void *p, size_t n, struct msg_lookup_rep *m);
+
 void msg_fetch_req_encode(struct wbuf *b, const struct msg_fetch_req *m);
 int msg_fetch_req_decode(const void *p, size_t n, struct msg_fetch_req *m);
 /** Inline dest: appends m->bytes of m->data. */
@@ -283,6 +323,8 @@ int msg_shm_attach_req_decode(const void *p, size_t n, struct msg_shm_attach_req
 
 /** Copy @p n little-endian f32 from the wire (any alignment) into @p dst. */
 void proto_f32_from_wire(float *dst, const void *src, size_t n);
+/** @p n little-endian u32 from the wire (any alignment). */
+void proto_u32_from_wire(uint32_t *dst, const void *src, size_t n);
 
 /** Error payload: the message is cut at PROTO_MAX_ERRMSG bytes. */
 void msg_error_encode(struct wbuf *b, const char *msg);

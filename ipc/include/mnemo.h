@@ -190,6 +190,43 @@ struct mnemo_index_info {
 int mnemo_index(mnemo_client *c, uint64_t ctx, enum mnemo_policy policy, uint32_t layer_begin,
 		uint32_t layer_count, struct mnemo_index_info *info);
 
+/** Token ids per prefix chunk: LOOKUP matches whole chunks. */
+#define MNEMO_CHUNK_TOKENS 256
+
+/**
+ * TOKENS: give context @p ctx the ids of its tokens [token_begin,
+ * token_begin + n), in order and without gaps, so that LOOKUP can find it
+ * by prefix. @p salt is the tenant's secret: it enters every chunk hash,
+ * so a LOOKUP under another salt never matches; a context's first TOKENS
+ * fixes it. Ids may not run past the context's tokens.
+ * @param chunks  if not NULL, receives the whole chunks now findable
+ */
+int mnemo_tokens(mnemo_client *c, uint64_t ctx, uint64_t salt, uint64_t token_begin, const uint32_t *ids,
+		 uint32_t n, uint64_t *chunks);
+
+/**
+ * The chain of chunk hashes of @p ids [n] under @p salt, as the daemon
+ * computes it: out[k] = XXH3-64 of ids [256k, 256k + 256) (u32
+ * little-endian) seeded with out[k-1] ^ salt (0 ^ salt for k = 0).
+ * Writes n / MNEMO_CHUNK_TOKENS hashes and returns how many.
+ */
+size_t mnemo_prefix_hashes(uint64_t salt, const uint32_t *ids, size_t n, uint64_t *out);
+
+/** What LOOKUP found. */
+struct mnemo_lookup_info {
+	uint64_t ctx;             /**< the context holding the prefix; 0: none */
+	uint64_t tokens;          /**< the prefix's length: a multiple of MNEMO_CHUNK_TOKENS */
+	uint32_t probes;          /**< table probes the daemon made (about log2 of the chunks) */
+};
+
+/**
+ * LOOKUP the longest prefix of @p ids [n] (under @p salt) that a context
+ * this user owns holds. Sends the ids; mnemo_lookup_hashes() sends their
+ * chain instead (8 bytes per 256 ids).
+ */
+int mnemo_lookup(mnemo_client *c, uint64_t salt, const uint32_t *ids, uint32_t n, struct mnemo_lookup_info *out);
+int mnemo_lookup_hashes(mnemo_client *c, const uint64_t *hashes, uint32_t n, struct mnemo_lookup_info *out);
+
 /** Per-request choices of a policy ATTEND (zero-initialise what you do not set). */
 struct mnemo_attend_opts {
 	uint32_t budget;          /**< tokens per KV head the index may pick; 0: 2% of the indexed tokens */

@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "../check.h"
 #include "kernels.h"
@@ -31,6 +32,8 @@
 #include "sock.h"
 
 static char dir[256], sock_path[300];
+static uint32_t tok_ids[7000 + 3 * 256];
+#define SALT 0x5eed5a17c0ffee00ull
 static pid_t daemon_pid;
 static uint64_t seed;
 
@@ -510,6 +513,10 @@ static void check_other_uid(uint64_t ctx)
 		uint8_t data[2 * 2 * H * D * 2] = { 0 };
 		uint64_t ct;
 		fails += mnemo_append(c, ctx, 0, L, N, 1, data, sizeof(data), &ct) != -EACCES;
+		/* the prefix is another user's: LOOKUP finds nothing, TOKENS is refused */
+		struct mnemo_lookup_info li;
+		fails += mnemo_lookup(c, SALT, tok_ids, N, &li) != 0 || li.ctx != 0 || li.tokens != 0;
+		fails += mnemo_tokens(c, ctx, SALT, N, tok_ids, 1, NULL) != -EACCES;
 		struct mnemo_context_info *list;
 		size_t n;
 		if (mnemo_list(c, &list, &n) == 0) {
@@ -628,6 +635,63 @@ static void check_sinks_window(mnemo_client *c, uint64_t ctx)
 	      (unsigned long long)info.loaded, worst);
 }
 
+/*
+ * Prefix reuse: the chain libmnemo and the daemon compute equals XXH3
+ * applied here by hand; LOOKUP finds the longest whole-chunk prefix by ids
+ * and by hashes in about log2(chunks) probes; another salt misses; a
+ * request that diverges inside a chunk matches up to the chunk before;
+ * ids out of order, under another salt or past the context are refused.
+ */
+static void check_prefix(mnemo_client *c, uint64_t ctx)
+{
+	const uint32_t n = N, chunks = N / MNEMO_CHUNK_TOKENS;
+	for (uint32_t i = 0; i < sizeof(tok_ids) / sizeof(tok_ids[0]); i++)
+		tok_ids[i] = (uint32_t)check_rand(&seed);
+	/* the chain by hand */
+	static uint64_t mine[64], lib[64];
+	uint64_t prev = 0;
+	for (uint32_t k = 0; k < chunks; k++) {
+		uint8_t le[MNEMO_CHUNK_TOKENS * 4];
+		for (int i = 0; i < MNEMO_CHUNK_TOKENS; i++)
+			for (int b = 0; b < 4; b++)
+				le[4 * i + b] = (uint8_t)(tok_ids[k * MNEMO_CHUNK_TOKENS + i] >> (8 * b));
+		prev = mine[k] = XXH3_64bits_withSeed(le, sizeof(le), prev ^ SALT);
+	}
+	CHECK(mnemo_prefix_hashes(SALT, tok_ids, n, lib) == chunks && !memcmp(lib, mine, chunks * 8),
+	      "libmnemo's chain differs from XXH3 by hand");
+
+	uint64_t got;
+	CHECK(mnemo_tokens(c, ctx, SALT, 0, tok_ids, 3000, &got) == 0 && got == 3000 / MNEMO_CHUNK_TOKENS,
+	      "tokens: %s", mnemo_last_error(c));
+	CHECK(mnemo_tokens(c, ctx, SALT, 3001, tok_ids + 3001, 10, NULL) == -ERANGE, "a gap accepted");
+	CHECK(mnemo_tokens(c, ctx, SALT + 1, 3000, tok_ids + 3000, 10, NULL) == -EINVAL, "another salt accepted");
+	CHECK(mnemo_tokens(c, ctx, SALT, 3000, tok_ids + 3000, n - 3000 + 1, NULL) == -ERANGE,
+	      "ids past the context accepted");
+	CHECK(mnemo_tokens(c, ctx, SALT, 3000, tok_ids + 3000, n - 3000, &got) == 0 && got == chunks, "tokens 2");
+
+	struct mnemo_lookup_info li;
+	CHECK(mnemo_lookup(c, SALT, tok_ids, n, &li) == 0 && li.ctx == ctx &&
+	      li.tokens == (uint64_t)chunks * MNEMO_CHUNK_TOKENS && li.probes <= 6,
+	      "lookup: ctx %llu, %llu tokens, %u probes", (unsigned long long)li.ctx, (unsigned long long)li.tokens,
+	      li.probes);
+	CHECK(mnemo_lookup_hashes(c, mine, chunks, &li) == 0 && li.ctx == ctx &&
+	      li.tokens == (uint64_t)chunks * MNEMO_CHUNK_TOKENS, "lookup by hashes");
+	/* longer than stored: the stored part */
+	CHECK(mnemo_lookup(c, SALT, tok_ids, n + 3 * 256, &li) == 0 && li.ctx == ctx &&
+	      li.tokens == (uint64_t)chunks * MNEMO_CHUNK_TOKENS, "lookup of a longer prompt");
+	CHECK(mnemo_lookup(c, SALT + 1, tok_ids, n, &li) == 0 && li.ctx == 0 && li.tokens == 0, "another salt matched");
+	CHECK(mnemo_lookup(c, SALT, tok_ids, 255, &li) == 0 && li.ctx == 0 && li.tokens == 0, "less than a chunk");
+	/* diverging inside chunk 10 */
+	uint32_t keep = tok_ids[10 * 256 + 100];
+	tok_ids[10 * 256 + 100] ^= 1;
+	CHECK(mnemo_lookup(c, SALT, tok_ids, n, &li) == 0 && li.ctx == ctx && li.tokens == 10 * 256,
+	      "diverging in chunk 10 matched %llu tokens", (unsigned long long)li.tokens);
+	tok_ids[10 * 256 + 100] = keep;
+	tok_ids[0] ^= 1;
+	CHECK(mnemo_lookup(c, SALT, tok_ids, n, &li) == 0 && li.ctx == 0 && li.tokens == 0, "diverging at 0 matched");
+	tok_ids[0] = keep = tok_ids[0] ^ 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -656,6 +720,7 @@ int main(int argc, char **argv)
 		check_attend_policy(c, ctx, 0, 100, 6543, (enum mnemo_policy)p, N);
 	}
 	check_sinks_window(c, ctx);
+	check_prefix(c, ctx);
 	{
 		/* INDEX: every policy's indexes are in memory by now; exact and bad layers are refused */
 		struct mnemo_index_info ii;

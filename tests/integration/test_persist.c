@@ -344,6 +344,7 @@ static void indexes_persist(const char *bin)
 	for (int i = 0; i < H * D; i++)
 		q[i] = 2.0f * check_uniform(&seed);
 	uint64_t ctx = 0;
+	static uint32_t ids[32768];
 	char idxdir[300];
 	for (int round = 0; round < 3; round++) {
 		CHECK(daemon_start(&d, NULL) == 0, "start, round %d", round);
@@ -364,7 +365,15 @@ static void indexes_persist(const char *bin)
 			uint64_t tokens;
 			CHECK(mnemo_seal(c, ctx, &tokens) == 0 && tokens == N, "seal");
 			snprintf(idxdir, sizeof(idxdir), "%s/data/indexes/ctx-%016llx", d.dir, (unsigned long long)ctx);
+			for (uint64_t i = 0; i < N; i++)
+				ids[i] = (uint32_t)(i * 2654435761u);
+			CHECK(mnemo_tokens(c, ctx, 77, 0, ids, (uint32_t)N, NULL) == 0, "tokens: %s", mnemo_last_error(c));
 		}
+		/* the prefix chain comes back with the context */
+		struct mnemo_lookup_info li;
+		CHECK(mnemo_lookup(c, 77, ids, (uint32_t)N, &li) == 0 && li.ctx == ctx && li.tokens == N,
+		      "round %d: lookup found %llu tokens of context %llu", round, (unsigned long long)li.tokens,
+		      (unsigned long long)li.ctx);
 		/* INDEX ahead of the ATTENDs: built, then loaded, then one rebuilt */
 		struct mnemo_index_info ii;
 		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_CENTROIDS2, 0, 0, &ii) == 0, "INDEX: %s", mnemo_last_error(c));
@@ -390,6 +399,7 @@ static void indexes_persist(const char *bin)
 		      (unsigned long long)di.index_loads);
 		if (round == 2) {
 			CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop");
+			CHECK(mnemo_lookup(c, 77, ids, (uint32_t)N, &li) == 0 && li.ctx == 0, "a dropped context matched");
 			CHECK(access(idxdir, F_OK) != 0, "%s left after drop", idxdir);
 		}
 		mnemo_close(c);

@@ -200,6 +200,24 @@ static void test_index(void)
 	      d.layer_count == 3, "index request");
 	CHECK(msg_index_req_decode(b.data, b.len - 1, &d) != 0 && b.len == 20, "short index request accepted");
 	wbuf_free(&b);
+	uint32_t ids[3] = { 5, 6, 0xdeadbeef };
+	struct msg_tokens_req tq = { .ctx = 2, .salt = 99, .token_begin = 256, .n = 3, .ids = (const uint8_t *)ids }, td;
+	wbuf_init(&b);
+	msg_tokens_req_encode(&b, &tq);
+	CHECK(msg_tokens_req_decode(b.data, b.len, &td) == 0 && td.ctx == 2 && td.salt == 99 && td.token_begin == 256 &&
+	      td.n == 3 && !memcmp(td.ids, ids, 12), "tokens request");
+	CHECK(msg_tokens_req_decode(b.data, b.len - 1, &td) != 0, "short tokens request accepted");
+	b.data[28] = 1; /* reserved */
+	CHECK(msg_tokens_req_decode(b.data, b.len, &td) != 0, "tokens request with reserved bits accepted");
+	wbuf_free(&b);
+	struct msg_lookup_req lq = { .salt = 3, .kind = PROTO_LOOKUP_HASHES, .n = 1, .data = (const uint8_t *)ids }, ld;
+	wbuf_init(&b);
+	msg_lookup_req_encode(&b, &lq);
+	CHECK(msg_lookup_req_decode(b.data, b.len, &ld) == 0 && ld.kind == 1 && ld.n == 1 && b.len == 16 + 8,
+	      "lookup request");
+	b.data[8] = 2; /* kind */
+	CHECK(msg_lookup_req_decode(b.data, b.len, &ld) != 0, "unknown lookup kind accepted");
+	wbuf_free(&b);
 	struct msg_index_rep r = { 1, 2, 3, 4 }, e;
 	wbuf_init(&b);
 	msg_index_rep_encode(&b, &r);
