@@ -594,10 +594,15 @@ int msg_index_rep_decode(const void *p, size_t n, struct msg_index_rep *m)
 
 uint64_t proto_chunk_hash(uint64_t prev, uint64_t salt, const uint32_t *ids)
 {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	/* the ids already are their wire bytes */
+	return XXH3_64bits_withSeed(ids, PROTO_CHUNK_TOKENS * 4, prev ^ salt);
+#else
 	uint8_t le[PROTO_CHUNK_TOKENS * 4];
 	for (unsigned i = 0; i < PROTO_CHUNK_TOKENS; i++)
 		put32(le + 4 * i, ids[i]);
 	return XXH3_64bits_withSeed(le, sizeof(le), prev ^ salt);
+#endif
 }
 
 void msg_tokens_req_encode(struct wbuf *b, const struct msg_tokens_req *m)

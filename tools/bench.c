@@ -287,6 +287,73 @@ static void bench_ipc(const char *argv0)
 	mnemo_close(c);
 }
 
+/* ---- prefix ---- */
+
+/*
+ * LOOKUP of a 1M-token prompt whose whole prefix a context holds: by ids
+ * (the daemon hashes 4 MiB of ids) and by the client's chain hashes (32 KiB),
+ * beside the client-side hashing and a HELLO round trip in the same run.
+ */
+static void bench_prefix(const char *argv0)
+{
+	mnemo_client *c = connect_daemon(argv0);
+	const uint32_t N = 1u << 20, chunk = 1u << 16, D = 8;
+	struct mnemo_geometry g = { 1, 1, 1, D, MNEMO_F32, 0 };
+	uint64_t ctx;
+	int rc = mnemo_create(c, "bench-prefix", &g, &ctx);
+	if (rc)
+		die("create", c, rc);
+	float *kv = calloc((size_t)2 * chunk * D, sizeof(float));
+	uint32_t *ids = malloc((size_t)N * 4);
+	uint64_t *h = malloc((size_t)(N / MNEMO_CHUNK_TOKENS) * 8);
+	for (uint32_t i = 0; i < N; i++)
+		ids[i] = i * 2654435761u;
+	for (uint32_t t = 0; t < N; t += chunk)
+		if ((rc = mnemo_append(c, ctx, 0, 1, t, chunk, kv, (size_t)2 * chunk * D * 4, NULL)))
+			die("append", c, rc);
+	if ((rc = mnemo_tokens(c, ctx, 42, 0, ids, N, NULL)))
+		die("tokens", c, rc);
+	enum { ITERS = 200 };
+	double t_ids[ITERS], t_h[ITERS], t_hash[ITERS], t_hello[ITERS];
+	struct mnemo_lookup_info li;
+	struct mnemo_server_info si;
+	uint32_t probes = 0;
+	for (int i = 0; i < ITERS; i++) {
+		double t0 = now_s();
+		if ((rc = mnemo_lookup(c, 42, ids, N, &li)) || li.tokens != N)
+			die("lookup by ids", c, rc ? rc : -EPROTO);
+		double t1 = now_s();
+		size_t k = mnemo_prefix_hashes(42, ids, N, h);
+		double t2 = now_s();
+		if ((rc = mnemo_lookup_hashes(c, h, (uint32_t)k, &li)) || li.tokens != N)
+			die("lookup by hashes", c, rc ? rc : -EPROTO);
+		double t3 = now_s();
+		if ((rc = mnemo_hello(c, &si)))
+			die("hello", c, rc);
+		t_hello[i] = (now_s() - t3) * 1e3;
+		t_ids[i] = (t1 - t0) * 1e3;
+		t_hash[i] = (t2 - t1) * 1e3;
+		t_h[i] = (t3 - t2) * 1e3;
+		probes = li.probes;
+	}
+	double a = pct(t_ids, ITERS, 0.5), b = pct(t_h, ITERS, 0.5), hh = pct(t_hash, ITERS, 0.5),
+	       rt = pct(t_hello, ITERS, 0.5);
+	if (opt_json)
+		printf("{\"suite\":\"prefix\",\"tokens\":%u,\"lookup_ids_p50_ms\":%.4f,\"lookup_ids_p99_ms\":%.4f,"
+		       "\"lookup_hashes_p50_ms\":%.4f,\"client_hash_p50_ms\":%.4f,\"probes\":%u,"
+		       "\"baseline\":\"hello_rtt\",\"baseline_p50_ms\":%.4f}\n",
+		       N, a, pct(t_ids, ITERS, 0.99), b, hh, probes, rt);
+	else
+		printf("prefix lookup  %u tokens: by ids p50 %.3f ms (p99 %.3f) | by hashes p50 %.3f ms + client "
+		       "hashing %.3f ms | %u probes | HELLO rtt %.3f ms\n",
+		       N, a, pct(t_ids, ITERS, 0.99), b, hh, probes, rt);
+	mnemo_drop(c, ctx, NULL);
+	free(kv);
+	free(ids);
+	free(h);
+	mnemo_close(c);
+}
+
 /* ---- attend ---- */
 
 struct stream_arg {
@@ -652,7 +719,9 @@ static void usage(FILE *f)
 		"            computed in the same run: mass recall, oracle-relative mass recall,\n"
 		"            top-100 recall, output and lse error, scanned and loaded fractions,\n"
 		"            p50/p99 per query group beside exact's, build time\n"
-		"  all       ipc, attend and tier\n"
+		"  prefix    LOOKUP of a 1M-token prompt held by a context, by ids and by chain\n"
+		"            hashes, beside a HELLO round trip\n"
+		"  all       ipc, attend, tier and prefix\n"
 		"\n"
 		"Options:\n"
 		"  --json            one JSON object per result line (DESIGN.md section 9)\n"
@@ -791,7 +860,8 @@ int main(int argc, char **argv)
 		ropt.json = opt_json;
 		return bench_retrieval(&ropt) ? 1 : 0;
 	}
-	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend") && strcmp(suite, "tier")) {
+	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend") && strcmp(suite, "tier") &&
+	    strcmp(suite, "prefix")) {
 		fprintf(stderr, "mnemo-bench: unknown suite %s\n", suite);
 		usage(stderr);
 		return 2;
@@ -802,6 +872,8 @@ int main(int argc, char **argv)
 		bench_attend(argv[0]);
 	if (all || !strcmp(suite, "tier"))
 		bench_tier(argv[0]);
+	if (all || !strcmp(suite, "prefix"))
+		bench_prefix(argv[0]);
 	stop_daemon();
 	return 0;
 }
