@@ -479,8 +479,8 @@ static int h_stat(struct request *r)
 		struct ssd_stats sd = { .max_bytes = UINT64_MAX };
 		if (d->ssd)
 			ssd_stats(d->ssd, &sd);
-		uint64_t builds, loads;
-		attend_policy_counts(&builds, &loads);
+		uint64_t builds, loads, ibytes;
+		attend_policy_counts(&builds, &loads, &ibytes);
 		struct proto_daemon_record rec = {
 			.uptime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - d->start_ms,
 			.connections = atomic_load(&d->connections),
@@ -493,7 +493,7 @@ static int h_stat(struct request *r)
 			.misses = ss.misses, .evictions = ss.evictions, .ssd_reads = sd.reads,
 			.ssd_writes = sd.writes, .ssd_read_bytes = sd.read_bytes,
 			.ssd_write_bytes = sd.write_bytes, .bad_blocks = ss.bad_blocks,
-			.index_builds = builds, .index_loads = loads,
+			.index_builds = builds, .index_loads = loads, .index_bytes = ibytes,
 			.kernels = kern, .kernels_len = (uint16_t)strlen(kern),
 		};
 		wbuf_u32(&r->out, PROTO_STAT_DAEMON);

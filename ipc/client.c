@@ -692,6 +692,7 @@ int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out)
 		out->bad_blocks = d.bad_blocks;
 		out->index_builds = d.index_builds;
 		out->index_loads = d.index_loads;
+		out->index_bytes = d.index_bytes;
 		copy_name(out->kernels, sizeof(out->kernels), d.kernels, d.kernels_len);
 	}
 	free(p);

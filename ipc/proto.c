@@ -752,6 +752,7 @@ void proto_daemon_record_encode(struct wbuf *b, const struct proto_daemon_record
 	wbuf_u64(b, m->bad_blocks);
 	wbuf_u64(b, m->index_builds);
 	wbuf_u64(b, m->index_loads);
+	wbuf_u64(b, m->index_bytes);
 	wbuf_str(b, m->kernels, m->kernels_len);
 }
 
@@ -778,6 +779,7 @@ int proto_daemon_record_read(struct rbuf *r, struct proto_daemon_record *m)
 	m->bad_blocks = rbuf_u64(r);
 	m->index_builds = rbuf_u64(r);
 	m->index_loads = rbuf_u64(r);
+	m->index_bytes = rbuf_u64(r);
 	m->kernels = rbuf_str(r, PROTO_MAX_NAME, &m->kernels_len);
 	return r->err;
 }

@@ -252,7 +252,7 @@ struct proto_daemon_record {
 	uint64_t ssd_used, ssd_max;           /* ssd_max UINT64_MAX: no SSD tier */
 	uint64_t hits, misses, evictions;     /* block pins served from RAM / read from SSD */
 	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
-	uint64_t index_builds, index_loads;
+	uint64_t index_builds, index_loads, index_bytes;
 	const char *kernels;
 	uint16_t kernels_len;
 };

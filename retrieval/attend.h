@@ -82,7 +82,11 @@ enum index_source {
 int attend_policy_prepare(struct kv_ctx *c, uint32_t policy, uint32_t layer, const struct attend_exec *ex,
 			  uint64_t counts[3]);
 
-/** Indexes built and indexes loaded from side files since the process started. */
-void attend_policy_counts(uint64_t *builds, uint64_t *loads);
+/**
+ * Indexes built and indexes loaded from side files since the process
+ * started, and the RAM the indexes in memory hold now (with the row copies
+ * and fp32 keys they keep).
+ */
+void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes);
 
 #endif

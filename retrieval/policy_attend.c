@@ -34,12 +34,13 @@
 #define PX_VERSION 1u
 #define PX_HEADER 24u
 
-static _Atomic uint64_t n_builds, n_loads;
+static _Atomic uint64_t n_builds, n_loads, n_bytes;
 
-void attend_policy_counts(uint64_t *builds, uint64_t *loads)
+void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes)
 {
 	*builds = atomic_load(&n_builds);
 	*loads = atomic_load(&n_loads);
+	*bytes = atomic_load(&n_bytes);
 }
 
 /* One index of one (policy, layer, head). */
@@ -48,6 +49,7 @@ struct slot {
 	struct index *ix;
 	uint64_t n;               /* tokens it covers: [0, n) */
 	float *k;                 /* the fp32 keys it was built over, unless it holds rows */
+	size_t bytes;             /* RAM the index and k hold (counted in n_bytes) */
 };
 
 struct ctx_indexes {
@@ -64,6 +66,7 @@ static void indexes_free(void *arg)
 		if (x->slots[i].ix && po)
 			po->free(x->slots[i].ix);
 		free(x->slots[i].k);
+		atomic_fetch_sub(&n_bytes, x->slots[i].bytes);
 		pthread_mutex_destroy(&x->slots[i].mu);
 	}
 	free(x->slots);
@@ -281,6 +284,10 @@ static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_op
 		s->ix = NULL;
 		free(s->k);
 		s->k = NULL;
+	}
+	if (!rc) {
+		s->bytes = po->memory(s->ix) + (s->k ? s->n * g->head_dim * sizeof(float) : 0);
+		atomic_fetch_add(&n_bytes, s->bytes);
 	}
 	free(k);
 	free(v);

@@ -185,12 +185,13 @@ int main(int argc, char **argv)
 				       ",\"ssd_reads\":%" PRIu64 ",\"ssd_writes\":%" PRIu64
 				       ",\"ssd_read_bytes\":%" PRIu64 ",\"ssd_write_bytes\":%" PRIu64
 				       ",\"bad_blocks\":%" PRIu64 ",\"index_builds\":%" PRIu64
-				       ",\"index_loads\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
+				       ",\"index_loads\":%" PRIu64 ",\"index_bytes\":%" PRIu64
+				       ",\"kernels\":\"%s\"}\n",
 				       di.uptime_ms, di.connections, di.contexts, di.workers, di.block_tokens,
 				       di.host_used, di.host_budget, di.requests, di.errors, di.ssd_used,
 				       di.ssd_max, di.hits, di.misses, di.evictions, di.ssd_reads, di.ssd_writes,
 				       di.ssd_read_bytes, di.ssd_write_bytes, di.bad_blocks, di.index_builds,
-				       di.index_loads, di.kernels);
+				       di.index_loads, di.index_bytes, di.kernels);
 			else {
 				printf("uptime       %.1f s\nconnections  %u\ncontexts     %u\n"
 				       "workers      %u\nblock        %u tokens\nkernels      %s\n"
@@ -201,8 +202,8 @@ int main(int argc, char **argv)
 				       di.block_tokens, di.kernels, di.requests, di.errors,
 				       di.host_used / 1048576.0, di.host_budget / 1048576.0, di.hits, di.misses,
 				       di.evictions);
-				printf("indexes      %" PRIu64 " built, %" PRIu64 " loaded from disk\n", di.index_builds,
-				       di.index_loads);
+				printf("indexes      %.1f MiB in RAM; %" PRIu64 " built, %" PRIu64 " loaded from disk\n",
+				       di.index_bytes / 1048576.0, di.index_builds, di.index_loads);
 				if (di.ssd_max == UINT64_MAX)
 					printf("ssd tier     none (--ssd-dir none): nothing survives a restart\n");
 				else

@@ -90,6 +90,7 @@ struct mnemo_daemon_info {
 	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
 	uint64_t index_builds;          /**< retrieval indexes built since mnemod started */
 	uint64_t index_loads;           /**< retrieval indexes loaded from disk instead */
+	uint64_t index_bytes;           /**< RAM the indexes in memory hold, outside host_used */
 	char kernels[32];
 };
 

@@ -394,12 +394,17 @@ static void indexes_persist(const char *bin)
 		CHECK(mnemo_stat_daemon(c, &di) == 0, "stat");
 		/* round 0 builds one per (policy, head); round 1 loads them all; round 2 rebuilds the corrupt one */
 		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? 0 : 1;
+		/* centroids2 holds a copy of the layer's K/V: at least that much is counted */
+		CHECK(di.index_bytes >= (uint64_t)2 * H * N * D * 2, "round %d: index_bytes %llu", round,
+		      (unsigned long long)di.index_bytes);
 		CHECK(di.index_builds == want_b && di.index_builds + di.index_loads == 2 * H,
 		      "round %d: %llu built, %llu loaded", round, (unsigned long long)di.index_builds,
 		      (unsigned long long)di.index_loads);
 		if (round == 2) {
 			CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop");
 			CHECK(mnemo_lookup(c, 77, ids, (uint32_t)N, &li) == 0 && li.ctx == 0, "a dropped context matched");
+			CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_bytes == 0, "index_bytes %llu after the drop",
+			      (unsigned long long)di.index_bytes);
 			CHECK(access(idxdir, F_OK) != 0, "%s left after drop", idxdir);
 		}
 		mnemo_close(c);
