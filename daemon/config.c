@@ -35,14 +35,18 @@ static const struct option_def options[] = {
 	  "Unix socket to listen on (mode 0600). auto: $XDG_RUNTIME_DIR/mnemo/mnemod.sock,\n"
 	  "or var/run/mnemod.sock under the working directory without XDG_RUNTIME_DIR." },
 	{ "data-dir", OPT_PATH, OFF(data_dir), "auto", 0, 0,
-	  "Folder for the daemon's data: the catalog and, by default, the SSD tier\n"
-	  "(created 0700). It must survive a reboot, so it is not the runtime dir.\n"
+	  "Folder for the daemon's data: the catalog, the retrieval indexes and prefix\n"
+	  "chains of each context (DATA-DIR/indexes; with an SSD tier only) and, by\n"
+	  "default, the SSD tier (created 0700). It must survive a reboot, so it is not\n"
+	  "the runtime dir.\n"
 	  "auto: $XDG_STATE_HOME/mnemo, else $HOME/.local/state/mnemo, else var/lib/mnemo\n"
 	  "under the working directory." },
 	{ "host-mem", OPT_SIZE, OFF(host_mem), "auto", 1 << 20, UINT64_MAX,
 	  "Host-RAM budget for K/V blocks (K, M, G, T suffixes). With an SSD tier it is a\n"
 	  "cache: durable blocks nobody is reading leave RAM, least recently used first,\n"
 	  "when it is full. An APPEND fails with ENOMEM only when blocks in use fill it.\n"
+	  "Retrieval indexes come on top (centroids* keep a copy of their layer's K/V):\n"
+	  "mnemoctl stat shows their size.\n"
 	  "auto: half of physical RAM." },
 	{ "ssd-dir", OPT_PATH, OFF(ssd_dir), "auto", 0, 0,
 	  "Folder of the SSD tier's block files (O_DIRECT: not tmpfs). Blocks an APPEND\n"
