@@ -9,7 +9,7 @@
 #define CL_VERSION 1
 #define CL_UNIT 16
 #define CL_CHUNK 8192
-#define CL_ITERS 10
+#define CL_ITERS 6
 #define CL_CALIB 100
 #define CL_EST_SHARE 0.232f
 #define CL_QUANTILE 0.7f

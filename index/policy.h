@@ -61,7 +61,7 @@
  * centroids (RetroInfer; Squeezed Attention): each chunk of chunk_tokens
  *   (8192) is clustered alone by mean-centred spherical k-means (keys minus
  *   the chunk's mean, L2-normalised, inner-product assignment, FAISS) into
- *   about chunk/unit_tokens clusters, iters (10) iterations; empty clusters
+ *   about chunk/unit_tokens clusters, iters (6) iterations; empty clusters
  *   are dropped. Per cluster: centroid (the mean of the raw keys), size n_j,
  *   value sum (when v is given); members are stored contiguously by
  *   cluster. Budget mode: with Z_g = sum_l n_l*exp(q_g.c_l) (head g's
@@ -148,7 +148,7 @@ struct index_build_params {
 	 */
 	unsigned unit_tokens;     /* quest: page [16]; blocks: block [128]; centroids*: mean tokens per cluster [16] */
 	unsigned chunk_tokens;    /* centroids*: tokens clustered together [8192] */
-	unsigned iters;           /* centroids*: k-means iterations [10] */
+	unsigned iters;           /* centroids*: k-means iterations [6] */
 	unsigned max_prefill;     /* the last prefill queries used: blocks [16], calibration [100] */
 	float est_share;          /* centroids*: most tokens estimated, as a share of n [0.232]; < 0: none */
 	enum index_select select; /* centroids*: [budget] or threshold */
