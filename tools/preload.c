@@ -330,7 +330,7 @@ int main(int argc, char **argv)
 		printf("}\n");
 	} else {
 		printf("preloaded %s (context %" PRIu64 "): %" PRIu64 " tokens%s, %.2f GiB streamed in %.1f s (%.0f MiB/s)%s\n",
-		       name, ctx, N, resumed ? " (resumed)" : "", gib, stream_s, stream_s > 0 ? gib * 1024 / stream_s : 0,
+		       name, ctx, N, start == N ? " (already held)" : resumed ? " (resumed)" : "", gib, stream_s, stream_s > 0 ? gib * 1024 / stream_s : 0,
 		       seal ? ", sealed" : "");
 		for (unsigned i = 0; i < n_pols; i++)
 			printf("  index %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64 " present in %.1f s\n",
