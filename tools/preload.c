@@ -7,6 +7,9 @@
  * Resumable: a context of that name that is still open (a preload that was
  * interrupted, or a daemon that stopped under it) is continued from its
  * durable length; a sealed one of the right length is only indexed.
+ *
+ * A trace with a tokens tensor ([N] I32 or U32) also gives the context its
+ * token ids (TOKENS, under --salt), so that LOOKUP finds it by prefix.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,6 +46,9 @@ static void usage(FILE *f)
 		"      --q-heads N      query heads, when the trace has no q_decode or q_prefill\n"
 		"                       (default: as many as KV heads)\n"
 		"      --no-seal        leave the context open for more tokens\n"
+		"      --salt N         tenant salt of the token ids' prefix hashes (decimal or\n"
+		"                       0x hex; default 0); used when the trace has a tokens tensor\n"
+		"      --no-tokens      do not send the trace's token ids\n"
 		"  -j, --json           print the summary as one JSON object\n"
 		"  -q, --quiet          no progress on stderr\n"
 		"  -h, --help           this help\n"
@@ -85,7 +91,8 @@ int main(int argc, char **argv)
 {
 	const char *file = NULL, *name = NULL, *sock = NULL, *policies = NULL;
 	unsigned long chunk = 4096, q_heads = 0;
-	int seal = 1, json = 0, quiet = 0;
+	int seal = 1, json = 0, quiet = 0, send_tokens = 1;
+	unsigned long long salt = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		char *end;
@@ -117,6 +124,16 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--no-seal")) {
 			seal = 0;
+		} else if (!strcmp(a, "--no-tokens")) {
+			send_tokens = 0;
+		} else if (!strcmp(a, "--salt") && v) {
+			errno = 0;
+			salt = strtoull(v, &end, 0);
+			if (*end || errno) {
+				fprintf(stderr, "mnemo-preload: --salt wants a 64-bit number\n");
+				return 2;
+			}
+			i++;
 		} else if (!strcmp(a, "-j") || !strcmp(a, "--json")) {
 			json = 1;
 		} else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
@@ -179,6 +196,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnemo-preload: %s: k and v differ in shape or dtype\n", file);
 		st_close(f);
 		return 2;
+	}
+	const struct st_tensor *tt = NULL;
+	if (send_tokens && st_find(f, "tokens")) {
+		if (st_find_rank(f, "tokens", 1, &tt, err, sizeof(err)) || (tt->dtype != ST_I32 && tt->dtype != ST_U32) ||
+		    tt->shape[0] != tk->shape[2]) {
+			fprintf(stderr, "mnemo-preload: %s: tokens must be [%" PRIu64 "] I32 or U32 (--no-tokens skips it)\n",
+				file, (uint64_t)tk->shape[2]);
+			st_close(f);
+			return 2;
+		}
 	}
 	uint64_t QH = q_heads ? q_heads : tq ? tq->shape[1] : H;
 	double theta = 0;
@@ -304,6 +331,26 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnemo-preload: SEAL: %s\n", mnemo_last_error(c));
 		goto out;
 	}
+	/* token ids for prefix lookup, in pieces a frame holds */
+	uint64_t id_chunks = 0;
+	const char *ids_note = "";
+	if (tt) {
+		const uint32_t piece = 1u << 20;
+		for (uint64_t t = 0; t < N; t += piece) {
+			uint32_t n = (uint32_t)(N - t < piece ? N - t : piece);
+			rc = mnemo_tokens(c, ctx, salt, t, (const uint32_t *)tt->data + t, n, &id_chunks);
+			if (rc == -ERANGE && t == 0) {
+				/* a run before gave them (ids must continue where they stopped) */
+				ids_note = " (already given)";
+				rc = 0;
+				break;
+			}
+			if (rc) {
+				fprintf(stderr, "mnemo-preload: TOKENS: %s\n", mnemo_last_error(c));
+				goto out;
+			}
+		}
+	}
 	double index_s[8] = { 0 };
 	struct mnemo_index_info ii[8];
 	for (unsigned i = 0; i < n_pols; i++) {
@@ -323,6 +370,7 @@ int main(int argc, char **argv)
 		       ",\"resumed_from\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"stream_s\":%.3f,\"stream_mib_s\":%.1f",
 		       name, ctx, N, start, (uint64_t)(N - start) * tok_bytes, stream_s,
 		       stream_s > 0 ? gib * 1024 / stream_s : 0);
+		printf(",\"token_ids\":%s,\"prefix_chunks\":%" PRIu64, tt ? "true" : "false", id_chunks);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf(",\"index_%u\":{\"policy\":\"%s\",\"built\":%" PRIu64 ",\"loaded\":%" PRIu64 ",\"present\":%" PRIu64
 			       ",\"seconds\":%.3f}", i, names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present,
@@ -332,6 +380,8 @@ int main(int argc, char **argv)
 		printf("preloaded %s (context %" PRIu64 "): %" PRIu64 " tokens%s, %.2f GiB streamed in %.1f s (%.0f MiB/s)%s\n",
 		       name, ctx, N, start == N ? " (already held)" : resumed ? " (resumed)" : "", gib, stream_s, stream_s > 0 ? gib * 1024 / stream_s : 0,
 		       seal ? ", sealed" : "");
+		if (tt)
+			printf("  token ids: %" PRIu64 " prefix chunks findable by LOOKUP%s\n", id_chunks, ids_note);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf("  index %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64 " present in %.1f s\n",
 			       names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present, index_s[i]);

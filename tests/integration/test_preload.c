@@ -6,6 +6,8 @@
  *     layer);
  *   - its indexes are built once: a second run finds them in memory, and
  *     after a daemon restart they are loaded, not built;
+ *   - the trace's token ids come along: LOOKUP of them under the salt
+ *     finds the context, under another salt nothing;
  *   - bad input is refused with exit status 2 and nothing created.
  */
 #define _GNU_SOURCE
@@ -80,7 +82,7 @@ int main(int argc, char **argv)
 
 	/* killed mid-stream, then resumed */
 	char *pre[] = { argv[2], "--socket", sock, "--name", "pre", "--chunk", "512", "--policies", "centroids2,quest",
-			"--quiet", trace, NULL };
+			"--salt", "0x77", "--quiet", trace, NULL };
 	int st = run(pre, &d, 4096);
 	CHECK(st == 128 + SIGKILL, "preload was not killed mid-stream (status %d)", st);
 	mnemo_client *c;
@@ -118,6 +120,13 @@ int main(int argc, char **argv)
 					}
 		}
 		CHECK(!wrong, "%d rows differ from the file", wrong);
+		const struct st_tensor *tt;
+		struct mnemo_lookup_info li;
+		CHECK(st_find_rank(f, "tokens", 1, &tt, err, sizeof(err)) == 0 &&
+		      mnemo_lookup(c, 0x77, (const uint32_t *)tt->data, N, &li) == 0 && li.ctx == ci.id && li.tokens == N,
+		      "lookup of the trace's tokens: ctx %llu, %llu tokens", (unsigned long long)li.ctx,
+		      (unsigned long long)li.tokens);
+		CHECK(mnemo_lookup(c, 0x78, (const uint32_t *)tt->data, N, &li) == 0 && li.ctx == 0, "another salt found it");
 		st_close(f);
 	}
 
