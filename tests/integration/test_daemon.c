@@ -692,6 +692,47 @@ static void check_prefix(mnemo_client *c, uint64_t ctx)
 	tok_ids[0] = keep = tok_ids[0] ^ 1;
 }
 
+/*
+ * The prefix table at scale: 1,200 chunks per context grow the table past
+ * its first size twice; a dropped context's entries stop matching while the
+ * same ids given to a new context (entries behind the removed ones on the
+ * same probe runs) are found.
+ */
+static void check_prefix_scale(mnemo_client *c)
+{
+	enum { T = 1200 * MNEMO_CHUNK_TOKENS };
+	static uint32_t ids[T];
+	static float kv[2 * 65536];
+	for (uint32_t i = 0; i < T; i++)
+		ids[i] = i * 2654435761u + 17;
+	uint64_t ctx[2];
+	for (int k = 0; k < 2; k++) {
+		struct mnemo_geometry g = { 1, 1, 1, 1, MNEMO_F32, 0 };
+		char name[32];
+		snprintf(name, sizeof(name), "prefix-scale-%d", k);
+		CHECK(mnemo_create(c, name, &g, &ctx[k]) == 0, "create %s", name);
+		for (uint32_t t = 0; t < T; t += 65536) {
+			uint32_t n = T - t < 65536 ? T - t : 65536;
+			CHECK(mnemo_append(c, ctx[k], 0, 1, t, n, kv, (size_t)2 * n * 4, NULL) == 0, "append: %s",
+			      mnemo_last_error(c));
+		}
+		uint64_t chunks;
+		CHECK(mnemo_tokens(c, ctx[k], 5, 0, ids, T, &chunks) == 0 && chunks == 1200, "tokens %d", k);
+		if (k == 0) {
+			struct mnemo_lookup_info li;
+			CHECK(mnemo_lookup(c, 5, ids, T, &li) == 0 && li.ctx == ctx[0] && li.tokens == T && li.probes <= 12,
+			      "lookup at scale: ctx %llu, %llu tokens, %u probes", (unsigned long long)li.ctx,
+			      (unsigned long long)li.tokens, li.probes);
+			CHECK(mnemo_drop(c, ctx[0], NULL) == 0, "drop");
+			CHECK(mnemo_lookup(c, 5, ids, T, &li) == 0 && li.ctx == 0, "a dropped context matched");
+		}
+	}
+	struct mnemo_lookup_info li;
+	CHECK(mnemo_lookup(c, 5, ids, T / 2 + 100, &li) == 0 && li.ctx == ctx[1] && li.tokens == T / 2,
+	      "lookup after a drop: ctx %llu, %llu tokens", (unsigned long long)li.ctx, (unsigned long long)li.tokens);
+	CHECK(mnemo_drop(c, ctx[1], NULL) == 0, "drop 2");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -721,6 +762,7 @@ int main(int argc, char **argv)
 	}
 	check_sinks_window(c, ctx);
 	check_prefix(c, ctx);
+	check_prefix_scale(c);
 	{
 		/* INDEX: every policy's indexes are in memory by now; exact and bad layers are refused */
 		struct mnemo_index_info ii;
