@@ -22,7 +22,7 @@ static const char *dtype_name(enum mnemo_dtype t)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: mnemoctl [--socket PATH] [--json] COMMAND [ARG]\n"
+		"Usage: mnemoctl [--socket PATH] [--json] COMMAND [ARG...]\n"
 		"\n"
 		"Commands:\n"
 		"  ping            round trip to the daemon (HELLO); prints its version and limits\n"
@@ -30,6 +30,10 @@ static void usage(FILE *f)
 		"  stat            the daemon: uptime, connections, memory, requests, kernels\n"
 		"  stat CONTEXT    one context (a name, or #ID for an id)\n"
 		"  drop CONTEXT    delete a context and free its memory\n"
+		"  index CONTEXT POLICY\n"
+		"                  build (or load) the indexes of POLICY (quest, blocks, centroids,\n"
+		"                  centroids2, faiss-ivf, faiss-hnsw) for every layer and KV head now,\n"
+		"                  so no ATTEND waits for them; slow (it builds)\n"
 		"\n"
 		"Options:\n"
 		"  -s, --socket PATH  daemon socket (default: $MNEMO_SOCKET, else\n"
@@ -117,12 +121,13 @@ int main(int argc, char **argv)
 	}
 	const char *cmd = argv[i++];
 	const char *arg = i < argc ? argv[i++] : NULL;
+	const char *arg2 = !strcmp(cmd, "index") && i < argc ? argv[i++] : NULL;
 	if (i < argc) {
 		fprintf(stderr, "mnemoctl: too many arguments\n");
 		return 2;
 	}
 	int known = !strcmp(cmd, "ping") || !strcmp(cmd, "list") || !strcmp(cmd, "stat") ||
-		    !strcmp(cmd, "drop");
+		    !strcmp(cmd, "drop") || !strcmp(cmd, "index");
 	if (!known) {
 		fprintf(stderr, "mnemoctl: unknown command %s\n", cmd);
 		usage(stderr);
@@ -131,6 +136,19 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "drop") && !arg) {
 		fprintf(stderr, "mnemoctl: drop needs a CONTEXT\n");
 		return 2;
+	}
+	static const char *const policies[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
+						"faiss-hnsw" };
+	unsigned policy = 0;
+	if (!strcmp(cmd, "index")) {
+		for (unsigned p = 1; arg2 && p < sizeof(policies) / sizeof(policies[0]); p++)
+			if (!strcmp(arg2, policies[p]))
+				policy = p;
+		if (!arg || !policy) {
+			fprintf(stderr, "mnemoctl: index needs a CONTEXT and a POLICY (quest, blocks, centroids, "
+					"centroids2, faiss-ivf, faiss-hnsw)\n");
+			return 2;
+		}
 	}
 
 	mnemo_client *c;
@@ -228,6 +246,23 @@ int main(int argc, char **argv)
 			if (!json)
 				fputs(ctx_header, stdout);
 			print_ctx(&ci, json);
+		}
+	} else if (!strcmp(cmd, "index")) {
+		uint64_t id;
+		const char *name;
+		ctx_ref(arg, &id, &name);
+		struct mnemo_context_info ci;
+		struct mnemo_index_info ii;
+		if (!(rc = mnemo_stat(c, id, name, &ci)) &&
+		    !(rc = mnemo_index(c, ci.id, (enum mnemo_policy)policy, 0, 0, &ii))) {
+			if (json)
+				printf("{\"ctx\":%" PRIu64 ",\"policy\":\"%s\",\"built\":%" PRIu64 ",\"loaded\":%" PRIu64
+				       ",\"present\":%" PRIu64 ",\"seconds\":%.3f}\n", ci.id, policies[policy], ii.built,
+				       ii.loaded, ii.present, ii.elapsed_ns / 1e9);
+			else
+				printf("%s indexes of %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64
+				       " already in memory, in %.1f s\n", policies[policy], arg, ii.built, ii.loaded,
+				       ii.present, ii.elapsed_ns / 1e9);
 		}
 	} else {
 		uint64_t id;
