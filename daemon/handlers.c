@@ -41,7 +41,10 @@ static int malformed(struct request *r, int rc)
 }
 
 /* Find a context the caller may use. Returns a reference. */
-static int get_ctx(struct request *r, uint64_t id, const char *name, size_t name_len,
+enum access { READ, WRITE };
+
+/* The context named, if the peer may @p how it: its owner may anything, others read a shared one. */
+static int get_ctx(struct request *r, uint64_t id, const char *name, size_t name_len, enum access how,
 		   struct kv_ctx **out)
 {
 	if (id == 0 && name_len == 0)
@@ -52,10 +55,13 @@ static int get_ctx(struct request *r, uint64_t id, const char *name, size_t name
 			return req_error(r, -ENOENT, "no context with id %llu", (unsigned long long)id);
 		return req_error(r, -ENOENT, "no context named %.*s", (int)name_len, name);
 	}
-	if (kv_ctx_owner(*out) != r->uid) {
+	if (kv_ctx_owner(*out) != r->uid && (how == WRITE || !kv_ctx_shared(*out))) {
+		int shared = kv_ctx_shared(*out);
+		uint64_t cid = kv_ctx_id(*out);
 		kv_ctx_put(*out);
-		return req_error(r, -EACCES, "context %llu belongs to another user",
-				 (unsigned long long)(id ? id : kv_ctx_id(*out)));
+		return req_error(r, -EACCES, shared ? "context %llu belongs to another user and is shared read-only"
+						   : "context %llu belongs to another user",
+				 (unsigned long long)(id ? id : cid));
 	}
 	return 0;
 }
@@ -128,7 +134,7 @@ static int h_append(struct request *r)
 		len = (size_t)m.shm_length;
 	}
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, WRITE, &c)))
 		return rc;
 	const char *why = NULL;
 	uint64_t lt = 0, ct = 0;
@@ -159,7 +165,7 @@ static int h_seal(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, WRITE, &c)))
 		return rc;
 	uint64_t tokens = 0;
 	rc = kv_ctx_seal(c, &tokens);
@@ -178,7 +184,7 @@ static int h_index(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, READ, &c)))
 		return rc;
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	uint32_t count = m.layer_count ? m.layer_count : (m.layer_begin < g->n_layers ? g->n_layers - m.layer_begin : 0);
@@ -217,7 +223,7 @@ static int h_tokens(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, WRITE, &c)))
 		return rc;
 	uint32_t *ids = malloc((size_t)m.n * 4);
 	if (!ids) {
@@ -287,7 +293,7 @@ static int h_attend(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, READ, &c)))
 		return rc;
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	size_t nq = (size_t)g->n_q_heads * g->head_dim;
@@ -360,7 +366,7 @@ static int h_fetch(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.ctx, NULL, 0, &c)))
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, READ, &c)))
 		return rc;
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	uint64_t bytes = 2ull * g->n_kv_heads * m.n_ids * g->head_dim * g->elem_size;
@@ -423,6 +429,28 @@ out:
 	return rc;
 }
 
+static int h_share(struct request *r)
+{
+	struct msg_share_req m;
+	int rc = msg_share_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ref.id, m.ref.name, m.ref.name_len, WRITE, &c)))
+		return rc;
+	rc = kv_ctx_set_shared(c, (int)m.shared);
+	if (rc == -EBUSY)
+		req_error(r, rc, "context %llu is open: seal it before sharing it", (unsigned long long)kv_ctx_id(c));
+	else if (rc)
+		req_error(r, rc, "cannot record the sharing of context %llu: %s", (unsigned long long)kv_ctx_id(c),
+			  strerror(-rc));
+	else
+		log_info("store", "uid %u made context %llu \"%s\" %s", (unsigned)r->uid,
+			 (unsigned long long)kv_ctx_id(c), kv_ctx_name(c), m.shared ? "shared read-only" : "private");
+	kv_ctx_put(c);
+	return rc;
+}
+
 static int h_drop(struct request *r)
 {
 	struct proto_ctxref m;
@@ -430,7 +458,7 @@ static int h_drop(struct request *r)
 	if (rc)
 		return malformed(r, rc);
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, WRITE, &c)))
 		return rc;
 	rc = store_ctx_delete(r->d->store, c);
 	if (!rc)
@@ -458,6 +486,7 @@ static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
 		.state = info.sealed ? PROTO_STATE_SEALED :
 			 info.recovered ? PROTO_STATE_RECOVERED : PROTO_STATE_OPEN,
 		.owner_uid = kv_ctx_owner(c), .tokens = info.tokens, .bytes = info.bytes,
+		.flags = kv_ctx_shared(c) ? PROTO_CTX_SHARED : 0,
 	};
 }
 
@@ -501,7 +530,7 @@ static int h_stat(struct request *r)
 		return 0;
 	}
 	struct kv_ctx *c;
-	if ((rc = get_ctx(r, m.id, m.name, m.name_len, &c)))
+	if ((rc = get_ctx(r, m.id, m.name, m.name_len, READ, &c)))
 		return rc;
 	struct proto_ctx_record rec;
 	ctx_record(c, &rec);
@@ -585,4 +614,5 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_INDEX] = { "INDEX", h_index, false },
 	[OP_TOKENS] = { "TOKENS", h_tokens, false },
 	[OP_LOOKUP] = { "LOOKUP", h_lookup, false },
+	[OP_SHARE] = { "SHARE", h_share, false },
 };

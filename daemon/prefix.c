@@ -238,9 +238,9 @@ static uint64_t probe(struct prefix *p, struct store *s, uid_t uid, uint64_t h, 
 		struct kv_ctx *c;
 		if (store_ctx_find(s, e->ctx, NULL, 0, &c))
 			continue;
-		int mine = kv_ctx_owner(c) == uid;
+		int readable = kv_ctx_owner(c) == uid || kv_ctx_shared(c);
 		kv_ctx_put(c);
-		if (mine)
+		if (readable)
 			return e->ctx;
 	}
 	return 0;

@@ -41,7 +41,7 @@ int prefix_add(struct prefix *p, struct kv_ctx *c, uint64_t salt, uint64_t begin
 
 /**
  * The longest prefix of @p hashes [n] (a request's chain, proto_chunk_hash())
- * stored in a context that @p uid owns.
+ * stored in a context that @p uid owns or that is shared.
  * @param ctx     receives the context (0: none)
  * @param chunks  receives the matching chunks
  * @param probes  receives the table probes made

@@ -628,6 +628,25 @@ static void record_to_info(const struct proto_ctx_record *r, struct mnemo_contex
 	o->owner_uid = r->owner_uid;
 	o->tokens = r->tokens;
 	o->bytes = r->bytes;
+	o->shared = (r->flags & PROTO_CTX_SHARED) != 0;
+}
+
+int mnemo_share(mnemo_client *c, uint64_t id, const char *name, int shared)
+{
+	struct msg_share_req m = { .ref = { .id = id, .name = name, .name_len = (uint16_t)(name ? strlen(name) : 0) },
+				   .shared = shared ? 1 : 0 };
+	if (name && strlen(name) > PROTO_MAX_NAME)
+		return set_err(c, -EINVAL, "context name longer than %u bytes", PROTO_MAX_NAME);
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_share_req_encode(&b, &m);
+	uint8_t *p;
+	uint32_t n;
+	int rc = call(c, OP_SHARE, &b, NULL, 0, -1, &p, &n);
+	if (rc)
+		return rc;
+	free(p);
+	return n ? bad_reply(c, OP_SHARE) : 0;
 }
 
 int mnemo_stat(mnemo_client *c, uint64_t id, const char *name, struct mnemo_context_info *out)

@@ -14,6 +14,7 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_INDEX] = "INDEX",
 	[OP_TOKENS] = "TOKENS",
 	[OP_LOOKUP] = "LOOKUP",
+	[OP_SHARE] = "SHARE",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -417,6 +418,28 @@ int msg_ctxref_decode(const void *p, size_t n, struct proto_ctxref *m)
 	return m->name_len ? check_name(m->name, m->name_len) : 0;
 }
 
+void msg_share_req_encode(struct wbuf *b, const struct msg_share_req *m)
+{
+	wbuf_u64(b, m->ref.id);
+	wbuf_str(b, m->ref.name, m->ref.name_len);
+	wbuf_u32(b, m->shared);
+}
+
+int msg_share_req_decode(const void *p, size_t n, struct msg_share_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ref.id = rbuf_u64(&r);
+	m->ref.name = rbuf_str(&r, PROTO_MAX_NAME, &m->ref.name_len);
+	m->shared = rbuf_u32(&r);
+	int rc = rbuf_end(&r);
+	if (rc)
+		return rc;
+	if (m->shared > 1)
+		return -EPROTO;
+	return m->ref.name_len ? check_name(m->ref.name, m->ref.name_len) : 0;
+}
+
 void msg_attend_req_encode(struct wbuf *b, const struct msg_attend_req *m)
 {
 	wbuf_u64(b, m->ctx);
@@ -715,6 +738,7 @@ void proto_ctx_record_encode(struct wbuf *b, const struct proto_ctx_record *m)
 	wbuf_u32(b, m->owner_uid);
 	wbuf_u64(b, m->tokens);
 	wbuf_u64(b, m->bytes);
+	wbuf_u32(b, m->flags);
 }
 
 int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
@@ -726,6 +750,7 @@ int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
 	m->owner_uid = rbuf_u32(r);
 	m->tokens = rbuf_u64(r);
 	m->bytes = rbuf_u64(r);
+	m->flags = rbuf_u32(r);
 	return r->err;
 }
 

@@ -45,6 +45,7 @@ enum proto_op {
 	OP_INDEX = 11,
 	OP_TOKENS = 12,
 	OP_LOOKUP = 13,
+	OP_SHARE = 14,
 	OP_COUNT
 };
 
@@ -138,6 +139,13 @@ struct proto_ctxref {
 	const char *name;   /* borrowed, not terminated */
 	uint16_t name_len;
 };
+
+/* SHARE: a ctxref, then u32 shared (0 or 1). */
+struct msg_share_req {
+	struct proto_ctxref ref;
+	uint32_t shared;
+};
+#define PROTO_CTX_SHARED 1u   /* context record flags */
 
 struct msg_hello_req { uint32_t proto; uint32_t flags; };
 struct msg_hello_rep {
@@ -243,6 +251,7 @@ struct proto_ctx_record {
 	struct proto_geometry geom;
 	uint32_t state, owner_uid;
 	uint64_t tokens, bytes;
+	uint32_t flags;         /* PROTO_CTX_SHARED */
 };
 
 struct proto_daemon_record {
@@ -280,6 +289,8 @@ int msg_append_req_decode(const void *p, size_t n, struct msg_append_req *m);
 void msg_append_rep_encode(struct wbuf *b, const struct msg_append_rep *m);
 int msg_append_rep_decode(const void *p, size_t n, struct msg_append_rep *m);
 
+void msg_share_req_encode(struct wbuf *b, const struct msg_share_req *m);
+int msg_share_req_decode(const void *p, size_t n, struct msg_share_req *m);
 void msg_ctxref_encode(struct wbuf *b, const struct proto_ctxref *m);
 int msg_ctxref_decode(const void *p, size_t n, struct proto_ctxref *m);
 void msg_u64_encode(struct wbuf *b, uint64_t v);

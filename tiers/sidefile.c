@@ -176,6 +176,21 @@ out:
 	return rc;
 }
 
+int sidefile_remove(const char *dir, uint64_t ctx, const char *name)
+{
+	if (!dir || !name_ok(name))
+		return -EINVAL;
+	char cdir[PATH_MAX], path[PATH_MAX];
+	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	if (rc)
+		return rc;
+	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if (unlink(path))
+		return errno == ENOENT ? 0 : -errno;
+	return fsync_dir(cdir);
+}
+
 int sidefile_remove_ctx(const char *dir, uint64_t ctx)
 {
 	char cdir[PATH_MAX], path[PATH_MAX];

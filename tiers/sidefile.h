@@ -30,6 +30,9 @@ int sidefile_write(const char *dir, uint64_t ctx, const char *name, const void *
  */
 int sidefile_read(const char *dir, uint64_t ctx, const char *name, void **buf, size_t *len);
 
+/** Remove NAME of context @p ctx (-ENOENT is not an error). */
+int sidefile_remove(const char *dir, uint64_t ctx, const char *name);
+
 /** Remove every side file of @p ctx and its directory (-ENOENT is not an error). */
 int sidefile_remove_ctx(const char *dir, uint64_t ctx);
 

@@ -59,6 +59,7 @@ struct kv_ctx {
 	pthread_rwlock_t lock;
 	bool sealed;
 	bool recovered;
+	_Atomic int shared;       /* read-only for every user (kv_ctx_set_shared()) */
 	uint32_t B;
 	size_t block_bytes;       /* 2 * B * d * elem: what the kernels read */
 	uint32_t slot_bytes;      /* block + trailer, 4 KiB aligned: what RAM and SSD hold */
@@ -392,6 +393,15 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 					ssd_unlink(cfg->ssd, ids[i]);
 			free(ids);
 		}
+		/* contexts shared before the restart are again */
+		for (uint32_t i = 0; cfg->side_dir && i < s->n_ctx; i++) {
+			void *b;
+			size_t blen;
+			if (sidefile_read(cfg->side_dir, s->ctx[i]->id, "shared", &b, &blen) == 0) {
+				atomic_store(&s->ctx[i]->shared, 1);
+				free(b);
+			}
+		}
 		/* and side files likewise */
 		if (cfg->side_dir && sidefile_list_ctx(cfg->side_dir, &ids, &n) == 0) {
 			for (size_t i = 0; i < n; i++)
@@ -541,6 +551,27 @@ int store_ctx_delete(struct store *s, struct kv_ctx *c)
 	}
 	store_ctx_drop(s, c);
 	return 0;
+}
+
+int kv_ctx_set_shared(struct kv_ctx *c, int shared)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	int sealed = c->sealed;
+	pthread_rwlock_unlock(&c->lock);
+	if (shared && !sealed)
+		return -EBUSY;
+	const char *dir = c->store->cfg.side_dir;
+	int rc = 0;
+	if (dir)
+		rc = shared ? sidefile_write(dir, c->id, "shared", "1", 1) : sidefile_remove(dir, c->id, "shared");
+	if (!rc)
+		atomic_store(&c->shared, shared ? 1 : 0);
+	return rc;
+}
+
+int kv_ctx_shared(const struct kv_ctx *c)
+{
+	return atomic_load(&((struct kv_ctx *)c)->shared);
 }
 
 int kv_ctx_side_save(struct kv_ctx *c, const char *name, const void *buf, size_t len)

@@ -178,6 +178,16 @@ void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux)
 void *kv_ctx_aux(struct kv_ctx *c);
 
 /**
+ * Shared read-only with every user (the owner alone may change it): only a
+ * sealed context can be shared (-EBUSY), so what readers see never moves.
+ * Saved as the side file "shared" where the store has side files, and read
+ * back at start.
+ * @return 0, -EBUSY, and sidefile errors (the flag is then unchanged)
+ */
+int kv_ctx_set_shared(struct kv_ctx *c, int shared);
+int kv_ctx_shared(const struct kv_ctx *c);
+
+/**
  * Durable side data of a context (sidefile.h), removed with the context:
  * what retrieval derives from the K/V and wants back after a restart.
  * @return 0, -ENOTSUP (a store without side_dir: nothing survives anyway),

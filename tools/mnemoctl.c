@@ -30,6 +30,8 @@ static void usage(FILE *f)
 		"  stat            the daemon: uptime, connections, memory, requests, kernels\n"
 		"  stat CONTEXT    one context (a name, or #ID for an id)\n"
 		"  drop CONTEXT    delete a context and free its memory\n"
+		"  share CONTEXT   make a sealed context readable by every user (read-only)\n"
+		"  unshare CONTEXT make it this user's alone again\n"
 		"  index CONTEXT POLICY\n"
 		"                  build (or load) the indexes of POLICY (quest, blocks, centroids,\n"
 		"                  centroids2, faiss-ivf, faiss-hnsw) for every layer and KV head now,\n"
@@ -79,21 +81,22 @@ static void print_ctx(const struct mnemo_context_info *c, int json)
 		json_str(c->name);
 		printf(",\"layers\":%u,\"kv_heads\":%u,\"q_heads\":%u,\"head_dim\":%u,"
 		       "\"dtype\":\"%s\",\"rope_theta\":%g,\"state\":\"%s\",\"owner_uid\":%u,"
-		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 "}\n",
+		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"shared\":%s}\n",
 		       c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads, c->geom.head_dim,
 		       dtype_name(c->geom.dtype), (double)c->geom.rope_theta,
-		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open", c->owner_uid, c->tokens, c->bytes);
+		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open", c->owner_uid, c->tokens, c->bytes,
+		       c->shared ? "true" : "false");
 	} else {
-		printf("%-6" PRIu64 " %-24s %6u %4u/%-4u %5u %-5s %-7s %12" PRIu64 " %10.1f\n",
+		printf("%-6" PRIu64 " %-24s %6u %4u/%-4u %5u %-5s %-13s %7" PRIu64 " %10.1f\n",
 		       c->id, c->name, c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads,
 		       c->geom.head_dim, dtype_name(c->geom.dtype),
-		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open",
+		       c->sealed ? (c->shared ? "sealed,shared" : "sealed") : c->recovered ? "recovered" : "open",
 		       c->tokens, (double)c->bytes / (1 << 20));
 	}
 }
 
 static const char *ctx_header =
-	"ID     NAME                     LAYERS KV/Q   D     DTYPE STATE         TOKENS        MiB\n";
+	"ID     NAME                     LAYERS KV/Q   D     DTYPE STATE          TOKENS        MiB\n";
 
 int main(int argc, char **argv)
 {
@@ -127,14 +130,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	int known = !strcmp(cmd, "ping") || !strcmp(cmd, "list") || !strcmp(cmd, "stat") ||
-		    !strcmp(cmd, "drop") || !strcmp(cmd, "index");
+		    !strcmp(cmd, "drop") || !strcmp(cmd, "index") || !strcmp(cmd, "share") || !strcmp(cmd, "unshare");
 	if (!known) {
 		fprintf(stderr, "mnemoctl: unknown command %s\n", cmd);
 		usage(stderr);
 		return 2;
 	}
-	if (!strcmp(cmd, "drop") && !arg) {
-		fprintf(stderr, "mnemoctl: drop needs a CONTEXT\n");
+	if ((!strcmp(cmd, "drop") || !strcmp(cmd, "share") || !strcmp(cmd, "unshare")) && !arg) {
+		fprintf(stderr, "mnemoctl: %s needs a CONTEXT\n", cmd);
 		return 2;
 	}
 	static const char *const policies[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
@@ -246,6 +249,20 @@ int main(int argc, char **argv)
 			if (!json)
 				fputs(ctx_header, stdout);
 			print_ctx(&ci, json);
+		}
+	} else if (!strcmp(cmd, "share") || !strcmp(cmd, "unshare")) {
+		uint64_t id;
+		const char *name;
+		ctx_ref(arg, &id, &name);
+		int on = !strcmp(cmd, "share");
+		if (!(rc = mnemo_share(c, id, name, on))) {
+			if (json) {
+				printf("{\"context\":");
+				json_str(arg);
+				printf(",\"shared\":%s}\n", on ? "true" : "false");
+			} else {
+				printf("%s is %s\n", arg, on ? "shared read-only with every user" : "private");
+			}
 		}
 	} else if (!strcmp(cmd, "index")) {
 		uint64_t id;

@@ -78,6 +78,7 @@ struct mnemo_context_info {
 	uint32_t owner_uid;
 	uint64_t tokens;          /**< complete tokens (the shortest layer) */
 	uint64_t bytes;           /**< K/V bytes held */
+	uint32_t shared;          /**< readable by every user (mnemo_share()) */
 };
 
 /** The daemon as STAT reports it. */
@@ -248,6 +249,14 @@ int mnemo_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_
  */
 int mnemo_fetch(mnemo_client *c, uint64_t ctx, uint32_t layer, const uint64_t *ids,
 		uint32_t n_ids, void *out, size_t out_len);
+
+/**
+ * SHARE a sealed context read-only with every user (@p shared 1), or make it
+ * private again (0). Only its owner may; others can then STAT, ATTEND,
+ * FETCH, INDEX and LOOKUP it, never change it.
+ * Sharing an open context is refused (-EBUSY).
+ */
+int mnemo_share(mnemo_client *c, uint64_t id, const char *name, int shared);
 
 /** DROP a context by id, or by name when @p id is 0. */
 int mnemo_drop(mnemo_client *c, uint64_t id, const char *name);

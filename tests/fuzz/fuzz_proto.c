@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	const uint8_t *p = data + 1;
 	size_t n = size - 1;
-	switch (data[0] % 20) {
+	switch (data[0] % 21) {
 	case 0: ROUND_TRIP(struct msg_hello_req, msg_hello_req_decode, msg_hello_req_encode, p, n); break;
 	case 1: ROUND_TRIP(struct msg_hello_rep, msg_hello_rep_decode, msg_hello_rep_encode, p, n); break;
 	case 2: ROUND_TRIP(struct msg_create_req, msg_create_req_decode, msg_create_req_encode, p, n); break;
@@ -81,6 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 17: ROUND_TRIP(struct msg_index_rep, msg_index_rep_decode, msg_index_rep_encode, p, n); break;
 	case 18: ROUND_TRIP(struct msg_tokens_req, msg_tokens_req_decode, msg_tokens_req_encode, p, n); break;
 	case 19: ROUND_TRIP(struct msg_lookup_req, msg_lookup_req_decode, msg_lookup_req_encode, p, n); break;
+	case 20: ROUND_TRIP(struct msg_share_req, msg_share_req_decode, msg_share_req_encode, p, n); break;
 	default: {
 		struct proto_geometry g;
 		if (n >= sizeof(g)) {

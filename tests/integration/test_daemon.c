@@ -535,6 +535,60 @@ static void check_other_uid(uint64_t ctx)
 	}
 	waitpid(p, &st, 0);
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other uid: %d checks failed", WEXITSTATUS(st));
+
+	/* 3. shared: the other uid reads it and gets what the owner gets; writes stay refused */
+	mnemo_client *own;
+	CHECK(mnemo_connect(sock_path, &own) == 0, "owner connects");
+	float q[H * G * D], oo[H * G * D], lo[H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	struct mnemo_attend_opts op = { .budget = 300, .sinks = 4, .window = 16 };
+	CHECK(mnemo_attend_opts(own, ctx, 1, MNEMO_POLICY_CENTROIDS2, &op, 0, UINT64_MAX, q, oo, lo, NULL) == 0,
+	      "owner attend: %s", mnemo_last_error(own));
+	struct mnemo_geometry g1 = { 1, 1, 1, 8, MNEMO_F32, 0 };
+	uint64_t open_ctx;
+	CHECK(mnemo_create(own, "open-one", &g1, &open_ctx) == 0 && mnemo_share(own, open_ctx, NULL, 1) == -EBUSY &&
+	      mnemo_drop(own, open_ctx, NULL) == 0, "an open context was shared");
+	CHECK(mnemo_share(own, ctx, NULL, 1) == 0, "share: %s", mnemo_last_error(own));
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(own, ctx, NULL, &ci) == 0 && ci.shared, "stat shows shared");
+	for (int round = 0; round < 2; round++) {
+		p = fork();
+		if (p == 0) {
+			if (setgid(65534) || setuid(65534))
+				_exit(3);
+			mnemo_client *c;
+			if (mnemo_connect(sock_path, &c))
+				_exit(4);
+			int fails = 0, want = round ? -EACCES : 0;
+			struct mnemo_context_info ci2;
+			float o[H * G * D], lse[H * G];
+			uint64_t ids[2] = { 0, N - 1 };
+			uint8_t out[2 * H * 2 * D * 2];
+			fails += mnemo_stat(c, ctx, NULL, &ci2) != want;
+			fails += mnemo_fetch(c, ctx, 0, ids, 2, out, sizeof(out)) != want;
+			int rc = mnemo_attend_opts(c, ctx, 1, MNEMO_POLICY_CENTROIDS2, &op, 0, UINT64_MAX, q, o, lse, NULL);
+			fails += rc != want;
+			if (!round)
+				fails += memcmp(o, oo, sizeof(o)) != 0 || memcmp(lse, lo, sizeof(lse)) != 0;
+			struct mnemo_lookup_info li;
+			fails += mnemo_lookup(c, SALT, tok_ids, N, &li) != 0 || li.ctx != (round ? 0 : ctx);
+			/* never the owner's to change */
+			uint64_t tok;
+			fails += mnemo_seal(c, ctx, &tok) != -EACCES;
+			fails += mnemo_drop(c, ctx, NULL) != -EACCES;
+			fails += mnemo_share(c, ctx, NULL, 0) != -EACCES;
+			fails += mnemo_tokens(c, ctx, SALT, N, tok_ids, 1, NULL) != -EACCES;
+			mnemo_close(c);
+			_exit(fails);
+		}
+		waitpid(p, &st, 0);
+		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other uid, context %s: %d checks failed",
+		      round ? "private again" : "shared", WEXITSTATUS(st));
+		if (!round)
+			CHECK(mnemo_share(own, ctx, NULL, 0) == 0, "unshare");
+	}
+	mnemo_close(own);
 	chmod(sock_path, 0600);
 }
 

@@ -368,7 +368,11 @@ static void indexes_persist(const char *bin)
 			for (uint64_t i = 0; i < N; i++)
 				ids[i] = (uint32_t)(i * 2654435761u);
 			CHECK(mnemo_tokens(c, ctx, 77, 0, ids, (uint32_t)N, NULL) == 0, "tokens: %s", mnemo_last_error(c));
+			CHECK(mnemo_share(c, ctx, NULL, 1) == 0, "share: %s", mnemo_last_error(c));
 		}
+		/* shared stays shared across restarts */
+		struct mnemo_context_info sci;
+		CHECK(mnemo_stat(c, ctx, NULL, &sci) == 0 && sci.shared, "round %d: not shared", round);
 		/* the prefix chain comes back with the context */
 		struct mnemo_lookup_info li;
 		CHECK(mnemo_lookup(c, 77, ids, (uint32_t)N, &li) == 0 && li.ctx == ctx && li.tokens == N,
