@@ -13,30 +13,9 @@
 
 #include "clusters.h"
 
+CLUSTERS_COMMON_OPS(centroids2, POLICY_CENTROIDS2)
+
 #define MIN_SURVIVORS 4
-
-static const struct clusters *to_cl(const struct index *ix)
-{
-	return ix && ix->policy == POLICY_CENTROIDS2 ? (const struct clusters *)ix : NULL;
-}
-
-static int centroids2_build(const struct index_keys *keys, const struct index_build_params *p, struct index **out)
-{
-	struct clusters *cl;
-	int rc = clusters_build(keys, p, POLICY_CENTROIDS2, &cl);
-	if (rc)
-		return rc;
-	*out = &cl->base;
-	return 0;
-}
-
-static void centroids2_free(struct index *ix)
-{
-	if (!ix)
-		return;
-	IX_ASSERT(ix->policy == POLICY_CENTROIDS2);
-	clusters_free((struct clusters *)ix);
-}
 
 static int centroids2_search(const struct index *ix, const struct index_keys *keys, const float *q, unsigned G,
 			     uint64_t budget, struct index_result *res)
@@ -127,45 +106,6 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 	res->n_tokens = ix_bits_emit(bits, cl->n, res->tokens);
 	cl_runs_finish(cl, &st, res);
 	return 0;
-}
-
-static int centroids2_save(const struct index *ix, uint8_t **buf, size_t *len)
-{
-	const struct clusters *cl = to_cl(ix);
-	if (!cl || !buf || !len)
-		return -EINVAL;
-	return clusters_save(cl, buf, len);
-}
-
-static int centroids2_load(const uint8_t *buf, size_t len, const struct index_keys *keys, struct index **out)
-{
-	struct clusters *cl;
-	if (!out)
-		return -EINVAL;
-	int rc = clusters_load(buf, len, keys, POLICY_CENTROIDS2, &cl);
-	if (rc)
-		return rc;
-	*out = &cl->base;
-	return 0;
-}
-
-static size_t centroids2_memory(const struct index *ix)
-{
-	return clusters_memory(to_cl(ix));
-}
-
-static int centroids2_attach_rows(struct index *ix, const struct index_rows *src)
-{
-	const struct clusters *cl = to_cl(ix);
-	if (!cl)
-		return -EINVAL;
-	return clusters_attach_rows((struct clusters *)ix, src);
-}
-
-static const struct index_rows *centroids2_rows(const struct index *ix)
-{
-	const struct clusters *cl = to_cl(ix);
-	return cl && cl->rk ? &cl->rows : NULL;
 }
 
 const struct policy_ops centroids2_policy_ops = {

@@ -119,4 +119,61 @@ int cl_search_prologue(const struct clusters *cl, const struct index_keys *keys,
 /** Emit res->runs from the walk's run bitmap (a no-op without runs). */
 void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct index_result *res);
 
+/*
+ * What both clustered policies do alike, defined for policy POLICY under the
+ * prefix NAME: to_cl() (the index as clusters of that policy, else NULL),
+ * NAME_build, NAME_free, NAME_save, NAME_load, NAME_memory,
+ * NAME_attach_rows and NAME_rows. Each policy writes its own search.
+ */
+#define CLUSTERS_COMMON_OPS(NAME, POLICY)                                                               \
+	static const struct clusters *to_cl(const struct index *ix)                                     \
+	{                                                                                               \
+		return ix && ix->policy == (POLICY) ? (const struct clusters *)ix : NULL;                \
+	}                                                                                               \
+	static int NAME##_build(const struct index_keys *keys, const struct index_build_params *p,      \
+				struct index **out)                                                     \
+	{                                                                                               \
+		struct clusters *cl;                                                                    \
+		int rc = clusters_build(keys, p, (POLICY), &cl);                                        \
+		if (!rc)                                                                                \
+			*out = &cl->base;                                                               \
+		return rc;                                                                              \
+	}                                                                                               \
+	static void NAME##_free(struct index *ix)                                                       \
+	{                                                                                               \
+		if (!ix)                                                                                \
+			return;                                                                         \
+		IX_ASSERT(ix->policy == (POLICY));                                                      \
+		clusters_free((struct clusters *)ix);                                                   \
+	}                                                                                               \
+	static int NAME##_save(const struct index *ix, uint8_t **buf, size_t *len)                      \
+	{                                                                                               \
+		const struct clusters *cl = to_cl(ix);                                                  \
+		return cl && buf && len ? clusters_save(cl, buf, len) : -EINVAL;                        \
+	}                                                                                               \
+	static int NAME##_load(const uint8_t *buf, size_t len, const struct index_keys *keys,           \
+			       struct index **out)                                                      \
+	{                                                                                               \
+		struct clusters *cl;                                                                    \
+		if (!out)                                                                               \
+			return -EINVAL;                                                                 \
+		int rc = clusters_load(buf, len, keys, (POLICY), &cl);                                  \
+		if (!rc)                                                                                \
+			*out = &cl->base;                                                               \
+		return rc;                                                                              \
+	}                                                                                               \
+	static size_t NAME##_memory(const struct index *ix)                                             \
+	{                                                                                               \
+		return clusters_memory(to_cl(ix));                                                      \
+	}                                                                                               \
+	static int NAME##_attach_rows(struct index *ix, const struct index_rows *src)                   \
+	{                                                                                               \
+		return to_cl(ix) ? clusters_attach_rows((struct clusters *)ix, src) : -EINVAL;          \
+	}                                                                                               \
+	static const struct index_rows *NAME##_rows(const struct index *ix)                             \
+	{                                                                                               \
+		const struct clusters *cl = to_cl(ix);                                                  \
+		return cl && cl->rk ? &cl->rows : NULL;                                                 \
+	}
+
 #endif
