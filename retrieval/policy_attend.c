@@ -98,36 +98,12 @@ static struct ctx_indexes *indexes_of(struct kv_ctx *c)
 	return cur;
 }
 
-/* Keys and values [0, n) of (layer, head) as fp32, through pinned blocks. */
-static int gather_f32(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, float *k, float *v)
-{
-	const struct kv_geometry *g = kv_ctx_geometry(c);
-	const uint32_t B = kv_ctx_block_tokens(c), d = g->head_dim;
-	const size_t row = (size_t)d * g->elem_size;
-	const uint8_t *win[64];
-	for (uint64_t b0 = 0; b0 * B < n; b0 += 64) {
-		uint64_t nb = (n + B - 1) / B - b0;
-		if (nb > 64)
-			nb = 64;
-		uint64_t bad;
-		int rc = kv_ctx_pin(c, layer, head, b0, (uint32_t)nb, win, &bad);
-		if (rc)
-			return rc;
-		for (uint64_t b = 0; b < nb; b++)
-			for (uint64_t t = 0; t < B && (b0 + b) * B + t < n; t++) {
-				uint64_t tok = (b0 + b) * B + t;
-				for (uint32_t j = 0; j < d; j++) {
-					k[tok * d + j] = kv_load(g->dtype, win[b] + t * row, j);
-					v[tok * d + j] = kv_load(g->dtype, win[b] + (B + t) * row, j);
-				}
-			}
-		kv_ctx_unpin(c, layer, head, b0, (uint32_t)nb);
-	}
-	return 0;
-}
-
-/* K and V rows [0, n) of (layer, head) as stored, into [n][row] arrays. */
-static int gather_raw(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, uint8_t *k, uint8_t *v)
+/*
+ * Visit the blocks holding tokens [0, n) of (layer, head), pinned 64 at a
+ * time: fn(arg, first token, tokens, K rows, V rows) per block.
+ */
+static int for_each_block(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n,
+			  void (*fn)(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, const uint8_t *v), void *arg)
 {
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	const uint32_t B = kv_ctx_block_tokens(c);
@@ -142,13 +118,51 @@ static int gather_raw(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t 
 		if (rc)
 			return rc;
 		for (uint64_t b = 0; b < nb; b++) {
-			uint64_t t0 = (b0 + b) * B, cnt = n - t0 < B ? n - t0 : B;
-			memcpy(k + t0 * row, win[b], cnt * row);
-			memcpy(v + t0 * row, win[b] + (size_t)B * row, cnt * row);
+			uint64_t t0 = (b0 + b) * B;
+			fn(arg, t0, n - t0 < B ? n - t0 : B, win[b], win[b] + (size_t)B * row);
 		}
 		kv_ctx_unpin(c, layer, head, b0, (uint32_t)nb);
 	}
 	return 0;
+}
+
+struct gather {
+	enum kv_dtype dtype;
+	size_t d, row;
+	float *kf, *vf;           /* gather_f32 */
+	uint8_t *kr, *vr;         /* gather_raw */
+};
+
+static void block_f32(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, const uint8_t *v)
+{
+	const struct gather *x = arg;
+	for (size_t i = 0; i < cnt * x->d; i++) {
+		x->kf[t0 * x->d + i] = kv_load(x->dtype, k, i);
+		x->vf[t0 * x->d + i] = kv_load(x->dtype, v, i);
+	}
+}
+
+static void block_raw(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, const uint8_t *v)
+{
+	const struct gather *x = arg;
+	memcpy(x->kr + t0 * x->row, k, cnt * x->row);
+	memcpy(x->vr + t0 * x->row, v, cnt * x->row);
+}
+
+/* Keys and values [0, n) of (layer, head) as fp32 [n][d]. */
+static int gather_f32(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, float *k, float *v)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	struct gather x = { .dtype = (enum kv_dtype)g->dtype, .d = g->head_dim, .kf = k, .vf = v };
+	return for_each_block(c, layer, head, n, block_f32, &x);
+}
+
+/* K and V rows [0, n) of (layer, head) as stored, into [n][row] arrays. */
+static int gather_raw(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, uint8_t *k, uint8_t *v)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	struct gather x = { .row = (size_t)g->head_dim * g->elem_size, .kr = k, .vr = v };
+	return for_each_block(c, layer, head, n, block_raw, &x);
 }
 
 /* Give the index its own rows when its policy keeps them; the fp32 keys are then not needed. */
