@@ -1,8 +1,8 @@
 /*
  * k-means through the FAISS C API (the build's FAISS wiring, end to end):
  * the result is near a local optimum of the objective (one more Lloyd step,
- * computed here independently, barely improves it) and far better than a
- * single mean, k = 1 gives the mean of all points,
+ * computed here independently, barely improves it), the best of three
+ * starts is far better than a single mean, k = 1 gives the mean of all points,
  * a fixed seed gives the same centroids twice, and bad sizes are refused.
  * (Whether every true centre is found depends on the random start, so it is
  * not asserted.)
@@ -15,6 +15,23 @@
 #include "index.h"
 
 enum { D = 8, K = 6, PER = 300, N = K * PER };
+
+/* Sum of squared distances from each point to its nearest centroid. */
+static double objective(const float *x, const float *cent)
+{
+	double obj = 0;
+	for (int i = 0; i < N; i++) {
+		double best = INFINITY;
+		for (int k = 0; k < K; k++) {
+			double s = 0;
+			for (int j = 0; j < D; j++)
+				s += pow(x[i * D + j] - cent[k * D + j], 2);
+			best = fmin(best, s);
+		}
+		obj += best;
+	}
+	return obj;
+}
 
 int main(void)
 {
@@ -76,7 +93,16 @@ int main(void)
 	for (int i = 0; i < N; i++)
 		for (int j = 0; j < D; j++)
 			obj1 += pow(x[i * D + j] - mean[j], 2);
-	CHECK(obj < 0.5 * obj1, "objective %.1f vs %.1f for a single mean", obj, obj1);
+	/* A random start can settle in a local optimum that merges true clusters
+	 * (about 2% of seeds here), so, as FAISS's nredo does, the claim is made
+	 * for the best of three starts. */
+	double best = obj;
+	static float other[K * D];
+	for (uint32_t r = 1; r <= 2; r++) {
+		CHECK(index_kmeans(x, N, D, K, 25, (uint32_t)seed + r, other) == 0, "restart %u", r);
+		best = fmin(best, objective(x, other));
+	}
+	CHECK(best < 0.5 * obj1, "best objective of three starts %.1f vs %.1f for a single mean", best, obj1);
 
 	static float again[K * D], one[D];
 	CHECK(index_kmeans(x, N, D, K, 25, (uint32_t)seed, again) == 0 && !memcmp(again, cent, sizeof(cent)),
