@@ -25,7 +25,8 @@ enum index_policy {
 	POLICY_CENTROIDS2 = 4,    /**< "centroids2": the same with a coarse level above (hierarchical) */
 	POLICY_FAISS_IVF = 5,     /**< "faiss-ivf": FAISS IndexIVFFlat, inner product (baseline) */
 	POLICY_FAISS_HNSW = 6,    /**< "faiss-hnsw": FAISS IndexHNSWFlat, inner product (baseline) */
-	/* 7 and 8 are taken by "ann" and "episodic" */
+	POLICY_ANN = 7,           /**< "ann": query-aware graph over keys (RetrievalAttention) */
+	/* 8 is taken by "episodic" */
 	POLICY_COUNT
 };
 

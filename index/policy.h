@@ -100,6 +100,31 @@
  *   best over heads of (q_g.k - head g's best score). scanned = nlist +
  *   keys of the union of the probed lists.
  *
+ * ann (RetrievalAttention, RoarGraph's projection): a graph of at most
+ *   degree (32) out-edges per key, searched best-first from entry points.
+ *   Build: keys are clustered per chunk of chunk_tokens (8192) into about
+ *   chunk/unit_tokens (256) clusters by spherical k-means (iters, 6); a
+ *   cluster's centroid is an entry point and its member nearest the
+ *   centroid (L2) the entry key. Edge slot 0 of every key chains the
+ *   cluster's members from the entry key, each to the nearest one not yet
+ *   chained (a greedy tour), so every key is reachable from an entry. The
+ *   query edges come next: each of up to max_prefill (4096) prefill query
+ *   vectors (the group's heads counted apart; more are subsampled evenly)
+ *   finds its exact top 32 keys (FAISS, flat inner product), and every key
+ *   of such a list proposes the others as its neighbours; a key keeps at
+ *   most 16 of its proposals: the 128 most often proposed, then pruned in
+ *   order of L2 distance by the alpha-RNG rule (alpha 1.2: a candidate goes
+ *   when an accepted neighbour is nearer to it, by alpha, than the key is).
+ *   The remaining slots hold the key's nearest keys (L2) of its cluster.
+ *   Search: every entry point is scored; the entry keys of the best 16
+ *   seed a best-first beam of width ef = max(32, beam_factor * budget) over
+ *   the group score log sum_g exp(q_g.k - off_g) (off_g: head g's best
+ *   centroid score); it stops when the best unexpanded key is worse than
+ *   the beam's worst. The result is the budget best of all keys scored.
+ *   scanned = entry points + keys scored. Extend: the new tokens are
+ *   clustered and chained as in a build and the recent queries draw their
+ *   query edges over the whole segment, merged into the old ones.
+ *
  * faiss-hnsw (baseline): IndexHNSWFlat, M = 32, inner product (FAISS's own
  *   METRIC_INNER_PRODUCT), efConstruction 40, efSearch = max(budget, 16)
  *   (FAISS searches with max(efSearch, k) anyway). Group as faiss-ivf.
@@ -154,6 +179,8 @@ struct index_build_params {
 	enum index_select select; /* centroids*: [budget] or threshold */
 	float quantile;           /* threshold mode: share of calibration keys under the threshold [0.7] */
 	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [2] */
+	unsigned degree;          /* ann: out-edges per key [32] */
+	float beam_factor;        /* ann: beam width as a share of the budget [0.5] */
 };
 
 /**
@@ -241,6 +268,21 @@ struct policy_ops {
 	int (*attach_rows)(struct index *ix, const struct index_rows *src);
 	/** The attached rows in the index's order, or NULL. */
 	const struct index_rows *(*rows)(const struct index *ix);
+	/**
+	 * Optional (NULL where a policy has none; those are rebuilt): take in
+	 * the tokens appended since the build, [the index's n, keys->n), without
+	 * rebuilding, using @p q [n_q][G][d] (pre-scaled; may be NULL with n_q 0),
+	 * the group's recent queries, as a build uses prefill queries. @p keys
+	 * are the whole segment's keys, the old ones unchanged. @p p as for
+	 * build() (threads, seed; the tuning saved in the index is kept).
+	 * On failure the index is unchanged.
+	 * @return 0, -EINVAL (fewer keys than the index has, another d, G),
+	 *         -ENOMEM, -EIO (FAISS failed)
+	 */
+	int (*extend)(struct index *ix, const struct index_keys *keys, const float *q, uint64_t n_q, unsigned G,
+		      const struct index_build_params *p);
+	/** Tokens the index covers (its n). */
+	uint64_t (*tokens)(const struct index *ix);
 };
 
 /** The ops of @p policy (enum index_policy), or NULL (exact has none). */
@@ -254,5 +296,20 @@ const struct policy_ops *policy_ops_get(uint32_t policy);
  *         is not a quest index, -ENOMEM
  */
 int64_t index_quest_bounds(const struct index *ix, const float *q, float *U, uint64_t cap);
+
+/** ann only, for tests and tools: the graph as the index holds it. */
+#define INDEX_ANN_NONE UINT32_MAX  /* an empty edge slot */
+struct index_ann_graph {
+	uint64_t n;
+	unsigned degree;
+	const uint32_t *nbr;      /* [n][degree]: slot 0 the chain, then qdeg[t] query edges, then cluster neighbours */
+	const uint8_t *qdeg;      /* [n] */
+	uint32_t n_entries;
+	const uint32_t *entries;  /* [n_entries] entry keys */
+	uint64_t queries;         /* query vectors the edges were drawn from */
+};
+
+/** Fill @p g from an ann index. @return 0, or -EINVAL when @p ix is not one. */
+int index_ann_graph(const struct index *ix, struct index_ann_graph *g);
 
 #endif

@@ -10,6 +10,7 @@ extern const struct policy_ops centroids_policy_ops;
 extern const struct policy_ops centroids2_policy_ops;
 extern const struct policy_ops faiss_ivf_policy_ops;
 extern const struct policy_ops faiss_hnsw_policy_ops;
+extern const struct policy_ops ann_policy_ops;
 
 #define POLICY(id, str, methods)                                                          \
 	[id] = &(const struct index_ops){ .version = INDEX_OPS_VERSION, .name = str, .policy = id, \
@@ -23,6 +24,7 @@ static const struct index_ops *const policies[POLICY_COUNT] = {
 	POLICY(POLICY_CENTROIDS2, "centroids2", &centroids2_policy_ops),
 	POLICY(POLICY_FAISS_IVF, "faiss-ivf", &faiss_ivf_policy_ops),
 	POLICY(POLICY_FAISS_HNSW, "faiss-hnsw", &faiss_hnsw_policy_ops),
+	POLICY(POLICY_ANN, "ann", &ann_policy_ops),
 };
 
 const struct index_ops *index_ops_get(uint32_t policy)
