@@ -33,6 +33,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <stdio.h>
+#include <time.h>
 
 #include "ix.h"
 
@@ -49,6 +52,7 @@
 #define ANN_POOL 128              /* most proposals a key prunes */
 #define ANN_ALPHA2 (1.2f * 1.2f)  /* alpha-RNG, on squared distances */
 #define ANN_SEEDS 16
+#define ANN_WIDTH 4               /* candidates expanded together */
 #define ANN_MIN_EF 32
 #define ANN_BEAM 0.5f
 #define ANN_MAX_CLUSTER 1024      /* bigger k-means clusters are split (Gram matrix size) */
@@ -65,6 +69,8 @@ struct ann {
 	uint32_t n_ent;
 	float *cent;              /* [n_ent][d] */
 	uint32_t *entry;          /* [n_ent] */
+	uint16_t *kb;             /* [n][d] the keys in bf16, what search scores (NULL: the caller's keys) */
+	size_t kb_bytes;
 };
 
 static const struct ann *to_ann(const struct index *ix)
@@ -82,7 +88,30 @@ static void ann_free(struct index *ix)
 	free(a->qdeg);
 	free(a->cent);
 	free(a->entry);
+	if (a->kb)
+		munmap(a->kb, a->kb_bytes);
 	free(a);
+}
+
+/*
+ * The search's own copy of the keys: bf16 halves the memory a beam reads at
+ * random (4 cache lines a key at d = 128, exact for keys stored as bf16),
+ * and huge pages spare it a TLB miss per key.
+ */
+static int keys_copy(struct ann *a, const float *k)
+{
+	size_t bytes = (size_t)a->n * a->d * sizeof(uint16_t);
+	uint16_t *kb = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (kb == MAP_FAILED)
+		return -ENOMEM;
+	madvise(kb, bytes, MADV_HUGEPAGE);
+	for (size_t i = 0; i < (size_t)a->n * a->d; i++)
+		kb[i] = ix_f32_bf16(k[i]);
+	if (a->kb)
+		munmap(a->kb, a->kb_bytes);
+	a->kb = kb;
+	a->kb_bytes = bytes;
+	return 0;
 }
 
 static inline float sqdist(const float *x, const float *y, unsigned d)
@@ -564,7 +593,7 @@ static int ann_build(const struct index_keys *keys, const struct index_build_par
 		goto fail;
 	rc = link_queries(a, keys->k, qr, rows, threads);
 	free(qr);
-	if (rc)
+	if (rc || (rc = keys_copy(a, keys->k)))
 		goto fail;
 	*out = &a->base;
 	return 0;
@@ -585,6 +614,7 @@ static int ann_extend(struct index *ix, const struct index_keys *keys, const flo
 	/* work on a copy of the edges, so that a failure leaves the index as it was */
 	struct ann b = *a;
 	b.n = keys->n;
+	b.kb = NULL;
 	b.nbr = malloc(b.n * b.R * sizeof(uint32_t));
 	b.qdeg = malloc(b.n);
 	b.cent = malloc((size_t)a->n_ent * a->d * sizeof(float) + 1);
@@ -606,8 +636,10 @@ static int ann_extend(struct index *ix, const struct index_keys *keys, const flo
 		goto fail;
 	rc = link_queries(&b, keys->k, qr, rows, threads);
 	free(qr);
-	if (rc)
+	if (rc || (rc = keys_copy(&b, keys->k)))
 		goto fail;
+	if (a->kb)
+		munmap(a->kb, a->kb_bytes);
 	free(a->nbr);
 	free(a->qdeg);
 	free(a->cent);
@@ -615,6 +647,8 @@ static int ann_extend(struct index *ix, const struct index_keys *keys, const flo
 	*a = b;
 	return 0;
 fail:
+	if (b.kb)
+		munmap(b.kb, b.kb_bytes);
 	free(b.nbr);
 	free(b.qdeg);
 	free(b.cent);
@@ -663,22 +697,18 @@ static struct ix_item heap_pop(struct ix_item *h, size_t *n, int max)
 	return top;
 }
 
-/* log sum_g exp(s_g - off_g); NaN becomes -inf so that ordering stays total. */
+/*
+ * A key's group score: the best over heads of q_g.k - off_g, so that the
+ * budget best are the union of each head's best (no exponential per key;
+ * NaN becomes -inf so that ordering stays total).
+ */
 static inline float group_score(const float *s, const float *off, unsigned G)
 {
-	if (G == 1)
-		return isnan(s[0]) ? -INFINITY : s[0] - off[0];
 	float m = -INFINITY;
 	for (unsigned g = 0; g < G; g++)
 		if (s[g] - off[g] > m)
 			m = s[g] - off[g];
-	if (!(m > -INFINITY))
-		return -INFINITY;
-	float acc = 0;
-	for (unsigned g = 0; g < G; g++)
-		acc += expf(s[g] - off[g] - m);
-	float r = m + logf(acc);
-	return isnan(r) ? -INFINITY : r;
+	return m;
 }
 
 static int ann_search(const struct index *ix, const struct index_keys *keys, const float *q, unsigned G,
@@ -687,10 +717,12 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 	const struct ann *a = to_ann(ix);
 	if (!a)
 		return -EINVAL;
-	int rc = ix_search_prologue(a->n, a->d, keys, 1, q, G, budget, res);
+	int rc = ix_search_prologue(a->n, a->d, keys, !a->kb, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const uint64_t n = a->n;
+	const uint16_t *kb = a->kb;
+	const size_t row_bytes = kb ? (size_t)a->d * 2 : (size_t)a->d * 4;
 	const unsigned d = a->d, R = a->R;
 	uint64_t ef = (uint64_t)ceil((double)a->beam * (double)budget);
 	if (ef < ANN_MIN_EF)
@@ -748,7 +780,10 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 		if (ix_bit_get(seen, id))
 			continue;
 		ix_bit_set(seen, id);
-		ix_dots(keys->k + (uint64_t)id * d, 1, 0, q, G, d, sc);
+		if (kb)
+			ix_dots_bf16(kb + (uint64_t)id * d, q, G, d, sc);
+		else
+			ix_dots(keys->k + (uint64_t)id * d, 1, 0, q, G, d, sc);
 		struct ix_item it = { .score = group_score(sc, off, G), .id = id };
 		scanned[n_sc++] = it;
 		heap_push(cand, &n_c, it, 1);
@@ -756,25 +791,38 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 		if (n_b > ef)
 			heap_pop(beam, &n_b, 0);
 	}
-	/* best first */
-	uint32_t fresh[ANN_MAX_DEGREE];
+	/* best first, ANN_WIDTH candidates at a time so that their keys load together */
+	uint32_t fresh[ANN_WIDTH * ANN_MAX_DEGREE];
 	while (n_c) {
-		struct ix_item c = heap_pop(cand, &n_c, 1);
-		if (n_b >= ef && c.score < beam[0].score)
-			break;
-		const uint32_t *row = a->nbr + (uint64_t)c.id * R;
-		unsigned nf = 0;
-		for (unsigned s = 0; s < R; s++) {
-			uint32_t u = row[s];
-			if (u == ANN_NONE || ix_bit_get(seen, u))
-				continue;
-			ix_bit_set(seen, u);
-			fresh[nf++] = u;
-			__builtin_prefetch(keys->k + (uint64_t)u * d);
-			__builtin_prefetch(keys->k + (uint64_t)u * d + 16);
+		unsigned nf = 0, popped = 0;
+		while (n_c && popped < ANN_WIDTH) {
+			if (n_b >= ef && cand[0].score < beam[0].score)
+				break;
+			struct ix_item c = heap_pop(cand, &n_c, 1);
+			popped++;
+			const uint32_t *row = a->nbr + (uint64_t)c.id * R;
+			for (unsigned s = 0; s < R; s++) {
+				uint32_t u = row[s];
+				if (u == ANN_NONE || ix_bit_get(seen, u))
+					continue;
+				ix_bit_set(seen, u);
+				fresh[nf++] = u;
+				const char *kr = kb ? (const char *)(kb + (uint64_t)u * d)
+						    : (const char *)(keys->k + (uint64_t)u * d);
+				for (size_t b = 0; b < row_bytes; b += 64)
+					__builtin_prefetch(kr + b);
+			}
 		}
+		if (!popped)
+			break;
+		/* the next candidates' edges, while these keys are scored */
+		for (size_t i = 0; i < n_c && i < 2 * ANN_WIDTH; i++)
+			__builtin_prefetch(a->nbr + (uint64_t)cand[i].id * R);
 		for (unsigned f = 0; f < nf; f++) {
-			ix_dots(keys->k + (uint64_t)fresh[f] * d, 1, 0, q, G, d, ns);
+			if (kb)
+				ix_dots_bf16(kb + (uint64_t)fresh[f] * d, q, G, d, ns);
+			else
+				ix_dots(keys->k + (uint64_t)fresh[f] * d, 1, 0, q, G, d, ns);
 			struct ix_item it = { .score = group_score(ns, off, G), .id = fresh[f] };
 			scanned[n_sc++] = it;
 			if (n_b < ef || it.score > beam[0].score) {
@@ -873,6 +921,8 @@ static int ann_load(const uint8_t *buf, size_t len, const struct index_keys *key
 	if ((rc = ix_rd_f32s(&r, (size_t)a->n_ent * a->d, &a->cent)) ||
 	    (rc = ix_rd_u32s(&r, a->n_ent, a->n, &a->entry)) || (rc = ix_rd_end(&r)))
 		goto fail;
+	if (keys && (rc = keys_copy(a, keys->k)))
+		goto fail;
 	*out = &a->base;
 	return 0;
 fail:
@@ -885,7 +935,8 @@ static size_t ann_memory(const struct index *ix)
 	const struct ann *a = to_ann(ix);
 	if (!a)
 		return 0;
-	return sizeof(*a) + a->n * (a->R * sizeof(uint32_t) + 1) + (size_t)a->n_ent * (a->d + 1) * sizeof(float);
+	return sizeof(*a) + a->n * (a->R * sizeof(uint32_t) + 1) + (size_t)a->n_ent * (a->d + 1) * sizeof(float) +
+	       (a->kb ? a->kb_bytes : 0);
 }
 
 static uint64_t ann_tokens(const struct index *ix)
@@ -916,5 +967,13 @@ int index_ann_graph(const struct index *ix, struct index_ann_graph *g)
 		return -EINVAL;
 	*g = (struct index_ann_graph){ .n = a->n, .degree = a->R, .nbr = a->nbr, .qdeg = a->qdeg,
 				       .n_entries = a->n_ent, .entries = a->entry, .queries = a->queries };
+	return 0;
+}
+
+int index_ann_set_beam(struct index *ix, float beam_factor)
+{
+	if (!to_ann(ix) || !(beam_factor > 0 && beam_factor <= 1e6f))
+		return -EINVAL;
+	((struct ann *)ix)->beam = beam_factor;
 	return 0;
 }

@@ -146,6 +146,19 @@ void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out);
  */
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
 
+/** The same for one bf16 row (the top 16 bits of an fp32): out[g] = row . q[g]. */
+void ix_dots_bf16(const uint16_t *row, const float *q, unsigned G, unsigned d, float *out);
+
+/** fp32 to bf16, rounded to nearest even (NaN stays NaN); exact for values that came from bf16. */
+static inline uint16_t ix_f32_bf16(float x)
+{
+	uint32_t u;
+	__builtin_memcpy(&u, &x, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40);
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
 /* ---- selection ---------------------------------------------------------- */
 
 struct ix_item {

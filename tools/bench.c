@@ -741,6 +741,10 @@ static void usage(FILE *f)
 		"                    (default 0.01,0.02,0.05)\n"
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
+		"  --beam-factor X   retrieval: ann's beam width as a share of the budget\n"
+		"                    (default 0.5)\n"
+		"  --index-dir DIR   retrieval: save built indexes in DIR and load them on\n"
+		"                    later runs (keyed by trace, policy, head, layer, tokens)\n"
 		"  --heads N         retrieval: KV heads to measure (default: all)\n"
 		"  --queries N       retrieval: decode queries per head (default 16)\n"
 		"  --layer N         retrieval: the layer (default 0)\n"
@@ -808,6 +812,17 @@ int main(int argc, char **argv)
 				fprintf(stderr, "mnemo-bench: --coarse-factor wants a number >= 1\n");
 				return 2;
 			}
+			i++;
+		} else if (!strcmp(a, "--beam-factor") && v) {
+			char *end;
+			ropt.beam_factor = strtod(v, &end);
+			if (*end || !(ropt.beam_factor > 0 && ropt.beam_factor <= 1e6)) {
+				fprintf(stderr, "mnemo-bench: --beam-factor wants a number > 0\n");
+				return 2;
+			}
+			i++;
+		} else if (!strcmp(a, "--index-dir") && v) {
+			ropt.index_dir = v;
 			i++;
 		} else if (!strcmp(a, "--heads") && v) {
 			ropt.heads = strtoull(v, NULL, 10);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bench_retrieval.h"
@@ -104,6 +105,55 @@ static void emit(const struct bench_retrieval_opts *o, const char *policy, doubl
 		       p50 > 0 ? exact_p50 / p50 : 0, build_s);
 }
 
+/* The cache file of one index: keyed by what changes it. */
+static void cache_path(char *out, size_t cap, const struct bench_retrieval_opts *o, const char *policy, uint64_t h,
+		       uint64_t N)
+{
+	const char *base = strrchr(o->trace, '/');
+	base = base ? base + 1 : o->trace;
+	snprintf(out, cap, "%s/%s-%s-l%u-h%" PRIu64 "-n%" PRIu64 "-cf%g.idx", o->index_dir, base, policy, o->layer, h, N,
+		 o->coarse_factor);
+}
+
+/* A cached index, or -ENOENT. */
+static int cache_load(const char *path, const struct policy_ops *po, const struct index_keys *keys,
+		      struct index **out)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return -ENOENT;
+	int rc = -EIO;
+	uint8_t *buf = NULL;
+	if (fseek(f, 0, SEEK_END) == 0) {
+		long len = ftell(f);
+		if (len > 0 && (buf = malloc((size_t)len)) && fseek(f, 0, SEEK_SET) == 0 &&
+		    fread(buf, 1, (size_t)len, f) == (size_t)len)
+			rc = po->load(buf, (size_t)len, keys, out);
+	}
+	free(buf);
+	fclose(f);
+	return rc;
+}
+
+static void cache_save(const char *path, const struct policy_ops *po, const struct index *ix)
+{
+	uint8_t *buf;
+	size_t len;
+	if (po->save(ix, &buf, &len))
+		return;
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "wb");
+	int ok = f && fwrite(buf, 1, len, f) == len;
+	if (f && fclose(f))
+		ok = 0;
+	if (ok && rename(tmp, path) == 0)
+		fprintf(stderr, "mnemo-bench: saved %s\n", path);
+	else
+		unlink(tmp);
+	free(buf);
+}
+
 int bench_retrieval(const struct bench_retrieval_opts *o)
 {
 	char err[512];
@@ -155,7 +205,14 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		       o->trace, N, o->layer, heads, Hkv, G, d, queries, kern->name);
 	fflush(stdout);
 
-	float *kf = malloc(N * d * sizeof(float)), *vf = malloc(N * d * sizeof(float));
+	float *kf = NULL, *vf = malloc(N * d * sizeof(float));
+	/* huge pages where the kernel leaves them to madvise: a policy reading
+	 * keys at random (ann) pays a TLB miss per key otherwise, which mnemod
+	 * avoids the same way */
+	if (posix_memalign((void **)&kf, 2u << 20, N * d * sizeof(float)))
+		kf = NULL;
+	else
+		madvise(kf, N * d * sizeof(float), MADV_HUGEPAGE);
 	float *p = malloc((size_t)G * N * sizeof(float)), *scratch = malloc(N * sizeof(float));
 	float *q = malloc((size_t)queries * G * d * sizeof(float));
 	uint64_t *ids = malloc(N * sizeof(uint64_t));
@@ -242,7 +299,19 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 			struct index_build_params bp = { .seed = 1, .prefill_q = pq, .n_prefill = P, .group = G,
 							 .v = vf, .coarse_factor = (float)o->coarse_factor };
 			double t0 = now_s();
-			rc = pols[pi]->build(&keys, &bp, &ixs[pi]);
+			char path[4096];
+			if (o->index_dir)
+				cache_path(path, sizeof(path), o, pols[pi]->name, h, N);
+			if (!o->index_dir || cache_load(path, pols[pi], &keys, &ixs[pi]) != 0) {
+				rc = pols[pi]->build(&keys, &bp, &ixs[pi]);
+				if (!rc && o->index_dir)
+					cache_save(path, pols[pi], ixs[pi]);
+			} else if (!o->json) {
+				printf("%s head %" PRIu64 ": loaded from %s (build_s counts the load)\n", pols[pi]->name, h,
+				       path);
+			}
+			if (!rc && o->beam_factor > 0)
+				index_ann_set_beam(ixs[pi], (float)o->beam_factor);
 			/* policies that group rows their own way get them, as mnemod does */
 			if (!rc && pols[pi]->attach_rows) {
 				struct index_rows ir = { .k = kraw, .v = vraw, .stride = d * es, .dtype = dt };

@@ -13,6 +13,8 @@ struct bench_retrieval_opts {
 	double budgets[16];            /* < 1: a fraction of the tokens; >= 1: a token count */
 	unsigned n_budgets;
 	double coarse_factor;          /* centroids2 tuning; 0: the policy's default */
+	double beam_factor;            /* ann tuning, set after build or load; 0: the index's own */
+	const char *index_dir;         /* built indexes saved here and loaded on the next run; NULL: none */
 };
 
 /** Run the suite; 0, or a negative errno after a message on stderr. */
