@@ -711,6 +711,25 @@ static inline float group_score(const float *s, const float *off, unsigned G)
 	return m;
 }
 
+/*
+ * q_g . key for the group: from the index's bf16 copy, or (an index loaded
+ * without keys) from the caller's keys rounded the same way, so that both
+ * give the same results.
+ */
+static inline void score_key(const struct ann *a, const struct index_keys *keys, uint32_t id, const float *q,
+			     unsigned G, uint16_t *rowb, float *out)
+{
+	const unsigned d = a->d;
+	if (a->kb) {
+		ix_dots_bf16(a->kb + (uint64_t)id * d, q, G, d, out);
+		return;
+	}
+	const float *k = keys->k + (uint64_t)id * d;
+	for (unsigned j = 0; j < d; j++)
+		rowb[j] = ix_f32_bf16(k[j]);
+	ix_dots_bf16(rowb, q, G, d, out);
+}
+
 static int ann_search(const struct index *ix, const struct index_keys *keys, const float *q, unsigned G,
 		      uint64_t budget, struct index_result *res)
 {
@@ -733,7 +752,7 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 	size_t bytes = ix_align(words * 8) * 2 + ix_align((size_t)a->n_ent * G * sizeof(float)) +
 		       ix_align((size_t)a->n_ent * sizeof(struct ix_item)) + ix_align(n * sizeof(struct ix_item)) * 2 +
 		       ix_align((ef + 1) * sizeof(struct ix_item)) + ix_align((size_t)G * sizeof(float)) * 2 +
-		       ix_align((size_t)R * (G + 1) * sizeof(float));
+		       ix_align((size_t)R * (G + 1) * sizeof(float)) + ix_align((size_t)d * sizeof(uint16_t));
 	uint8_t *m = ix_scratch(bytes);
 	if (!m)
 		return -ENOMEM;
@@ -756,6 +775,8 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 	float *sc = (float *)m;
 	m += ix_align((size_t)G * sizeof(float));
 	float *ns = (float *)m;
+	m += ix_align((size_t)R * (G + 1) * sizeof(float));
+	uint16_t *rowb = (uint16_t *)m;
 	memset(seen, 0, words * 8);
 	memset(bits, 0, words * 8);
 
@@ -780,10 +801,7 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 		if (ix_bit_get(seen, id))
 			continue;
 		ix_bit_set(seen, id);
-		if (kb)
-			ix_dots_bf16(kb + (uint64_t)id * d, q, G, d, sc);
-		else
-			ix_dots(keys->k + (uint64_t)id * d, 1, 0, q, G, d, sc);
+		score_key(a, keys, id, q, G, rowb, sc);
 		struct ix_item it = { .score = group_score(sc, off, G), .id = id };
 		scanned[n_sc++] = it;
 		heap_push(cand, &n_c, it, 1);
@@ -819,10 +837,7 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 		for (size_t i = 0; i < n_c && i < 2 * ANN_WIDTH; i++)
 			__builtin_prefetch(a->nbr + (uint64_t)cand[i].id * R);
 		for (unsigned f = 0; f < nf; f++) {
-			if (kb)
-				ix_dots_bf16(kb + (uint64_t)fresh[f] * d, q, G, d, ns);
-			else
-				ix_dots(keys->k + (uint64_t)fresh[f] * d, 1, 0, q, G, d, ns);
+			score_key(a, keys, fresh[f], q, G, rowb, ns);
 			struct ix_item it = { .score = group_score(ns, off, G), .id = fresh[f] };
 			scanned[n_sc++] = it;
 			if (n_b < ef || it.score > beam[0].score) {
