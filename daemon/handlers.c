@@ -204,6 +204,9 @@ static int h_index(struct request *r)
 			req_error(r, rc, "layer %u holds no tokens to index", l - 1);
 		else if (rc == -EBADMSG)
 			req_error(r, rc, "data-integrity error in layer %u: a block failed its checksum", l - 1);
+		else if (rc == -ENOTSUP)
+			req_error(r, rc, "policy %u builds its index from prefill queries, which mnemod cannot receive yet",
+				  m.policy);
 		else if (rc)
 			req_error(r, rc, "indexing layer %u: %s", l - 1, strerror(-rc));
 		else {
@@ -340,6 +343,11 @@ static int h_attend(struct request *r)
 			  "it is marked bad and never served", (unsigned long long)kv_ctx_id(c), m.layer,
 			  res.err_head, (unsigned long long)res.err_block);
 		log_err("store", "%s", r->err);
+		goto out;
+	}
+	if (rc == -ENOTSUP) {
+		req_error(r, rc, "policy %u builds its index from prefill queries, which mnemod cannot receive yet",
+			  m.policy);
 		goto out;
 	}
 	if (rc) {

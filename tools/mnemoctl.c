@@ -141,7 +141,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	static const char *const policies[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
-						"faiss-hnsw" };
+						"faiss-hnsw", "ann" };
 	unsigned policy = 0;
 	if (!strcmp(cmd, "index")) {
 		for (unsigned p = 1; arg2 && p < sizeof(policies) / sizeof(policies[0]); p++)

@@ -45,6 +45,8 @@ enum mnemo_policy {
 	MNEMO_POLICY_CENTROIDS2 = 4, /**< hierarchical clusters */
 	MNEMO_POLICY_FAISS_IVF = 5,  /**< off-the-shelf ANNS baseline */
 	MNEMO_POLICY_FAISS_HNSW = 6, /**< off-the-shelf ANNS baseline */
+	MNEMO_POLICY_ANN = 7,        /**< RetrievalAttention's query-aware graph; needs prefill
+				      *   queries, which the protocol cannot carry yet: -ENOTSUP */
 };
 
 /** A model's KV shape. */

@@ -826,6 +826,9 @@ int main(int argc, char **argv)
 		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, L, 0, &ii) == -EINVAL, "INDEX past the layers accepted");
 		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, 1, 2, &ii) == -EINVAL, "INDEX of too many layers accepted");
 		CHECK(mnemo_index(c, 12345, MNEMO_POLICY_QUEST, 0, 0, &ii) == -ENOENT, "INDEX of no context");
+		/* ann without prefill queries: refused, not a keys-only graph */
+		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ii) == -ENOTSUP &&
+		      strstr(mnemo_last_error(c), "prefill queries"), "INDEX ann: %s", mnemo_last_error(c));
 	}
 	{
 		struct mnemo_context_info *list;
