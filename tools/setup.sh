@@ -34,7 +34,7 @@ PACKAGES=(
 	build-essential meson ninja-build pkg-config
 	libuv1-dev liburing-dev liblmdb-dev libxxhash-dev libjson-c-dev
 	libfaiss-dev libblas-dev liblapack-dev
-	dpkg-dev fio python3-numpy gnuplot-nox hyperfine
+	dpkg-dev fio python3-numpy gnuplot-nox jq hyperfine
 	clang libclang-rt-14-dev
 )
 # Any one OpenBLAS flavour will do; the OpenMP one is installed when none is,
