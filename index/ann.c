@@ -54,7 +54,7 @@
 #define ANN_SEEDS 16
 #define ANN_WIDTH 4               /* candidates expanded together */
 #define ANN_MIN_EF 32
-#define ANN_BEAM 0.5f
+#define ANN_BEAM 1.0f
 #define ANN_MAX_CLUSTER 1024      /* bigger k-means clusters are split (Gram matrix size) */
 #define ANN_NONE INDEX_ANN_NONE
 

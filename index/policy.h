@@ -185,7 +185,7 @@ struct index_build_params {
 	float quantile;           /* threshold mode: share of calibration keys under the threshold [0.7] */
 	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [2] */
 	unsigned degree;          /* ann: out-edges per key [32] */
-	float beam_factor;        /* ann: beam width as a share of the budget [0.5] */
+	float beam_factor;        /* ann: beam width as a share of the budget [1] */
 };
 
 /**

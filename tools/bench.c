@@ -742,7 +742,7 @@ static void usage(FILE *f)
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
 		"  --beam-factor X   retrieval: ann's beam width as a share of the budget\n"
-		"                    (default 0.5)\n"
+		"                    (default 1)\n"
 		"  --index-dir DIR   retrieval: save built indexes in DIR and load them on\n"
 		"                    later runs (keyed by trace, policy, head, layer, tokens)\n"
 		"  --heads N         retrieval: KV heads to measure (default: all)\n"
