@@ -122,11 +122,31 @@ static int cmp_desc(const void *a, const void *b)
 	return x > y ? -1 : x < y;
 }
 
+/*
+ * Hits of @p tokens among the @p top best keys of @p x [n][d] for query @p q,
+ * scored here in double: the reference the index is held to.
+ */
+static unsigned top_hits(const float *q, const float *x, uint64_t n, unsigned d, const uint64_t *tokens,
+			 uint64_t cnt, unsigned top)
+{
+	static float s[N], srt[N];
+	for (uint64_t i = 0; i < n; i++) {
+		double a = 0;
+		for (unsigned j = 0; j < d; j++)
+			a += (double)q[j] * x[i * d + j];
+		s[i] = srt[i] = (float)a;
+	}
+	qsort(srt, n, sizeof(float), cmp_desc);
+	unsigned h = 0;
+	for (uint64_t i = 0; i < cnt; i++)
+		h += s[tokens[i]] >= srt[top - 1];
+	return h;
+}
+
 /* Mean top-100 recall of queries [t0, t1) per head, scored here; scanned share into *scan. */
 static double recall(const struct policy_ops *po, const struct index *ix, uint64_t n, unsigned t0, unsigned t1,
 		     uint64_t budget, double *scan)
 {
-	static float s[N], srt[N];
 	double hit = 0, scanned = 0;
 	unsigned cnt = 0;
 	const struct index_keys k = { .k = keys, .n = n, .d = D };
@@ -136,18 +156,7 @@ static double recall(const struct policy_ops *po, const struct index *ix, uint64
 		CHECK(rc == 0 && r.n_tokens <= budget, "search %d", rc);
 		scanned += (double)r.scanned / (double)n;
 		for (unsigned g = 0; g < G; g++) {
-			const float *q = qd + ((size_t)t * G + g) * D;
-			for (uint64_t i = 0; i < n; i++) {
-				double a = 0;
-				for (unsigned j = 0; j < D; j++)
-					a += (double)q[j] * keys[i * D + j];
-				s[i] = srt[i] = (float)a;
-			}
-			qsort(srt, n, sizeof(float), cmp_desc);
-			float thr = srt[TOP - 1];
-			unsigned h = 0;
-			for (uint64_t i = 0; i < r.n_tokens; i++)
-				h += s[toks[i]] >= thr;
+			unsigned h = top_hits(qd + ((size_t)t * G + g) * D, keys, n, D, toks, r.n_tokens, TOP);
 			hit += (double)(h < TOP ? h : TOP) / TOP;
 			cnt++;
 		}
@@ -173,7 +182,7 @@ static int same_results(const struct policy_ops *po, const struct index *a, cons
 static void whole_beam(const struct policy_ops *po)
 {
 	enum { n = 300, d = 16, k = 10 };
-	static float x[n * d], q[d], s[n], srt[n];
+	static float x[n * d], q[d];
 	uint64_t seed = check_seed();
 	/* keys that bf16 holds exactly: the index scores its bf16 copy of them */
 	for (unsigned i = 0; i < n * d; i++) {
@@ -196,16 +205,7 @@ static void whole_beam(const struct policy_ops *po)
 	CHECK(index_ann_set_beam(ix, 1e6f) == 0, "beam");
 	struct index_result r = { .tokens = toks };
 	CHECK(po->search(ix, NULL, q, 1, k, &r) == 0 && r.n_tokens == k, "tiny search");
-	for (unsigned i = 0; i < n; i++) {
-		double a = 0;
-		for (unsigned j = 0; j < d; j++)
-			a += (double)q[j] * x[i * d + j];
-		s[i] = srt[i] = (float)a;
-	}
-	qsort(srt, n, sizeof(float), cmp_desc);
-	unsigned in = 0;
-	for (unsigned i = 0; i < r.n_tokens; i++)
-		in += s[toks[i]] >= srt[k - 1];
+	unsigned in = top_hits(q, x, n, d, toks, r.n_tokens, k);
 	struct index_ann_graph g;
 	index_ann_graph(ix, &g);
 	CHECK(in == k && r.scanned == g.n_entries + n, "whole beam: %u of the top %u, scanned %llu of %u + %u", in, k,
