@@ -244,17 +244,7 @@ static int cluster_chunk(void *ctx, size_t item, unsigned worker)
 	for (uint32_t i = 0; i < len; i++)
 		for (unsigned t = 0; t < d; t++)
 			mu[t] += k[(t0 + i) * d + t] / (float)len;
-	for (uint32_t i = 0; i < len; i++) {
-		double s = 0;
-		for (unsigned t = 0; t < d; t++) {
-			float v = k[(t0 + i) * d + t] - mu[t];
-			xn[(size_t)i * d + t] = v;
-			s += (double)v * v;
-		}
-		float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0;
-		for (unsigned t = 0; t < d; t++)
-			xn[(size_t)i * d + t] *= inv;
-	}
+	ix_centre_normalise(k + t0 * d, len, d, mu, xn);
 	if (want > 1) {
 		rc = ix_kmeans_ip(xn, len, d, want, a->iters, j->seed + (uint32_t)item, 0, j->omp_threads, c, assign);
 		if (rc)

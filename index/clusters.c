@@ -58,22 +58,6 @@ static uint32_t clamp_k(double want, uint32_t max)
 	return k ? k : 1;
 }
 
-/* (x - mu) / |x - mu| for @p n rows; a row equal to mu stays zero. */
-static void centre_normalise(const float *x, size_t n, unsigned d, const float *mu, float *out)
-{
-	for (size_t i = 0; i < n; i++) {
-		double s = 0;
-		for (unsigned j = 0; j < d; j++) {
-			float c = x[i * d + j] - mu[j];
-			out[i * d + j] = c;
-			s += (double)c * c;
-		}
-		float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0;
-		for (unsigned j = 0; j < d; j++)
-			out[i * d + j] *= inv;
-	}
-}
-
 /* Cluster @p n rows of @p x into about @p want clusters; labels into @p assign. */
 static int cluster_rows(const float *x, size_t n, unsigned d, uint32_t k, unsigned iters, uint32_t seed,
 			unsigned threads, uint32_t *assign)
@@ -117,7 +101,7 @@ static int chunk_job(void *ctx, size_t item, unsigned worker)
 			mu[i] += k[(size_t)t * d + i];
 	for (unsigned i = 0; i < d; i++)
 		mu[i] /= (float)len;
-	centre_normalise(k, len, d, mu, x);
+	ix_centre_normalise(k, len, d, mu, x);
 	if ((rc = cluster_rows(x, len, d, k0, cl->iters, j->seed + (uint32_t)item * 7919u, j->omp_threads, assign)))
 		goto out;
 	/* drop empty clusters */
@@ -168,7 +152,7 @@ static int chunk_job(void *ctx, size_t item, unsigned worker)
 			free(ccnt0);
 			goto out;
 		}
-		centre_normalise(o->cent, kf, d, mu, xc);
+		ix_centre_normalise(o->cent, kf, d, mu, xc);
 		rc = cluster_rows(xc, kf, d, kc0, cl->iters, j->seed + (uint32_t)item * 7919u + 1, j->omp_threads,
 				  fassign);
 		if (rc) {

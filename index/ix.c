@@ -614,6 +614,21 @@ static int have_avx2_fma(void)
 }
 #endif
 
+void ix_centre_normalise(const float *x, size_t n, unsigned d, const float *mu, float *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		double s = 0;
+		for (unsigned j = 0; j < d; j++) {
+			float c = x[i * d + j] - mu[j];
+			out[i * d + j] = c;
+			s += (double)c * c;
+		}
+		float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0;
+		for (unsigned j = 0; j < d; j++)
+			out[i * d + j] *= inv;
+	}
+}
+
 void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out)
 {
 	if (dtype == IX_ROW_F32) {

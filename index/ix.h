@@ -128,6 +128,9 @@ static inline size_t ix_align(size_t n)
 
 float ix_dot(const float *a, const float *b, unsigned d);
 
+/** out = (x - mu) / |x - mu| for @p n rows of @p d (a row equal to mu stays zero). */
+void ix_centre_normalise(const float *x, size_t n, unsigned d, const float *mu, float *out);
+
 /** Row element types of struct index_rows (the values of enum kv_dtype). */
 enum { IX_ROW_F32 = 0, IX_ROW_F16 = 1, IX_ROW_BF16 = 2 };
 
