@@ -205,7 +205,7 @@ static int h_index(struct request *r)
 		else if (rc == -EBADMSG)
 			req_error(r, rc, "data-integrity error in layer %u: a block failed its checksum", l - 1);
 		else if (rc == -ENOTSUP)
-			req_error(r, rc, "policy %u builds its index from prefill queries, which mnemod cannot receive yet",
+			req_error(r, rc, "policy %u builds its index from prefill queries: send the layer's with QUERIES first",
 				  m.policy);
 		else if (rc)
 			req_error(r, rc, "indexing layer %u: %s", l - 1, strerror(-rc));
@@ -246,6 +246,39 @@ static int h_tokens(struct request *r)
 	else
 		msg_tokens_rep_encode(&r->out, &rep);
 	free(ids);
+	kv_ctx_put(c);
+	return rc;
+}
+
+static int h_queries(struct request *r)
+{
+	struct msg_queries_req m;
+	int rc = msg_queries_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, WRITE, &c)))
+		return rc;
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const size_t nf = (size_t)g->n_q_heads * m.n_positions * g->head_dim;
+	float *q = NULL;
+	if (m.layer >= g->n_layers) {
+		rc = req_error(r, -EINVAL, "layer %u of a %u-layer context", m.layer, g->n_layers);
+	} else if (m.q_len != nf * 4) {
+		rc = req_error(r, -EINVAL, "queries are %zu bytes; %u positions need %zu (n_q_heads x positions x head_dim f32)",
+			       m.q_len, m.n_positions, nf * 4);
+	} else if (!(q = malloc(nf * sizeof(float)))) {
+		rc = req_error(r, -ENOMEM, "out of memory");
+	} else {
+		proto_f32_from_wire(q, m.q, nf);
+		struct msg_queries_rep rep;
+		rc = attend_policy_queries(c, m.layer, m.n_positions, q, &rep.kept, &rep.seen);
+		if (rc)
+			req_error(r, rc, "prefill queries of layer %u: %s", m.layer, strerror(-rc));
+		else
+			msg_queries_rep_encode(&r->out, &rep);
+	}
+	free(q);
 	kv_ctx_put(c);
 	return rc;
 }
@@ -346,7 +379,7 @@ static int h_attend(struct request *r)
 		goto out;
 	}
 	if (rc == -ENOTSUP) {
-		req_error(r, rc, "policy %u builds its index from prefill queries, which mnemod cannot receive yet",
+		req_error(r, rc, "policy %u builds its index from prefill queries: send the layer's with QUERIES first",
 			  m.policy);
 		goto out;
 	}
@@ -623,4 +656,5 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_TOKENS] = { "TOKENS", h_tokens, false },
 	[OP_LOOKUP] = { "LOOKUP", h_lookup, false },
 	[OP_SHARE] = { "SHARE", h_share, false },
+	[OP_QUERIES] = { "QUERIES", h_queries, false },
 };

@@ -783,7 +783,8 @@ static int ann_search(const struct index *ix, const struct index_keys *keys, con
 			off[g] = 0;
 	for (uint32_t e = 0; e < a->n_ent; e++)
 		eit[e] = (struct ix_item){ .score = group_score(es + (size_t)e * G, off, G), .id = a->entry[e] };
-	size_t seeds = a->n_ent < ANN_SEEDS ? a->n_ent : ANN_SEEDS;
+	/* a beam as wide as the segment starts from every entry: each key is chained from one */
+	size_t seeds = ef >= n || a->n_ent < ANN_SEEDS ? a->n_ent : ANN_SEEDS;
 	ix_top(eit, a->n_ent, seeds);
 	size_t n_sc = 0, n_c = 0, n_b = 0;
 	for (size_t i = 0; i < seeds; i++) {
@@ -961,6 +962,7 @@ const struct policy_ops ann_policy_ops = {
 	.memory = ann_memory,
 	.extend = ann_extend,
 	.tokens = ann_tokens,
+	.keeps_keys = 1,
 };
 
 /* ---- for tests ------------------------------------------------------------------ */

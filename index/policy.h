@@ -117,8 +117,9 @@
  *   when an accepted neighbour is nearer to it, by alpha, than the key is).
  *   The remaining slots hold the key's nearest keys (L2) of its cluster.
  *   Search: every entry point is scored; the entry keys of the best 16
- *   seed a best-first beam of width ef = max(32, beam_factor * budget) over
- *   the group score max_g (q_g.k - off_g) (off_g: head g's best centroid
+ *   (of all when the beam is as wide as the segment, so that it reaches
+ *   every key and returns the exact top budget) seed a best-first beam
+ *   of width ef = max(32, beam_factor * budget) over the group score max_g (q_g.k - off_g) (off_g: head g's best centroid
  *   score; the max makes the result the union of each head's best, and
  *   measured as good as log sum_g exp at 1.5x the speed), expanding 4
  *   candidates at a time so that their keys load together; it stops when
@@ -288,6 +289,12 @@ struct policy_ops {
 		      const struct index_build_params *p);
 	/** Tokens the index covers (its n). */
 	uint64_t (*tokens)(const struct index *ix);
+	/**
+	 * Nonzero when an index built, or loaded with keys, holds its own copy
+	 * of them: search() then takes keys NULL and the caller may drop its
+	 * fp32 keys (ann). extend() still wants the whole segment's keys.
+	 */
+	int keeps_keys;
 };
 
 /** The ops of @p policy (enum index_policy), or NULL (exact has none). */

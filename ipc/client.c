@@ -415,6 +415,75 @@ int mnemo_tokens(mnemo_client *c, uint64_t ctx, uint64_t salt, uint64_t token_be
 	return 0;
 }
 
+/* The query heads and head_dim of @p ctx in c->geom_*; ids are never reused, so they are remembered. */
+static int ctx_shape(mnemo_client *c, uint64_t ctx)
+{
+	if (c->geom_ctx == ctx)
+		return 0;
+	struct mnemo_context_info ci;
+	int rc = mnemo_stat(c, ctx, NULL, &ci);
+	if (rc)
+		return rc;
+	c->geom_ctx = ctx;
+	c->geom_q_heads = ci.geom.n_q_heads;
+	c->geom_head_dim = ci.geom.head_dim;
+	return 0;
+}
+
+static int queries_frame(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
+			 size_t bytes, struct msg_queries_rep *rep)
+{
+	struct msg_queries_req m = { .ctx = ctx, .layer = layer, .n_positions = n_pos };
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_queries_req_encode(&b, &m);
+	uint8_t *p;
+	uint32_t len;
+	/* f32 on the wire is little-endian, as on every host libmnemo supports */
+	int rc = call(c, OP_QUERIES, &b, q, bytes, -1, &p, &len);
+	if (rc)
+		return rc;
+	rc = msg_queries_rep_decode(p, len, rep);
+	free(p);
+	return rc ? bad_reply(c, OP_QUERIES) : 0;
+}
+
+int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
+		  struct mnemo_queries_info *info)
+{
+	if (!n_pos || !q)
+		return set_err(c, -EINVAL, "QUERIES needs at least one position");
+	int rc = ctx_shape(c, ctx);
+	if (rc)
+		return rc;
+	const size_t heads = c->geom_q_heads, d = c->geom_head_dim, row = d * sizeof(float);
+	const size_t per_frame = (c->max_frame - 64) / (heads * row);
+	if (!per_frame)
+		return set_err(c, -EMSGSIZE, "one position's queries are over the daemon's %u-byte frames", c->max_frame);
+	struct msg_queries_rep rep = { 0 };
+	if (n_pos <= per_frame) {
+		rc = queries_frame(c, ctx, layer, n_pos, q, heads * n_pos * row, &rep);
+	} else {
+		/* a frame carries [heads][chunk][d]: gather each chunk's rows */
+		float *buf = malloc(heads * per_frame * row);
+		if (!buf)
+			return set_err(c, -ENOMEM, "out of memory");
+		for (uint32_t t = 0; !rc && t < n_pos;) {
+			uint32_t k = n_pos - t < per_frame ? n_pos - t : (uint32_t)per_frame;
+			for (size_t h = 0; h < heads; h++)
+				memcpy(buf + h * k * d, q + (h * n_pos + t) * d, k * row);
+			rc = queries_frame(c, ctx, layer, k, buf, heads * k * row, &rep);
+			t += k;
+		}
+		free(buf);
+	}
+	if (!rc && info) {
+		info->kept = rep.kept;
+		info->seen = rep.seen;
+	}
+	return rc;
+}
+
 size_t mnemo_prefix_hashes(uint64_t salt, const uint32_t *ids, size_t n, uint64_t *out)
 {
 	size_t k = n / MNEMO_CHUNK_TOKENS;
@@ -553,17 +622,9 @@ int mnemo_attend_opts(mnemo_client *c, uint64_t ctx, uint32_t layer, enum mnemo_
 		      const struct mnemo_attend_opts *opts, uint64_t token_begin, uint64_t token_end,
 		      const float *q, float *o, float *lse, struct mnemo_attend_info *info)
 {
-	int rc;
-	if (c->geom_ctx != ctx) {
-		/* ids are never reused, so a context's shape can be remembered */
-		struct mnemo_context_info ci;
-		rc = mnemo_stat(c, ctx, NULL, &ci);
-		if (rc)
-			return rc;
-		c->geom_ctx = ctx;
-		c->geom_q_heads = ci.geom.n_q_heads;
-		c->geom_head_dim = ci.geom.head_dim;
-	}
+	int rc = ctx_shape(c, ctx);
+	if (rc)
+		return rc;
 	uint64_t id;
 	rc = mnemo_submit_attend_opts(c, ctx, layer, policy, opts, token_begin, token_end, q,
 				      c->geom_q_heads * c->geom_head_dim, &id);

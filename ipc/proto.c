@@ -15,6 +15,7 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_TOKENS] = "TOKENS",
 	[OP_LOOKUP] = "LOOKUP",
 	[OP_SHARE] = "SHARE",
+	[OP_QUERIES] = "QUERIES",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -669,6 +670,46 @@ int msg_tokens_rep_decode(const void *p, size_t n, struct msg_tokens_rep *m)
 	rbuf_init(&r, p, n);
 	m->tokens = rbuf_u64(&r);
 	m->chunks = rbuf_u64(&r);
+	return rbuf_end(&r);
+}
+
+void msg_queries_req_encode(struct wbuf *b, const struct msg_queries_req *m)
+{
+	wbuf_u64(b, m->ctx);
+	wbuf_u32(b, m->layer);
+	wbuf_u32(b, m->n_positions);
+	wbuf_put(b, m->q, m->q_len);
+}
+
+int msg_queries_req_decode(const void *p, size_t n, struct msg_queries_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ctx = rbuf_u64(&r);
+	m->layer = rbuf_u32(&r);
+	m->n_positions = rbuf_u32(&r);
+	if (r.err)
+		return r.err;
+	m->q_len = r.len - r.off;
+	/* the frame limit bounds q_len; its exact size needs the geometry */
+	if (!m->n_positions || !m->q_len || m->q_len % ((size_t)4 * m->n_positions))
+		return -EPROTO;
+	m->q = rbuf_bytes(&r, m->q_len);
+	return rbuf_end(&r);
+}
+
+void msg_queries_rep_encode(struct wbuf *b, const struct msg_queries_rep *m)
+{
+	wbuf_u64(b, m->kept);
+	wbuf_u64(b, m->seen);
+}
+
+int msg_queries_rep_decode(const void *p, size_t n, struct msg_queries_rep *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->kept = rbuf_u64(&r);
+	m->seen = rbuf_u64(&r);
 	return rbuf_end(&r);
 }
 

@@ -46,6 +46,7 @@ enum proto_op {
 	OP_TOKENS = 12,
 	OP_LOOKUP = 13,
 	OP_SHARE = 14,
+	OP_QUERIES = 15,
 	OP_COUNT
 };
 
@@ -203,6 +204,16 @@ struct msg_tokens_req {
 struct msg_tokens_rep {
 	uint64_t tokens, chunks;
 };
+/* Prefill queries of one layer (PROTOCOL.md, QUERIES). */
+struct msg_queries_req {
+	uint64_t ctx;
+	uint32_t layer, n_positions;
+	const uint8_t *q;       /* [n_q_heads][n_positions][head_dim] f32, borrowed */
+	size_t q_len;           /* bytes; the handler checks it against the geometry */
+};
+struct msg_queries_rep {
+	uint64_t kept, seen;    /* positions the layer keeps, and has been sent */
+};
 enum { PROTO_LOOKUP_IDS = 0, PROTO_LOOKUP_HASHES = 1 };
 struct msg_lookup_req {
 	uint64_t salt;
@@ -310,6 +321,10 @@ void msg_tokens_req_encode(struct wbuf *b, const struct msg_tokens_req *m);
 int msg_tokens_req_decode(const void *p, size_t n, struct msg_tokens_req *m);
 void msg_tokens_rep_encode(struct wbuf *b, const struct msg_tokens_rep *m);
 int msg_tokens_rep_decode(const void *p, size_t n, struct msg_tokens_rep *m);
+void msg_queries_req_encode(struct wbuf *b, const struct msg_queries_req *m);
+int msg_queries_req_decode(const void *p, size_t n, struct msg_queries_req *m);
+void msg_queries_rep_encode(struct wbuf *b, const struct msg_queries_rep *m);
+int msg_queries_rep_decode(const void *p, size_t n, struct msg_queries_rep *m);
 void msg_lookup_req_encode(struct wbuf *b, const struct msg_lookup_req *m);
 int msg_lookup_req_decode(const void *p, size_t n, struct msg_lookup_req *m);
 void msg_lookup_rep_encode(struct wbuf *b, const struct msg_lookup_rep *m);

@@ -65,6 +65,18 @@ int attend_exact(struct kv_ctx *c, const struct attend_request *req,
 int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
 		  struct attend_result *res, const struct attend_exec *ex);
 
+/**
+ * QUERIES: keep the prefill queries @p q [n_q_heads][n_pos][head_dim]
+ * (unscaled) of @p layer for the indexes built from queries (ann): an even
+ * subsample of every position sent, at most 4096 / G per layer (see
+ * qstore.h), saved with the context's side files when it has them.
+ * @param kept, seen  receive the positions kept and sent so far
+ * @return 0, -EINVAL (layer, n_pos 0), -ENOMEM, a side file's write error
+ *         (the positions are then kept in RAM but not durable)
+ */
+int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, const float *q, uint64_t *kept,
+			  uint64_t *seen);
+
 /** Where ensure-an-index found it. */
 enum index_source {
 	INDEX_PRESENT = 0,         /* already in memory */

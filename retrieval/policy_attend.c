@@ -15,6 +15,15 @@
  *
  * Side file body: magic "MNPX" u32, version u32, policy u32, reserved u32,
  * tokens covered u64, then the policy's save() blob.
+ *
+ * Policies that keep their own copy of the keys (keeps_keys: ann) drop the
+ * fp32 keys after a build or load. ann is built from the layer's prefill
+ * queries (QUERIES, kept by a qstore per layer and saved as the side file
+ * "prefill-l<layer>.q"); without any it is refused (-ENOTSUP). Each ATTEND
+ * with a policy that extends (ann) leaves the group's queries in a ring of
+ * the last RECENT_QUERIES; once EXTEND_TOKENS tokens were appended past the
+ * index, that ATTEND extends it with them instead of attending the new
+ * tokens exactly forever.
  */
 #define _GNU_SOURCE
 #include "attend.h"
@@ -28,11 +37,19 @@
 #include <string.h>
 
 #include "policy.h"
+#include "qstore.h"
 #include "sparse.h"
 
 #define PX_MAGIC 0x58504e4du /* "MNPX" */
 #define PX_VERSION 1u
 #define PX_HEADER 24u
+
+/* ann: prefill query vectors per KV head at most (the group's heads counted apart), as its build uses */
+#define PREFILL_VECTORS 4096u
+/* ann: the recent ATTEND queries of a (layer, KV head) that extend() draws edges from */
+#define RECENT_QUERIES 256u
+/* ann: tokens appended past an index before an ATTEND extends it (one clustering chunk) */
+#define EXTEND_TOKENS 8192u
 
 static _Atomic uint64_t n_builds, n_loads, n_bytes;
 
@@ -45,16 +62,23 @@ void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes)
 
 /* One index of one (policy, layer, head). */
 struct slot {
-	pthread_mutex_t mu;       /* one build at a time */
+	pthread_mutex_t mu;       /* one build or extend at a time; guards recent */
+	pthread_rwlock_t rw;      /* searches read ix, n and k under it; extend writes them */
 	struct index *ix;
 	uint64_t n;               /* tokens it covers: [0, n) */
-	float *k;                 /* the fp32 keys it was built over, unless it holds rows */
-	size_t bytes;             /* RAM the index and k hold (counted in n_bytes) */
+	float *k;                 /* the fp32 keys it was built over, unless it holds rows or keys */
+	size_t bytes;             /* RAM the index, k and recent hold (counted in n_bytes) */
+	float *recent;            /* policies with extend(): [RECENT_QUERIES][G][d], a ring of ATTEND queries */
+	uint32_t recent_n, recent_next;
 };
 
 struct ctx_indexes {
 	uint32_t L, H;
 	struct slot *slots;       /* [POLICY_COUNT][L][H] */
+	pthread_mutex_t qmu;      /* guards q, q_tried and q_bytes */
+	struct qstore **q;        /* [L] prefill queries, NULL until some arrive */
+	uint8_t *q_tried;         /* [L] the layer's side file was looked for */
+	size_t q_bytes;           /* RAM the stores hold (counted in n_bytes) */
 };
 
 static void indexes_free(void *arg)
@@ -66,9 +90,17 @@ static void indexes_free(void *arg)
 		if (x->slots[i].ix && po)
 			po->free(x->slots[i].ix);
 		free(x->slots[i].k);
+		free(x->slots[i].recent);
 		atomic_fetch_sub(&n_bytes, x->slots[i].bytes);
 		pthread_mutex_destroy(&x->slots[i].mu);
+		pthread_rwlock_destroy(&x->slots[i].rw);
 	}
+	for (uint32_t l = 0; x->q && l < x->L; l++)
+		qstore_free(x->q[l]);
+	atomic_fetch_sub(&n_bytes, x->q_bytes);
+	pthread_mutex_destroy(&x->qmu);
+	free(x->q);
+	free(x->q_tried);
 	free(x->slots);
 	free(x);
 }
@@ -86,12 +118,25 @@ static struct ctx_indexes *indexes_of(struct kv_ctx *c)
 	x->H = g->n_kv_heads;
 	size_t n = (size_t)POLICY_COUNT * x->L * x->H;
 	x->slots = calloc(n, sizeof(*x->slots));
-	if (!x->slots) {
+	x->q = calloc(x->L, sizeof(*x->q));
+	x->q_tried = calloc(x->L, 1);
+	if (!x->slots || !x->q || !x->q_tried) {
+		free(x->slots);
+		free(x->q);
+		free(x->q_tried);
 		free(x);
 		return NULL;
 	}
-	for (size_t i = 0; i < n; i++)
+	/* a waiting extend() must not starve behind a stream of searches */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	for (size_t i = 0; i < n; i++) {
 		pthread_mutex_init(&x->slots[i].mu, NULL);
+		pthread_rwlock_init(&x->slots[i].rw, &ra);
+	}
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&x->qmu, NULL);
 	struct ctx_indexes *cur = kv_ctx_aux_install(c, x, indexes_free);
 	if (cur != x)
 		indexes_free(x);
@@ -136,10 +181,10 @@ struct gather {
 static void block_f32(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, const uint8_t *v)
 {
 	const struct gather *x = arg;
-	for (size_t i = 0; i < cnt * x->d; i++) {
+	for (size_t i = 0; i < cnt * x->d; i++)
 		x->kf[t0 * x->d + i] = kv_load(x->dtype, k, i);
+	for (size_t i = 0; x->vf && i < cnt * x->d; i++)
 		x->vf[t0 * x->d + i] = kv_load(x->dtype, v, i);
-	}
 }
 
 static void block_raw(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, const uint8_t *v)
@@ -149,7 +194,7 @@ static void block_raw(void *arg, uint64_t t0, uint64_t cnt, const uint8_t *k, co
 	memcpy(x->vr + t0 * x->row, v, cnt * x->row);
 }
 
-/* Keys and values [0, n) of (layer, head) as fp32 [n][d]. */
+/* Keys and values (v may be NULL) [0, n) of (layer, head) as fp32 [n][d]. */
 static int gather_f32(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t n, float *k, float *v)
 {
 	const struct kv_geometry *g = kv_ctx_geometry(c);
@@ -192,35 +237,155 @@ static void side_name(char *out, size_t cap, const struct policy_ops *po, uint32
 	snprintf(out, cap, "%s-l%u-h%u.idx", po->name, layer, head);
 }
 
-/* The saved index of the slot, if one is there and sound; 0 when loaded. */
-static int load_saved(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
-		      uint32_t layer, uint32_t head, uint64_t n)
+/*
+ * The body of the slot's saved index, when a side file is there with a
+ * sound header for this policy over at most @p n tokens.
+ */
+static int read_saved(struct kv_ctx *c, const struct policy_ops *po, uint32_t policy, uint32_t layer,
+		      uint32_t head, uint64_t n, void **buf, size_t *len, uint64_t *covered)
 {
 	char name[96];
 	side_name(name, sizeof(name), po, layer, head);
-	void *buf;
-	size_t len;
-	int rc = kv_ctx_side_load(c, name, &buf, &len);
+	int rc = kv_ctx_side_load(c, name, buf, len);
 	if (rc)
 		return rc;
-	const uint8_t *p = buf;
+	const uint8_t *p = *buf;
 	uint32_t magic, version, pol;
-	uint64_t covered;
-	rc = -EBADMSG;
-	if (len > PX_HEADER) {
+	if (*len > PX_HEADER) {
 		memcpy(&magic, p, 4);
 		memcpy(&version, p + 4, 4);
 		memcpy(&pol, p + 8, 4);
-		memcpy(&covered, p + 16, 8);
+		memcpy(covered, p + 16, 8);
 		/* an index over more tokens than the layer holds is not this context's */
-		if (magic == PX_MAGIC && version == PX_VERSION && pol == policy && covered && covered <= n)
-			rc = po->load(p + PX_HEADER, len - PX_HEADER, NULL, &s->ix);
+		if (magic == PX_MAGIC && version == PX_VERSION && pol == policy && *covered && *covered <= n)
+			return 0;
 	}
-	free(buf);
-	if (rc)
-		return rc;
-	s->n = covered;
-	return 0;
+	free(*buf);
+	*buf = NULL;
+	return -EBADMSG;
+}
+
+/* Load the slot's index from a side file body over @p covered tokens, with what its search needs. */
+static int load_index(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t layer,
+		      uint32_t head, const uint8_t *body, size_t len, uint64_t covered)
+{
+	const unsigned d = kv_ctx_geometry(c)->head_dim;
+	float *k = NULL;
+	struct index_keys keys = { .n = covered, .d = d };
+	int rc = 0;
+	if (!po->attach_rows) {
+		/* the policy scores fp32 keys, or copies them */
+		k = malloc(covered * d * sizeof(float) + 4);
+		rc = k ? gather_f32(c, layer, head, covered, k, NULL) : -ENOMEM;
+		keys.k = k;
+	}
+	if (!rc)
+		rc = po->load(body, len, po->keeps_keys ? &keys : NULL, &s->ix);
+	if (!rc) {
+		s->n = covered;
+		if (po->attach_rows) {
+			rc = attach(c, s, po, layer, head);
+		} else if (!po->keeps_keys) {
+			s->k = k;
+			k = NULL;
+		}
+	}
+	free(k);
+	return rc;
+}
+
+static void side_name_queries(char *out, size_t cap, uint32_t layer)
+{
+	snprintf(out, cap, "prefill-l%u.q", layer);
+}
+
+/* The layer's prefill query store, looked for in the side files once; made when @p create. qmu held. */
+static struct qstore *qstore_of(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer, int create)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint32_t G = g->n_q_heads / g->n_kv_heads;
+	const uint32_t cap = PREFILL_VECTORS / G > 2 ? PREFILL_VECTORS / G : 2;
+	if (!x->q[layer] && !x->q_tried[layer]) {
+		char name[64];
+		void *buf;
+		size_t len;
+		side_name_queries(name, sizeof(name), layer);
+		/* a file that fails its checks is overwritten by the next QUERIES */
+		if (!kv_ctx_side_load(c, name, &buf, &len)) {
+			qstore_load(buf, len, g->n_q_heads, g->head_dim, cap, &x->q[layer]);
+			free(buf);
+		}
+		x->q_tried[layer] = 1;
+	}
+	if (!x->q[layer] && create)
+		x->q[layer] = qstore_new(g->n_q_heads, g->head_dim, cap);
+	return x->q[layer];
+}
+
+static void qstore_account(struct ctx_indexes *x)
+{
+	size_t now = 0;
+	for (uint32_t l = 0; l < x->L; l++)
+		now += x->q[l] ? qstore_memory(x->q[l]) : 0;
+	atomic_fetch_add(&n_bytes, now);
+	atomic_fetch_sub(&n_bytes, x->q_bytes);
+	x->q_bytes = now;
+}
+
+int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, const float *q, uint64_t *kept,
+			  uint64_t *seen)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	if (layer >= g->n_layers || !n_pos)
+		return -EINVAL;
+	struct ctx_indexes *x = indexes_of(c);
+	if (!x)
+		return -ENOMEM;
+	pthread_mutex_lock(&x->qmu);
+	struct qstore *qs = qstore_of(c, x, layer, 1);
+	int rc = qs ? qstore_add(qs, n_pos, q) : -ENOMEM;
+	if (!rc) {
+		uint8_t *blob;
+		size_t len;
+		char name[64];
+		side_name_queries(name, sizeof(name), layer);
+		if (!(rc = qstore_save(qs, &blob, &len))) {
+			rc = kv_ctx_side_save(c, name, blob, len);
+			free(blob);
+		}
+		if (rc == -ENOTSUP)     /* no data directory: RAM is all there is */
+			rc = 0;
+		*kept = qstore_kept(qs);
+		*seen = qstore_seen(qs);
+	}
+	qstore_account(x);
+	pthread_mutex_unlock(&x->qmu);
+	return rc;
+}
+
+/* The layer's prefill queries for KV head @p head's group, scaled as search() wants them. */
+static int prefill_group(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer, uint32_t head, unsigned G,
+			 float **q, uint64_t *n)
+{
+	const unsigned d = kv_ctx_geometry(c)->head_dim;
+	*q = NULL;
+	*n = 0;
+	pthread_mutex_lock(&x->qmu);
+	struct qstore *qs = qstore_of(c, x, layer, 0);
+	int rc = qs ? qstore_group(qs, head * G, G, 1.0f / sqrtf((float)d), q, n) : 0;
+	qstore_account(x);
+	pthread_mutex_unlock(&x->qmu);
+	return rc;
+}
+
+/* RAM the slot holds, counted in n_bytes. mu held. */
+static void slot_account(struct slot *s, const struct policy_ops *po, unsigned G, unsigned d)
+{
+	size_t now = (s->ix ? po->memory(s->ix) : 0) + (s->k ? s->n * d * sizeof(float) : 0) +
+		     (s->recent ? (size_t)RECENT_QUERIES * G * d * sizeof(float) : 0);
+	atomic_fetch_add(&n_bytes, now);
+	atomic_fetch_sub(&n_bytes, s->bytes);
+	s->bytes = now;
 }
 
 static void save(struct kv_ctx *c, const struct slot *s, const struct policy_ops *po, uint32_t policy,
@@ -246,8 +411,8 @@ static void save(struct kv_ctx *c, const struct slot *s, const struct policy_ops
 }
 
 /* The slot's index: loaded when saved, else built over the layer's tokens. Read lock held. */
-static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
-			uint32_t layer, uint32_t head, unsigned G, enum index_source *how)
+static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s, const struct policy_ops *po,
+			uint32_t policy, uint32_t layer, uint32_t head, unsigned G, enum index_source *how)
 {
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
@@ -256,62 +421,133 @@ static int ensure_index(struct kv_ctx *c, struct slot *s, const struct policy_op
 		goto out;
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	const uint64_t n = kv_ctx_layer_tokens(c, layer);
-	float *k = NULL, *v = NULL;
-	if (load_saved(c, s, po, policy, layer, head, n) == 0) {
-		atomic_fetch_add(&n_loads, 1);
-		*how = INDEX_LOADED;
-		if (!po->attach_rows) {
-			/* the policy scores fp32 keys */
-			k = malloc(s->n * g->head_dim * sizeof(float) + 4);
-			v = malloc(s->n * g->head_dim * sizeof(float) + 4);
-			rc = k && v ? gather_f32(c, layer, head, s->n, k, v) : -ENOMEM;
-			if (!rc) {
-				s->k = k;
-				k = NULL;
-			}
-		} else {
-			rc = attach(c, s, po, layer, head);
+	void *blob;
+	size_t len;
+	uint64_t covered;
+	if (read_saved(c, po, policy, layer, head, n, &blob, &len, &covered) == 0) {
+		rc = load_index(c, s, po, layer, head, (const uint8_t *)blob + PX_HEADER, len - PX_HEADER, covered);
+		free(blob);
+		if (!rc) {
+			atomic_fetch_add(&n_loads, 1);
+			*how = INDEX_LOADED;
+			goto done;
 		}
-	} else if (policy == POLICY_ANN) {
-		/* its edges come from prefill queries, which no request carries
-		 * yet: a graph of keys alone finds a fraction of what it should
-		 * (0.18 against 0.93 top-100 recall in test_ann), so none is built */
+		/* a body the policy refuses is built over */
+		if (s->ix)
+			po->free(s->ix);
+		s->ix = NULL;
+		free(s->k);
+		s->k = NULL;
+	}
+	float *pq = NULL, *k = NULL, *v = NULL;
+	uint64_t npq = 0;
+	rc = 0;
+	/* ann's edges come from prefill queries: a graph of keys alone finds a
+	 * fraction of what it should (0.18 against 0.93 top-100 recall in
+	 * test_ann), so none is built without them */
+	if (policy == POLICY_ANN && !(rc = prefill_group(c, x, layer, head, G, &pq, &npq)) && !npq)
 		rc = -ENOTSUP;
-	} else {
+	if (!rc) {
 		k = malloc(n * g->head_dim * sizeof(float) + 4);
 		v = malloc(n * g->head_dim * sizeof(float) + 4);
-		if (!k || !v) {
-			rc = -ENOMEM;
-		} else if (!(rc = gather_f32(c, layer, head, n, k, v))) {
-			struct index_keys keys = { .k = k, .n = n, .d = g->head_dim };
-			struct index_build_params bp = { .seed = 1, .group = G, .v = v };
-			if (!(rc = po->build(&keys, &bp, &s->ix))) {
-				atomic_fetch_add(&n_builds, 1);
-				*how = INDEX_BUILT;
-				s->n = n;
+		rc = k && v ? gather_f32(c, layer, head, n, k, v) : -ENOMEM;
+	}
+	if (!rc) {
+		struct index_keys keys = { .k = k, .n = n, .d = g->head_dim };
+		struct index_build_params bp = { .seed = 1, .group = G, .v = v, .prefill_q = pq, .n_prefill = npq };
+		if (!(rc = po->build(&keys, &bp, &s->ix))) {
+			atomic_fetch_add(&n_builds, 1);
+			*how = INDEX_BUILT;
+			s->n = n;
+			if (!po->keeps_keys) {
 				s->k = k;
 				k = NULL;
-				free(v);
-				v = NULL;
-				save(c, s, po, policy, layer, head);
-				rc = attach(c, s, po, layer, head);
 			}
+			save(c, s, po, policy, layer, head);
+			rc = attach(c, s, po, layer, head);
 		}
 	}
+	free(pq);
+	free(k);
+	free(v);
+done:
 	if (rc && s->ix) {
 		po->free(s->ix);
 		s->ix = NULL;
 		free(s->k);
 		s->k = NULL;
 	}
-	if (!rc) {
-		s->bytes = po->memory(s->ix) + (s->k ? s->n * g->head_dim * sizeof(float) : 0);
-		atomic_fetch_add(&n_bytes, s->bytes);
-	}
-	free(k);
-	free(v);
+	if (!rc)
+		slot_account(s, po, G, g->head_dim);
 out:
 	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+/*
+ * Policies that extend (ann): keep the group's queries in the slot's ring
+ * and, once EXTEND_TOKENS tokens were appended past the index, take them
+ * in with the ring's queries (the index is then saved again). Searches wait
+ * on the slot's write lock while extend() runs.
+ */
+static int remember_and_extend(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t policy,
+			       uint32_t layer, uint32_t head, unsigned G, const float *q)
+{
+	if (!po->extend || po->attach_rows)
+		return 0;
+	const unsigned d = kv_ctx_geometry(c)->head_dim;
+	const size_t gd = (size_t)G * d;
+	int rc = 0;
+	float *k = NULL, *rq = NULL;
+	pthread_mutex_lock(&s->mu);
+	if (!s->recent) {
+		if (!(s->recent = malloc(RECENT_QUERIES * gd * sizeof(float)))) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		slot_account(s, po, G, d);
+	}
+	memcpy(s->recent + s->recent_next * gd, q, gd * sizeof(float));
+	s->recent_next = (s->recent_next + 1) % RECENT_QUERIES;
+	if (s->recent_n < RECENT_QUERIES)
+		s->recent_n++;
+	const uint64_t n = kv_ctx_layer_tokens(c, layer);
+	if (!s->ix || n < s->n + EXTEND_TOKENS)
+		goto out;
+	k = malloc(n * d * sizeof(float) + 4);
+	rq = malloc(s->recent_n * gd * sizeof(float));
+	if (!k || !rq) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if ((rc = gather_f32(c, layer, head, n, k, NULL)))
+		goto out;
+	/* oldest first */
+	for (uint32_t i = 0; i < s->recent_n; i++) {
+		uint32_t at = (s->recent_next + RECENT_QUERIES - s->recent_n + i) % RECENT_QUERIES;
+		memcpy(rq + i * gd, s->recent + at * gd, gd * sizeof(float));
+	}
+	struct index_keys keys = { .k = k, .n = n, .d = d };
+	struct index_build_params bp = { .seed = 1, .group = G };
+	pthread_rwlock_wrlock(&s->rw);
+	rc = po->extend(s->ix, &keys, rq, s->recent_n, G, &bp);
+	if (!rc) {
+		s->n = n;
+		if (!po->keeps_keys) {
+			free(s->k);
+			s->k = k;
+			k = NULL;
+		}
+	}
+	pthread_rwlock_unlock(&s->rw);
+	if (!rc) {
+		slot_account(s, po, G, d);
+		save(c, s, po, policy, layer, head);
+	}
+out:
+	pthread_mutex_unlock(&s->mu);
+	free(k);
+	free(rq);
 	return rc;
 }
 
@@ -446,8 +682,13 @@ static void policy_unit(void *arg, unsigned h)
 	uint32_t *runs = NULL;
 	float *ek = NULL, *ec = NULL, *ev = NULL;
 	enum index_source how;
-	if ((rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, G, &how)))
+	int locked = 0;
+	if ((rc = ensure_index(j->c, j->x, s, j->po, j->policy, j->layer, h, G, &how)))
 		goto fail;
+	if ((rc = remember_and_extend(j->c, s, j->po, j->policy, j->layer, h, G, q)))
+		goto fail;
+	pthread_rwlock_rdlock(&s->rw);
+	locked = 1;
 	/* the index covers [0, s->n); the request wants [begin, end) */
 	uint64_t idx_end = s->n < j->end ? s->n : j->end;
 	uint64_t budget = j->budget ? j->budget : (s->n / 50 > 64 ? s->n / 50 : 64);
@@ -518,6 +759,7 @@ static void policy_unit(void *arg, unsigned h)
 		t += n;
 		tail += n;
 	}
+	pthread_rwlock_unlock(&s->rw);
 	attn_state_finish(G, d, m, l, o, o, lse);
 	atomic_fetch_add(&j->scanned, res.scanned + tail);
 	atomic_fetch_add(&j->loaded, picked + extra + tail);
@@ -528,6 +770,8 @@ static void policy_unit(void *arg, unsigned h)
 	free(ev);
 	return;
 fail:
+	if (locked)
+		pthread_rwlock_unlock(&s->rw);
 	{
 		int zero = 0;
 		if (atomic_compare_exchange_strong(&j->err, &zero, rc)) {
@@ -606,7 +850,7 @@ static void prepare_unit(void *arg, unsigned h)
 	struct prepare_job *j = arg;
 	struct slot *s = &j->x->slots[((size_t)j->policy * j->x->L + j->layer) * j->x->H + h];
 	enum index_source how;
-	int rc = ensure_index(j->c, s, j->po, j->policy, j->layer, h, j->G, &how);
+	int rc = ensure_index(j->c, j->x, s, j->po, j->policy, j->layer, h, j->G, &how);
 	if (rc) {
 		int zero = 0;
 		atomic_compare_exchange_strong(&j->err, &zero, rc);

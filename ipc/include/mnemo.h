@@ -45,8 +45,8 @@ enum mnemo_policy {
 	MNEMO_POLICY_CENTROIDS2 = 4, /**< hierarchical clusters */
 	MNEMO_POLICY_FAISS_IVF = 5,  /**< off-the-shelf ANNS baseline */
 	MNEMO_POLICY_FAISS_HNSW = 6, /**< off-the-shelf ANNS baseline */
-	MNEMO_POLICY_ANN = 7,        /**< RetrievalAttention's query-aware graph; needs prefill
-				      *   queries, which the protocol cannot carry yet: -ENOTSUP */
+	MNEMO_POLICY_ANN = 7,        /**< RetrievalAttention's query-aware graph; built from the
+				      *   prefill queries of mnemo_queries() (-ENOTSUP without) */
 };
 
 /** A model's KV shape. */
@@ -193,6 +193,24 @@ struct mnemo_index_info {
  */
 int mnemo_index(mnemo_client *c, uint64_t ctx, enum mnemo_policy policy, uint32_t layer_begin,
 		uint32_t layer_count, struct mnemo_index_info *info);
+
+/** What the daemon holds of a layer's prefill queries after mnemo_queries(). */
+struct mnemo_queries_info {
+	uint64_t kept;            /**< positions kept (an even subsample, at most 4096 / group size) */
+	uint64_t seen;            /**< positions sent so far */
+};
+
+/**
+ * QUERIES: send the queries of @p n_pos prefill positions of @p layer,
+ * @p q laid out [n_q_heads][n_pos][head_dim] f32 (a trace's q_prefill for
+ * one layer), unscaled. Policies that draw their index from queries (ann)
+ * need them before their first build; the daemon keeps an even subsample
+ * of all positions sent and saves it with the context. Large sets are
+ * split over several frames here. Allowed on sealed contexts.
+ * @return 0, -EINVAL (layer), -EACCES (another user's context), -ENOMEM
+ */
+int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
+		  struct mnemo_queries_info *info);
 
 /** Token ids per prefix chunk: LOOKUP matches whole chunks. */
 #define MNEMO_CHUNK_TOKENS 256

@@ -153,6 +153,112 @@ static double check_attend_policy(mnemo_client *c, uint64_t ctx, int layer, uint
 	return worst;
 }
 
+/*
+ * QUERIES: ann is refused until a layer's prefill queries arrive, then
+ * built from them; the daemon reports what it keeps (an even subsample of
+ * at most 4096 / G positions) and refuses a layer past the context's.
+ */
+static void check_queries(mnemo_client *c, uint64_t ctx)
+{
+	struct mnemo_index_info ii;
+	float q[H * G * D], o[H * G * D], lse[H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	/* without prefill queries: refused, not a keys-only graph */
+	CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ii) == -ENOTSUP &&
+	      strstr(mnemo_last_error(c), "QUERIES"), "INDEX ann: %s", mnemo_last_error(c));
+	CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_ANN, 64, 0, UINT64_MAX, q, o, lse, NULL) == -ENOTSUP,
+	      "ATTEND ann without queries: %s", mnemo_last_error(c));
+	/* prefill queries near the keys of the last positions, as a model's are */
+	enum { P = 700 };
+	float *pq = malloc(sizeof(float) * H * G * P * D);
+	for (int layer = 0; layer < L; layer++) {
+		for (int hq = 0; hq < H * G; hq++)
+			for (int t = 0; t < P; t++)
+				for (int j = 0; j < D; j++)
+					pq[((size_t)hq * P + t) * D + j] =
+						ref_k[layer][hq / G][N - P + t][j] + 0.3f * check_uniform(&seed);
+		struct mnemo_queries_info qi;
+		/* in two calls: the subsample spans both */
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 300, pq, &qi) == 0 && qi.seen == 300 && qi.kept == 300,
+		      "QUERIES: %s", mnemo_last_error(c));
+		float *rest = malloc(sizeof(float) * H * G * (P - 300) * D);
+		for (int hq = 0; hq < H * G; hq++)
+			memcpy(rest + (size_t)hq * (P - 300) * D, pq + ((size_t)hq * P + 300) * D,
+			       sizeof(float) * (P - 300) * D);
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, P - 300, rest, &qi) == 0 && qi.seen == P && qi.kept == P,
+		      "QUERIES: %llu kept of %llu: %s", (unsigned long long)qi.kept, (unsigned long long)qi.seen,
+		      mnemo_last_error(c));
+		free(rest);
+	}
+	/* past the cap of 4096 / G = 1024 positions the stride doubles: 1400 seen, 700 kept */
+	struct mnemo_queries_info qi;
+	CHECK(mnemo_queries(c, ctx, 1, P, pq, &qi) == 0 && qi.seen == 2 * P && qi.kept == P,
+	      "QUERIES over the cap: %llu kept of %llu", (unsigned long long)qi.kept, (unsigned long long)qi.seen);
+	CHECK(mnemo_queries(c, ctx, L, P, pq, &qi) == -EINVAL && strstr(mnemo_last_error(c), "layer"),
+	      "QUERIES past the layers: %s", mnemo_last_error(c));
+	free(pq);
+	CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ii) == 0 && ii.built == (uint64_t)L * H,
+	      "INDEX ann after QUERIES: %s", mnemo_last_error(c));
+}
+
+/*
+ * ann takes in appended tokens without a rebuild: once 8192 tokens follow
+ * its index, an ATTEND extends it with the recent queries (it no longer
+ * scans the new tokens one by one, and STAT counts no new build), and a
+ * beam as wide as the context still equals exact attention.
+ */
+static void check_ann_extend(mnemo_client *c)
+{
+	enum { T = 8192 };
+	struct mnemo_geometry g = { .n_layers = 1, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
+				    .dtype = MNEMO_BF16, .rope_theta = 10000.f };
+	uint64_t ctx;
+	CHECK(mnemo_create(c, "grows", &g, &ctx) == 0, "create grows: %s", mnemo_last_error(c));
+	uint16_t *kv = malloc((size_t)2 * H * T * D * 2);
+	float q[H * G * D], o[2][H * G * D], lse[2][H * G];
+	float *pq = malloc(sizeof(float) * H * G * 64 * D);
+	for (int i = 0; i < H * G * 64 * D; i++)
+		pq[i] = check_uniform(&seed);
+	struct mnemo_attend_info info;
+	struct mnemo_daemon_info di0, di1;
+	for (int part = 0; part < 2; part++) {
+		for (size_t i = 0; i < (size_t)2 * H * T * D; i++)
+			kv[i] = kv_f32_to_bf16(check_uniform(&seed));
+		CHECK(mnemo_append(c, ctx, 0, 1, (uint64_t)part * T, T, kv, (size_t)2 * H * T * D * 2, NULL) == 0,
+		      "append part %d: %s", part, mnemo_last_error(c));
+		if (part == 0)
+			CHECK(mnemo_queries(c, ctx, 0, 64, pq, NULL) == 0, "queries: %s", mnemo_last_error(c));
+		for (int i = 0; i < H * G * D; i++)
+			q[i] = check_uniform(&seed);
+		CHECK(mnemo_stat_daemon(c, &di0) == 0, "stat");
+		CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_ANN, 32, 0, UINT64_MAX, q, o[0], lse[0], &info) == 0,
+		      "attend ann, part %d: %s", part, mnemo_last_error(c));
+		CHECK(mnemo_stat_daemon(c, &di1) == 0 && di1.index_builds == di0.index_builds + (part ? 0 : H),
+		      "part %d: %llu indexes built", part, (unsigned long long)(di1.index_builds - di0.index_builds));
+		/* the new tokens scanned exactly would be T per head */
+		CHECK(info.scanned < (uint64_t)T * H / 2, "part %d: %llu keys scanned", part,
+		      (unsigned long long)info.scanned);
+	}
+	/* the whole context through the extended graph, against exact */
+	CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_ANN, 2 * T, 0, UINT64_MAX, q, o[0], lse[0], &info) == 0 &&
+		      mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o[1], lse[1], NULL) == 0,
+	      "attend: %s", mnemo_last_error(c));
+	double num = 0, den = 0, dl = 0;
+	for (int i = 0; i < H * G * D; i++) {
+		num += pow(o[0][i] - o[1][i], 2);
+		den += pow(o[1][i], 2);
+	}
+	for (int i = 0; i < H * G; i++)
+		dl = fmax(dl, fabs(lse[0][i] - lse[1][i]));
+	CHECK(sqrt(num / den) < 1e-4 && dl < 1e-4 && info.loaded == (uint64_t)2 * T * H,
+	      "extended ann over every token differs from exact: %g, lse %g, %llu loaded", sqrt(num / den), dl,
+	      (unsigned long long)info.loaded);
+	CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop grows");
+	free(pq);
+	free(kv);
+}
+
 static uint64_t build_context(mnemo_client *c)
 {
 	struct mnemo_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
@@ -809,12 +915,14 @@ int main(int argc, char **argv)
 		check_attend(c, ctx, layer, 100, 6543);
 	}
 	check_fetch(c, ctx);
+	check_queries(c, ctx);
 	/* every policy, given every token, is exact attention (its index built on first use) */
-	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_FAISS_HNSW; p++) {
+	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_ANN; p++) {
 		check_attend_policy(c, ctx, 1, 0, UINT64_MAX, (enum mnemo_policy)p, N);
 		check_attend_policy(c, ctx, 0, 100, 6543, (enum mnemo_policy)p, N);
 	}
 	check_sinks_window(c, ctx);
+	check_ann_extend(c);
 	check_prefix(c, ctx);
 	check_prefix_scale(c);
 	{
@@ -826,9 +934,6 @@ int main(int argc, char **argv)
 		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, L, 0, &ii) == -EINVAL, "INDEX past the layers accepted");
 		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_QUEST, 1, 2, &ii) == -EINVAL, "INDEX of too many layers accepted");
 		CHECK(mnemo_index(c, 12345, MNEMO_POLICY_QUEST, 0, 0, &ii) == -ENOENT, "INDEX of no context");
-		/* ann without prefill queries: refused, not a keys-only graph */
-		CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ii) == -ENOTSUP &&
-		      strstr(mnemo_last_error(c), "prefill queries"), "INDEX ann: %s", mnemo_last_error(c));
 	}
 	{
 		struct mnemo_context_info *list;

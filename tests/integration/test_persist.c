@@ -332,7 +332,8 @@ static void full_disk(const char *bin)
 /*
  * Retrieval indexes persist: a restarted daemon loads them (STAT counts
  * loads, not builds) and answers exactly as before; a corrupted index file
- * is built over; dropping the context removes its index files.
+ * is built over; dropping the context removes its index files. Prefill
+ * queries persist too: sent before a restart, they build ann after it.
  */
 static void indexes_persist(const char *bin)
 {
@@ -369,6 +370,34 @@ static void indexes_persist(const char *bin)
 				ids[i] = (uint32_t)(i * 2654435761u);
 			CHECK(mnemo_tokens(c, ctx, 77, 0, ids, (uint32_t)N, NULL) == 0, "tokens: %s", mnemo_last_error(c));
 			CHECK(mnemo_share(c, ctx, NULL, 1) == 0, "share: %s", mnemo_last_error(c));
+			/* prefill queries: near the keys, so that the graph has query edges to draw */
+			enum { P = 256 };
+			float *pq = malloc(sizeof(float) * H * P * D);
+			for (uint32_t h = 0; h < H; h++)
+				for (uint32_t t = 0; t < P; t++)
+					for (uint32_t j = 0; j < D; j++)
+						pq[((size_t)h * P + t) * D + j] = synth(1, h, N - P + t, j);
+			struct mnemo_queries_info qi;
+			CHECK(mnemo_queries(c, ctx, 0, P, pq, &qi) == 0 && qi.kept == P, "queries: %s", mnemo_last_error(c));
+			free(pq);
+		}
+		/* ann: built from the queries after the first restart, loaded after the second */
+		float oa[H * D], la[H];
+		static float oa1[H * D], la1[H];
+		if (round) {
+			struct mnemo_index_info ai;
+			CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ai) == 0 && ai.built == (round == 1 ? H : 0) &&
+				      ai.loaded == (round == 2 ? H : 0),
+			      "round %d INDEX ann: %s", round, mnemo_last_error(c));
+			CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_ANN, N / 50, 0, UINT64_MAX, q, oa, la, NULL) == 0,
+			      "attend ann: %s", mnemo_last_error(c));
+			if (round == 1) {
+				memcpy(oa1, oa, sizeof(oa));
+				memcpy(la1, la, sizeof(la));
+			} else {
+				CHECK(!memcmp(oa1, oa, sizeof(oa)) && !memcmp(la1, la, sizeof(la)),
+				      "ann answers differently after a restart");
+			}
 		}
 		/* shared stays shared across restarts */
 		struct mnemo_context_info sci;
@@ -396,12 +425,14 @@ static void indexes_persist(const char *bin)
 		}
 		struct mnemo_daemon_info di;
 		CHECK(mnemo_stat_daemon(c, &di) == 0, "stat");
-		/* round 0 builds one per (policy, head); round 1 loads them all; round 2 rebuilds the corrupt one */
-		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? 0 : 1;
+		/* round 0 builds one per (policy, head); round 1 loads them all and builds ann; round 2 rebuilds the
+		 * corrupt one and loads ann */
+		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? H : 1;
+		uint64_t want_all = round == 0 ? 2 * H : 3 * H;
 		/* centroids2 holds a copy of the layer's K/V: at least that much is counted */
 		CHECK(di.index_bytes >= (uint64_t)2 * H * N * D * 2, "round %d: index_bytes %llu", round,
 		      (unsigned long long)di.index_bytes);
-		CHECK(di.index_builds == want_b && di.index_builds + di.index_loads == 2 * H,
+		CHECK(di.index_builds == want_b && di.index_builds + di.index_loads == want_all,
 		      "round %d: %llu built, %llu loaded", round, (unsigned long long)di.index_builds,
 		      (unsigned long long)di.index_loads);
 		if (round == 2) {

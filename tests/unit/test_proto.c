@@ -201,6 +201,35 @@ static void test_index(void)
 	CHECK(msg_index_req_decode(b.data, b.len - 1, &d) != 0 && b.len == 20, "short index request accepted");
 	wbuf_free(&b);
 	uint32_t ids[3] = { 5, 6, 0xdeadbeef };
+	{
+		/* QUERIES: a round trip; no positions, or bytes that are not whole positions, refused */
+		float qv[2 * 3 * 4];
+		for (int i = 0; i < 24; i++)
+			qv[i] = (float)i - 7.5f;
+		struct msg_queries_req qq = { .ctx = 9, .layer = 3, .n_positions = 3, .q = (const uint8_t *)qv,
+					      .q_len = sizeof(qv) }, qd;
+		wbuf_init(&b);
+		msg_queries_req_encode(&b, &qq);
+		CHECK(msg_queries_req_decode(b.data, b.len, &qd) == 0 && qd.ctx == 9 && qd.layer == 3 &&
+			      qd.n_positions == 3 && qd.q_len == sizeof(qv) && !memcmp(qd.q, qv, sizeof(qv)),
+		      "queries round trip");
+		CHECK(msg_queries_req_decode(b.data, b.len - 4, &qd) != 0, "queries of a partial position accepted");
+		CHECK(msg_queries_req_decode(b.data, 16, &qd) != 0, "queries without data accepted");
+		wbuf_free(&b);
+		qq.n_positions = 0;
+		wbuf_init(&b);
+		msg_queries_req_encode(&b, &qq);
+		CHECK(msg_queries_req_decode(b.data, b.len, &qd) != 0, "queries of no positions accepted");
+		wbuf_free(&b);
+		struct msg_queries_rep qr = { .kept = 1024, .seen = 5000 }, qrd;
+		wbuf_init(&b);
+		msg_queries_rep_encode(&b, &qr);
+		CHECK(msg_queries_rep_decode(b.data, b.len, &qrd) == 0 && qrd.kept == 1024 && qrd.seen == 5000,
+		      "queries reply round trip");
+		CHECK(msg_queries_rep_decode(b.data, b.len - 1, &qrd) != 0, "short queries reply accepted");
+		wbuf_free(&b);
+		CHECK(!strcmp(proto_op_name(OP_QUERIES), "QUERIES"), "QUERIES has no name");
+	}
 	struct msg_tokens_req tq = { .ctx = 2, .salt = 99, .token_begin = 256, .n = 3, .ids = (const uint8_t *)ids }, td;
 	wbuf_init(&b);
 	msg_tokens_req_encode(&b, &tq);
