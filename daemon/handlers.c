@@ -272,8 +272,11 @@ static int h_queries(struct request *r)
 	} else {
 		proto_f32_from_wire(q, m.q, nf);
 		struct msg_queries_rep rep;
-		rc = attend_policy_queries(c, m.layer, m.n_positions, q, &rep.kept, &rep.seen);
-		if (rc)
+		rc = attend_policy_queries(c, m.layer, m.first, m.n_positions, q, &rep.kept, &rep.seen);
+		if (rc == -ERANGE)
+			req_error(r, rc, "layer %u was sent %llu prefill positions; these start at %llu", m.layer,
+				  (unsigned long long)rep.seen, (unsigned long long)m.first);
+		else if (rc)
 			req_error(r, rc, "prefill queries of layer %u: %s", m.layer, strerror(-rc));
 		else
 			msg_queries_rep_encode(&r->out, &rep);

@@ -430,10 +430,10 @@ static int ctx_shape(mnemo_client *c, uint64_t ctx)
 	return 0;
 }
 
-static int queries_frame(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
-			 size_t bytes, struct msg_queries_rep *rep)
+static int queries_frame(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first, uint32_t n_pos,
+			 const float *q, size_t bytes, struct msg_queries_rep *rep)
 {
-	struct msg_queries_req m = { .ctx = ctx, .layer = layer, .n_positions = n_pos };
+	struct msg_queries_req m = { .ctx = ctx, .layer = layer, .n_positions = n_pos, .first = first };
 	struct wbuf b;
 	wbuf_init(&b);
 	msg_queries_req_encode(&b, &m);
@@ -448,8 +448,8 @@ static int queries_frame(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t
 	return rc ? bad_reply(c, OP_QUERIES) : 0;
 }
 
-int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
-		  struct mnemo_queries_info *info)
+int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first, uint32_t n_pos,
+		  const float *q, struct mnemo_queries_info *info)
 {
 	if (!n_pos || !q)
 		return set_err(c, -EINVAL, "QUERIES needs at least one position");
@@ -462,7 +462,7 @@ int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos,
 		return set_err(c, -EMSGSIZE, "one position's queries are over the daemon's %u-byte frames", c->max_frame);
 	struct msg_queries_rep rep = { 0 };
 	if (n_pos <= per_frame) {
-		rc = queries_frame(c, ctx, layer, n_pos, q, heads * n_pos * row, &rep);
+		rc = queries_frame(c, ctx, layer, first, n_pos, q, heads * n_pos * row, &rep);
 	} else {
 		/* a frame carries [heads][chunk][d]: gather each chunk's rows */
 		float *buf = malloc(heads * per_frame * row);
@@ -472,7 +472,7 @@ int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos,
 			uint32_t k = n_pos - t < per_frame ? n_pos - t : (uint32_t)per_frame;
 			for (size_t h = 0; h < heads; h++)
 				memcpy(buf + h * k * d, q + (h * n_pos + t) * d, k * row);
-			rc = queries_frame(c, ctx, layer, k, buf, heads * k * row, &rep);
+			rc = queries_frame(c, ctx, layer, first + t, k, buf, heads * k * row, &rep);
 			t += k;
 		}
 		free(buf);

@@ -678,6 +678,7 @@ void msg_queries_req_encode(struct wbuf *b, const struct msg_queries_req *m)
 	wbuf_u64(b, m->ctx);
 	wbuf_u32(b, m->layer);
 	wbuf_u32(b, m->n_positions);
+	wbuf_u64(b, m->first);
 	wbuf_put(b, m->q, m->q_len);
 }
 
@@ -688,6 +689,7 @@ int msg_queries_req_decode(const void *p, size_t n, struct msg_queries_req *m)
 	m->ctx = rbuf_u64(&r);
 	m->layer = rbuf_u32(&r);
 	m->n_positions = rbuf_u32(&r);
+	m->first = rbuf_u64(&r);
 	if (r.err)
 		return r.err;
 	m->q_len = r.len - r.off;

@@ -208,6 +208,7 @@ struct msg_tokens_rep {
 struct msg_queries_req {
 	uint64_t ctx;
 	uint32_t layer, n_positions;
+	uint64_t first;         /* ordinal of the first position: the positions the layer was sent before */
 	const uint8_t *q;       /* [n_q_heads][n_positions][head_dim] f32, borrowed */
 	size_t q_len;           /* bytes; the handler checks it against the geometry */
 };

@@ -70,12 +70,14 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
  * (unscaled) of @p layer for the indexes built from queries (ann): an even
  * subsample of every position sent, at most 4096 / G per layer (see
  * qstore.h), saved with the context's side files when it has them.
+ * @param first       the positions sent before (a resent piece is refused)
  * @param kept, seen  receive the positions kept and sent so far
- * @return 0, -EINVAL (layer, n_pos 0), -ENOMEM, a side file's write error
+ * @return 0, -EINVAL (layer, n_pos 0), -ERANGE (@p first is not *seen),
+ *         -ENOMEM, a side file's write error
  *         (the positions are then kept in RAM but not durable)
  */
-int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, const float *q, uint64_t *kept,
-			  uint64_t *seen);
+int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint64_t first, uint32_t n_pos, const float *q,
+			  uint64_t *kept, uint64_t *seen);
 
 /** Where ensure-an-index found it. */
 enum index_source {

@@ -332,8 +332,8 @@ static void qstore_account(struct ctx_indexes *x)
 	x->q_bytes = now;
 }
 
-int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, const float *q, uint64_t *kept,
-			  uint64_t *seen)
+int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint64_t first, uint32_t n_pos, const float *q,
+			  uint64_t *kept, uint64_t *seen)
 {
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	if (layer >= g->n_layers || !n_pos)
@@ -343,7 +343,9 @@ int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, cons
 		return -ENOMEM;
 	pthread_mutex_lock(&x->qmu);
 	struct qstore *qs = qstore_of(c, x, layer, 1);
-	int rc = qs ? qstore_add(qs, n_pos, q) : -ENOMEM;
+	int rc = !qs ? -ENOMEM : first != qstore_seen(qs) ? -ERANGE : qstore_add(qs, n_pos, q);
+	*kept = qs ? qstore_kept(qs) : 0;
+	*seen = qs ? qstore_seen(qs) : 0;
 	if (!rc) {
 		uint8_t *blob;
 		size_t len;
@@ -355,8 +357,6 @@ int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint32_t n_pos, cons
 		}
 		if (rc == -ENOTSUP)     /* no data directory: RAM is all there is */
 			rc = 0;
-		*kept = qstore_kept(qs);
-		*seen = qstore_seen(qs);
 	}
 	qstore_account(x);
 	pthread_mutex_unlock(&x->qmu);

@@ -9,7 +9,10 @@
  * durable length; a sealed one of the right length is only indexed.
  *
  * A trace with a tokens tensor ([N] I32 or U32) also gives the context its
- * token ids (TOKENS, under --salt), so that LOOKUP finds it by prefix.
+ * token ids (TOKENS, under --salt), so that LOOKUP finds it by prefix; one
+ * with q_prefill ([layers][q_heads][P][head_dim]) sends those queries
+ * (QUERIES) before indexing, which ann needs. Both resume: what a run
+ * before sent is not sent twice.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels.h"
 #include "mnemo.h"
 #include "safetensors.h"
 
@@ -40,8 +44,8 @@ static void usage(FILE *f)
 		"  -s, --socket PATH    daemon socket (default: $MNEMO_SOCKET, else\n"
 		"                       $XDG_RUNTIME_DIR/mnemo/mnemod.sock, else var/run/mnemod.sock)\n"
 		"  -p, --policies LIST  comma-separated policies to index after sealing (quest,\n"
-		"                       blocks, centroids, centroids2, faiss-ivf, faiss-hnsw;\n"
-		"                       default: none)\n"
+		"                       blocks, centroids, centroids2, faiss-ivf, faiss-hnsw, ann;\n"
+		"                       default: none); ann needs the trace's q_prefill\n"
 		"      --chunk N        tokens per APPEND (default 4096)\n"
 		"      --q-heads N      query heads, when the trace has no q_decode or q_prefill\n"
 		"                       (default: as many as KV heads)\n"
@@ -49,6 +53,7 @@ static void usage(FILE *f)
 		"      --salt N         tenant salt of the token ids' prefix hashes (decimal or\n"
 		"                       0x hex; default 0); used when the trace has a tokens tensor\n"
 		"      --no-tokens      do not send the trace's token ids\n"
+		"      --no-queries     do not send the trace's prefill queries (q_prefill)\n"
 		"  -j, --json           print the summary as one JSON object\n"
 		"  -q, --quiet          no progress on stderr\n"
 		"  -h, --help           this help\n"
@@ -64,7 +69,7 @@ static double now_s(void)
 }
 
 static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
-				     "faiss-hnsw" };
+				     "faiss-hnsw", "ann" };
 
 static int policy_by_name(const char *s, enum mnemo_policy *out)
 {
@@ -91,7 +96,7 @@ int main(int argc, char **argv)
 {
 	const char *file = NULL, *name = NULL, *sock = NULL, *policies = NULL;
 	unsigned long chunk = 4096, q_heads = 0;
-	int seal = 1, json = 0, quiet = 0, send_tokens = 1;
+	int seal = 1, json = 0, quiet = 0, send_tokens = 1, send_queries = 1;
 	unsigned long long salt = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -126,6 +131,8 @@ int main(int argc, char **argv)
 			seal = 0;
 		} else if (!strcmp(a, "--no-tokens")) {
 			send_tokens = 0;
+		} else if (!strcmp(a, "--no-queries")) {
+			send_queries = 0;
 		} else if (!strcmp(a, "--salt") && v) {
 			errno = 0;
 			salt = strtoull(v, &end, 0);
@@ -208,6 +215,18 @@ int main(int argc, char **argv)
 		}
 	}
 	uint64_t QH = q_heads ? q_heads : tq ? tq->shape[1] : H;
+	const struct st_tensor *tp = NULL;
+	if (send_queries && st_find(f, "q_prefill")) {
+		if (st_find_rank(f, "q_prefill", 4, &tp, err, sizeof(err)) ||
+		    (tp->dtype != ST_F32 && tp->dtype != ST_F16 && tp->dtype != ST_BF16) || tp->shape[0] != tk->shape[0] ||
+		    tp->shape[1] != QH || !tp->shape[2] || tp->shape[2] > UINT32_MAX || tp->shape[3] != tk->shape[3]) {
+			fprintf(stderr, "mnemo-preload: %s: q_prefill must be [%" PRIu64 "][%" PRIu64 "][P][%" PRIu64
+				"] F32, F16 or BF16 (--no-queries skips it)\n", file, (uint64_t)tk->shape[0], QH,
+				(uint64_t)tk->shape[3]);
+			st_close(f);
+			return 2;
+		}
+	}
 	double theta = 0;
 	st_meta_f64(f, "rope_theta", &theta);
 	if (!L || !H || !N || !D || L > 1024 || H > 1024 || D > 1024 || QH % H || QH / H > 64 || N > UINT32_MAX) {
@@ -351,6 +370,36 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	/* prefill queries, which the indexes drawn by queries (ann) are built from */
+	uint64_t q_kept = 0;
+	const char *q_note = "";
+	if (tp) {
+		const uint64_t P = tp->shape[2], per_layer = QH * P * D;
+		const enum kv_dtype qdt = tp->dtype == ST_F32 ? KV_F32 : tp->dtype == ST_F16 ? KV_F16 : KV_BF16;
+		float *qf = malloc(per_layer * sizeof(float));
+		if (!qf) {
+			fprintf(stderr, "mnemo-preload: out of memory for q_prefill\n");
+			goto out;
+		}
+		for (uint64_t l = 0; l < L && !rc; l++) {
+			for (uint64_t i = 0; i < per_layer; i++)
+				qf[i] = kv_load(qdt, tp->data, l * per_layer + i);
+			struct mnemo_queries_info qi;
+			rc = mnemo_queries(c, ctx, (uint32_t)l, 0, (uint32_t)P, qf, &qi);
+			if (rc == -ERANGE) {
+				/* a run before sent them */
+				q_note = " (already given)";
+				rc = 0;
+			} else if (!rc) {
+				q_kept = qi.kept;
+			}
+		}
+		free(qf);
+		if (rc) {
+			fprintf(stderr, "mnemo-preload: QUERIES: %s\n", mnemo_last_error(c));
+			goto out;
+		}
+	}
 	double index_s[8] = { 0 };
 	struct mnemo_index_info ii[8];
 	for (unsigned i = 0; i < n_pols; i++) {
@@ -371,6 +420,8 @@ int main(int argc, char **argv)
 		       name, ctx, N, start, (uint64_t)(N - start) * tok_bytes, stream_s,
 		       stream_s > 0 ? gib * 1024 / stream_s : 0);
 		printf(",\"token_ids\":%s,\"prefix_chunks\":%" PRIu64, tt ? "true" : "false", id_chunks);
+		printf(",\"prefill_positions\":%" PRIu64 ",\"prefill_kept\":%" PRIu64, tp ? (uint64_t)tp->shape[2] : 0,
+		       q_kept);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf(",\"index_%u\":{\"policy\":\"%s\",\"built\":%" PRIu64 ",\"loaded\":%" PRIu64 ",\"present\":%" PRIu64
 			       ",\"seconds\":%.3f}", i, names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present,
@@ -382,6 +433,9 @@ int main(int argc, char **argv)
 		       seal ? ", sealed" : "");
 		if (tt)
 			printf("  token ids: %" PRIu64 " prefix chunks findable by LOOKUP%s\n", id_chunks, ids_note);
+		if (tp)
+			printf("  prefill queries: %" PRIu64 " positions per layer sent%s, %" PRIu64 " kept\n",
+			       (uint64_t)tp->shape[2], q_note, q_kept);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf("  index %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64 " present in %.1f s\n",
 			       names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present, index_s[i]);

@@ -203,14 +203,18 @@ struct mnemo_queries_info {
 /**
  * QUERIES: send the queries of @p n_pos prefill positions of @p layer,
  * @p q laid out [n_q_heads][n_pos][head_dim] f32 (a trace's q_prefill for
- * one layer), unscaled. Policies that draw their index from queries (ann)
+ * one layer), unscaled. @p first counts the positions sent for the layer
+ * before (0 the first time), so that a resent piece is refused (-ERANGE)
+ * instead of counted twice. Policies that draw their index from queries (ann)
  * need them before their first build; the daemon keeps an even subsample
  * of all positions sent and saves it with the context. Large sets are
  * split over several frames here. Allowed on sealed contexts.
- * @return 0, -EINVAL (layer), -EACCES (another user's context), -ENOMEM
+ * @return 0, -EINVAL (layer), -ERANGE (@p first is not the positions sent
+ *         before; the error message says how many), -EACCES (another user's
+ *         context), -ENOMEM
  */
-int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint32_t n_pos, const float *q,
-		  struct mnemo_queries_info *info);
+int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first, uint32_t n_pos,
+		  const float *q, struct mnemo_queries_info *info);
 
 /** Token ids per prefix chunk: LOOKUP matches whole chunks. */
 #define MNEMO_CHUNK_TOKENS 256

@@ -180,22 +180,33 @@ static void check_queries(mnemo_client *c, uint64_t ctx)
 						ref_k[layer][hq / G][N - P + t][j] + 0.3f * check_uniform(&seed);
 		struct mnemo_queries_info qi;
 		/* in two calls: the subsample spans both */
-		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 300, pq, &qi) == 0 && qi.seen == 300 && qi.kept == 300,
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 0, 300, pq, &qi) == 0 && qi.seen == 300 && qi.kept == 300,
 		      "QUERIES: %s", mnemo_last_error(c));
 		float *rest = malloc(sizeof(float) * H * G * (P - 300) * D);
 		for (int hq = 0; hq < H * G; hq++)
 			memcpy(rest + (size_t)hq * (P - 300) * D, pq + ((size_t)hq * P + 300) * D,
 			       sizeof(float) * (P - 300) * D);
-		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, P - 300, rest, &qi) == 0 && qi.seen == P && qi.kept == P,
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 0, 300, pq, &qi) == -ERANGE &&
+			      strstr(mnemo_last_error(c), "sent 300"),
+		      "QUERIES sent again: %s", mnemo_last_error(c));
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 300, P - 300, rest, &qi) == 0 && qi.seen == P && qi.kept == P,
 		      "QUERIES: %llu kept of %llu: %s", (unsigned long long)qi.kept, (unsigned long long)qi.seen,
 		      mnemo_last_error(c));
 		free(rest);
 	}
 	/* past the cap of 4096 / G = 1024 positions the stride doubles: 1400 seen, 700 kept */
 	struct mnemo_queries_info qi;
-	CHECK(mnemo_queries(c, ctx, 1, P, pq, &qi) == 0 && qi.seen == 2 * P && qi.kept == P,
+	CHECK(mnemo_queries(c, ctx, 1, P, P, pq, &qi) == 0 && qi.seen == 2 * P && qi.kept == P,
 	      "QUERIES over the cap: %llu kept of %llu", (unsigned long long)qi.kept, (unsigned long long)qi.seen);
-	CHECK(mnemo_queries(c, ctx, L, P, pq, &qi) == -EINVAL && strstr(mnemo_last_error(c), "layer"),
+	/* more than a 64 MiB frame holds: the library splits it; 2 * P + BIG seen, stride 64 */
+	enum { BIG = 40000 };
+	float *big = calloc((size_t)H * G * BIG * D, sizeof(float));
+	CHECK(big && mnemo_queries(c, ctx, 1, 2 * P, BIG, big, &qi) == 0 && qi.seen == 2 * P + BIG &&
+		      qi.kept == (2 * P + BIG + 63) / 64,
+	      "QUERIES over two frames: %llu kept of %llu: %s", (unsigned long long)qi.kept,
+	      (unsigned long long)qi.seen, mnemo_last_error(c));
+	free(big);
+	CHECK(mnemo_queries(c, ctx, L, 0, P, pq, &qi) == -EINVAL && strstr(mnemo_last_error(c), "layer"),
 	      "QUERIES past the layers: %s", mnemo_last_error(c));
 	free(pq);
 	CHECK(mnemo_index(c, ctx, MNEMO_POLICY_ANN, 0, 0, &ii) == 0 && ii.built == (uint64_t)L * H,
@@ -228,7 +239,7 @@ static void check_ann_extend(mnemo_client *c)
 		CHECK(mnemo_append(c, ctx, 0, 1, (uint64_t)part * T, T, kv, (size_t)2 * H * T * D * 2, NULL) == 0,
 		      "append part %d: %s", part, mnemo_last_error(c));
 		if (part == 0)
-			CHECK(mnemo_queries(c, ctx, 0, 64, pq, NULL) == 0, "queries: %s", mnemo_last_error(c));
+			CHECK(mnemo_queries(c, ctx, 0, 0, 64, pq, NULL) == 0, "queries: %s", mnemo_last_error(c));
 		for (int i = 0; i < H * G * D; i++)
 			q[i] = check_uniform(&seed);
 		CHECK(mnemo_stat_daemon(c, &di0) == 0, "stat");

@@ -378,7 +378,7 @@ static void indexes_persist(const char *bin)
 					for (uint32_t j = 0; j < D; j++)
 						pq[((size_t)h * P + t) * D + j] = synth(1, h, N - P + t, j);
 			struct mnemo_queries_info qi;
-			CHECK(mnemo_queries(c, ctx, 0, P, pq, &qi) == 0 && qi.kept == P, "queries: %s", mnemo_last_error(c));
+			CHECK(mnemo_queries(c, ctx, 0, 0, P, pq, &qi) == 0 && qi.kept == P, "queries: %s", mnemo_last_error(c));
 			free(pq);
 		}
 		/* ann: built from the queries after the first restart, loaded after the second */

@@ -5,7 +5,8 @@
  *     equal the file's byte for byte (FETCH of random tokens of every
  *     layer);
  *   - its indexes are built once: a second run finds them in memory, and
- *     after a daemon restart they are loaded, not built;
+ *     after a daemon restart they are loaded, not built; ann among them,
+ *     which only the trace's prefill queries (sent once) make possible;
  *   - the trace's token ids come along: LOOKUP of them under the salt
  *     finds the context, under another salt nothing;
  *   - bad input is refused with exit status 2 and nothing created.
@@ -81,7 +82,7 @@ int main(int argc, char **argv)
 	CHECK(run(bad1, &d, 0) == 2 && run(bad2, &d, 0) == 2 && run(bad3, &d, 0) == 2, "bad input not refused with 2");
 
 	/* killed mid-stream, then resumed */
-	char *pre[] = { argv[2], "--socket", sock, "--name", "pre", "--chunk", "512", "--policies", "centroids2,quest",
+	char *pre[] = { argv[2], "--socket", sock, "--name", "pre", "--chunk", "512", "--policies", "centroids2,quest,ann",
 			"--salt", "0x77", "--quiet", trace, NULL };
 	int st = run(pre, &d, 4096);
 	CHECK(st == 128 + SIGKILL, "preload was not killed mid-stream (status %d)", st);
@@ -132,16 +133,16 @@ int main(int argc, char **argv)
 
 	/* indexes: in memory on a second run, loaded after a restart */
 	struct mnemo_daemon_info di;
-	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 2 * L * H, "first preload built %llu indexes",
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 3 * L * H, "first preload built %llu indexes",
 	      (unsigned long long)di.index_builds);
-	CHECK(run(pre, &d, 0) == 0 && mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 2 * L * H,
+	CHECK(run(pre, &d, 0) == 0 && mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 3 * L * H,
 	      "a second preload rebuilt (%llu builds)", (unsigned long long)di.index_builds);
 	mnemo_close(c);
 	CHECK(daemon_stop(&d, SIGTERM) == 0, "stop");
 	CHECK(daemon_start(&d, NULL) == 0, "restart");
 	CHECK(run(pre, &d, 0) == 0, "preload after restart");
 	CHECK(mnemo_connect(d.sock, &c) == 0, "connect");
-	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 0 && di.index_loads == 2 * L * H,
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 0 && di.index_loads == 3 * L * H,
 	      "after a restart: %llu built, %llu loaded", (unsigned long long)di.index_builds,
 	      (unsigned long long)di.index_loads);
 	mnemo_close(c);

@@ -206,15 +206,16 @@ static void test_index(void)
 		float qv[2 * 3 * 4];
 		for (int i = 0; i < 24; i++)
 			qv[i] = (float)i - 7.5f;
-		struct msg_queries_req qq = { .ctx = 9, .layer = 3, .n_positions = 3, .q = (const uint8_t *)qv,
+		struct msg_queries_req qq = { .ctx = 9, .layer = 3, .n_positions = 3, .first = 1ull << 40,
+					      .q = (const uint8_t *)qv,
 					      .q_len = sizeof(qv) }, qd;
 		wbuf_init(&b);
 		msg_queries_req_encode(&b, &qq);
 		CHECK(msg_queries_req_decode(b.data, b.len, &qd) == 0 && qd.ctx == 9 && qd.layer == 3 &&
-			      qd.n_positions == 3 && qd.q_len == sizeof(qv) && !memcmp(qd.q, qv, sizeof(qv)),
+			      qd.n_positions == 3 && qd.first == 1ull << 40 && qd.q_len == sizeof(qv) && !memcmp(qd.q, qv, sizeof(qv)),
 		      "queries round trip");
 		CHECK(msg_queries_req_decode(b.data, b.len - 4, &qd) != 0, "queries of a partial position accepted");
-		CHECK(msg_queries_req_decode(b.data, 16, &qd) != 0, "queries without data accepted");
+		CHECK(msg_queries_req_decode(b.data, 24, &qd) != 0, "queries without data accepted");
 		wbuf_free(&b);
 		qq.n_positions = 0;
 		wbuf_init(&b);
