@@ -1,5 +1,6 @@
 /* EM-LLM's episodic events: online boundaries from surprise, refined on the key graph (events.h). */
 #include "events.h"
+#include "ix.h"
 
 #include <errno.h>
 #include <math.h>
@@ -99,17 +100,22 @@ int64_t seg_feed(struct seg_state *s, const float *surprise, uint32_t n, uint64_
 	return k;
 }
 
-void seg_similarity_add(const float *k, uint32_t n, unsigned d, float *A)
+int seg_similarity_add(const float *k, uint32_t n, unsigned d, float *A)
 {
-	for (uint32_t i = 0; i < n; i++)
-		for (uint32_t j = i; j < n; j++) {
-			float acc = 0;
-			for (unsigned x = 0; x < d; x++)
-				acc += k[(size_t)i * d + x] * k[(size_t)j * d + x];
-			A[(size_t)i * n + j] += acc;
-			if (j != i)
-				A[(size_t)j * n + i] += acc;
-		}
+	/* the keys against themselves as "queries", with the AVX2 scorer, a block of rows at a time */
+	enum { BLOCK = 256 };
+	float *tmp = malloc((size_t)n * BLOCK * sizeof(float));
+	if (!tmp)
+		return -ENOMEM;
+	for (uint32_t j0 = 0; j0 < n; j0 += BLOCK) {
+		const unsigned b = n - j0 < BLOCK ? n - j0 : BLOCK;
+		ix_dots(k, n, d, k + (size_t)j0 * d, b, d, tmp);
+		for (uint32_t i = 0; i < n; i++)
+			for (unsigned j = 0; j < b; j++)
+				A[(size_t)i * n + j0 + j] += tmp[(size_t)i * b + j];
+	}
+	free(tmp);
+	return 0;
 }
 
 void seg_clamp(float *A, uint32_t n)

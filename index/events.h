@@ -67,9 +67,9 @@ enum seg_metric { SEG_MODULARITY = 0, SEG_CONDUCTANCE = 1 };
 
 /**
  * A += the clamped-later similarity of @p n keys [n][d]: A_ij += k_i . k_j.
- * Call once per KV head, then seg_clamp().
+ * Call once per KV head, then seg_clamp(). @return 0 or -ENOMEM.
  */
-void seg_similarity_add(const float *k, uint32_t n, unsigned d, float *A);
+int seg_similarity_add(const float *k, uint32_t n, unsigned d, float *A);
 /** A_ij = max(A_ij, 0). */
 void seg_clamp(float *A, uint32_t n);
 

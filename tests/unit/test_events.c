@@ -172,8 +172,7 @@ static void planted_graph(uint64_t *seed, uint32_t n, unsigned d, const uint32_t
 	}
 	memset(A, 0, (size_t)n * n * sizeof(float));
 	/* two "heads": the same keys twice, as the sum over KV heads */
-	seg_similarity_add(k, n, d, A);
-	seg_similarity_add(k, n, d, A);
+	CHECK(seg_similarity_add(k, n, d, A) == 0 && seg_similarity_add(k, n, d, A) == 0, "similarity");
 	seg_clamp(A, n);
 	free(k);
 	free(dir);
