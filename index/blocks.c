@@ -20,12 +20,12 @@
 #include <string.h>
 
 #include "ix.h"
+#include "reps.h"
 
 #define BLOCKS_VERSION 1
 #define BLOCKS_TOKENS 128
 #define BLOCKS_REPS 4
 #define BLOCKS_PREFILL 16
-#define BLOCKS_LLOYD 4
 #define BLOCKS_MAX_TOKENS 65536u
 
 enum blocks_rule {
@@ -72,184 +72,6 @@ static int blocks_alloc(uint64_t n, unsigned d, unsigned block, unsigned reps, s
 	return 0;
 }
 
-struct blocks_job {
-	struct blocks *bx;
-	const float *k;
-	/* received attention */
-	const float *pq;          /* [rows][d] prefill query rows */
-	unsigned rows;
-	float *part;              /* [jobs][rows][2]: running max and sum of pass 1 */
-	float *lse;               /* [rows] */
-};
-
-#define BLOCKS_LSE_CHUNK 4096
-
-/* Pass 1: per query row, the log-sum-exp over a chunk of keys. */
-static int lse_job(void *ctx, size_t item, unsigned worker)
-{
-	struct blocks_job *j = ctx;
-	const struct blocks *bx = j->bx;
-	uint64_t t0 = (uint64_t)item * BLOCKS_LSE_CHUNK, t1 = t0 + BLOCKS_LSE_CHUNK < bx->n ? t0 + BLOCKS_LSE_CHUNK : bx->n;
-	float *s = ix_scratch((size_t)j->rows * sizeof(float));
-	if (!s)
-		return -ENOMEM;
-	float *part = j->part + (size_t)item * j->rows * 2;
-	for (unsigned r = 0; r < j->rows; r++) {
-		part[2 * r] = -INFINITY;
-		part[2 * r + 1] = 0;
-	}
-	for (uint64_t t = t0; t < t1; t++) {
-		ix_dots(j->k + t * bx->d, 1, 0, j->pq, j->rows, bx->d, s);
-		for (unsigned r = 0; r < j->rows; r++) {
-			float m = part[2 * r];
-			if (s[r] > m) {
-				part[2 * r + 1] = part[2 * r + 1] * expf(m - s[r]) + 1;
-				part[2 * r] = s[r];
-			} else if (s[r] > -INFINITY) {
-				part[2 * r + 1] += expf(s[r] - m);
-			}
-		}
-	}
-	return 0;
-}
-
-/* The index of the largest of w[0..n) not yet taken. */
-static unsigned argmax_untaken(const float *w, unsigned n, const unsigned char *taken)
-{
-	unsigned best = 0;
-	float bw = -INFINITY;
-	int found = 0;
-	for (unsigned i = 0; i < n; i++)
-		if (!taken[i] && (!found || w[i] > bw)) {
-			bw = w[i];
-			best = i;
-			found = 1;
-		}
-	return best;
-}
-
-/* Squared distance of two d-vectors. */
-static float dist2(const float *a, const float *b, unsigned d)
-{
-	float s = 0;
-	for (unsigned i = 0; i < d; i++) {
-		float x = a[i] - b[i];
-		s += x * x;
-	}
-	return s;
-}
-
-/*
- * Representatives without queries: medoids of the block. Seeds by a
- * farthest-point traversal (from the key farthest from the block's mean),
- * BLOCKS_LLOYD rounds of k-means inside the block, then per group the key
- * nearest its mean.
- */
-static void medoids(const float *k, unsigned len, unsigned d, unsigned n_pick, float *w, unsigned char *taken,
-		    float *cm, uint32_t *grp, unsigned *pick)
-{
-	float *mean = cm; /* cm's first row is free until the seeds are chosen */
-	for (unsigned i = 0; i < d; i++)
-		mean[i] = 0;
-	for (unsigned t = 0; t < len; t++)
-		for (unsigned i = 0; i < d; i++)
-			mean[i] += k[(size_t)t * d + i];
-	for (unsigned i = 0; i < d; i++)
-		mean[i] /= (float)len;
-	for (unsigned t = 0; t < len; t++)
-		w[t] = dist2(k + (size_t)t * d, mean, d);
-	for (unsigned r = 0; r < n_pick; r++) {
-		pick[r] = argmax_untaken(w, len, taken);
-		taken[pick[r]] = 1;
-		const float *from = k + (size_t)pick[r] * d;
-		for (unsigned t = 0; t < len; t++) {
-			float x = dist2(k + (size_t)t * d, from, d);
-			w[t] = r == 0 || x < w[t] ? x : w[t];
-		}
-	}
-	for (unsigned r = 0; r < n_pick; r++)
-		memcpy(cm + (size_t)r * d, k + (size_t)pick[r] * d, d * sizeof(float));
-	for (unsigned round = 0; round < BLOCKS_LLOYD; round++) {
-		unsigned cnt[BLOCKS_REPS] = { 0 };
-		for (unsigned t = 0; t < len; t++) {
-			float bd = INFINITY;
-			grp[t] = 0;
-			for (unsigned r = 0; r < n_pick; r++) {
-				float x = dist2(k + (size_t)t * d, cm + (size_t)r * d, d);
-				if (x < bd) {
-					bd = x;
-					grp[t] = r;
-				}
-			}
-		}
-		for (unsigned r = 0; r < n_pick; r++)
-			memset(cm + (size_t)r * d, 0, d * sizeof(float));
-		for (unsigned t = 0; t < len; t++) {
-			cnt[grp[t]]++;
-			for (unsigned i = 0; i < d; i++)
-				cm[(size_t)grp[t] * d + i] += k[(size_t)t * d + i];
-		}
-		for (unsigned r = 0; r < n_pick; r++)
-			for (unsigned i = 0; i < d; i++)
-				cm[(size_t)r * d + i] = cnt[r] ? cm[(size_t)r * d + i] / (float)cnt[r]
-							       : k[(size_t)pick[r] * d + i];
-	}
-	for (unsigned r = 0; r < n_pick; r++) {
-		float bd = INFINITY;
-		for (unsigned t = 0; t < len; t++) {
-			float x = dist2(k + (size_t)t * d, cm + (size_t)r * d, d);
-			if (x < bd) {
-				bd = x;
-				pick[r] = t;
-			}
-		}
-	}
-}
-
-static int rep_job(void *ctx, size_t item, unsigned worker)
-{
-	struct blocks_job *j = ctx;
-	const struct blocks *bx = j->bx;
-	const unsigned d = bx->d, R = bx->reps;
-	uint64_t t0 = (uint64_t)item * bx->block, t1 = t0 + bx->block < bx->n ? t0 + bx->block : bx->n;
-	unsigned len = (unsigned)(t1 - t0);
-	const float *k = j->k + t0 * d;
-	const size_t rows = j->rows;
-	size_t off_taken = ix_align(len * sizeof(float));
-	size_t off_grp = off_taken + ix_align(len);
-	size_t off_cm = off_grp + ix_align(len * sizeof(uint32_t));
-	size_t off_s = off_cm + ix_align((size_t)R * d * sizeof(float));
-	size_t need = off_s + (bx->rule == RULE_RECEIVED ? (size_t)len * rows * sizeof(float) : 0);
-	uint8_t *sc = ix_scratch(need);
-	if (!sc)
-		return -ENOMEM;
-	float *w = (float *)sc, *cm = (float *)(sc + off_cm), *s = (float *)(sc + off_s);
-	unsigned char *taken = sc + off_taken;
-	uint32_t *grp = (uint32_t *)(sc + off_grp);
-	memset(taken, 0, len);
-	unsigned pick[BLOCKS_REPS];
-	unsigned n_pick = len < R ? len : R;
-	if (bx->rule == RULE_RECEIVED) {
-		ix_dots(k, len, d, j->pq, (unsigned)rows, d, s);
-		for (unsigned i = 0; i < len; i++) {
-			float acc = 0;
-			for (size_t r = 0; r < rows; r++)
-				acc += expf(s[i * rows + r] - j->lse[r]);
-			w[i] = acc;
-		}
-		for (unsigned r = 0; r < n_pick; r++) {
-			pick[r] = argmax_untaken(w, len, taken);
-			taken[pick[r]] = 1;
-		}
-	} else {
-		medoids(k, len, d, n_pick, w, taken, cm, grp, pick);
-	}
-	float *out = bx->rep + (size_t)item * R * d;
-	for (unsigned r = 0; r < R; r++)
-		memcpy(out + (size_t)r * d, k + (size_t)pick[r < n_pick ? r : n_pick - 1] * d, d * sizeof(float));
-	return 0;
-}
-
 static int blocks_build(const struct index_keys *keys, const struct index_build_params *p, struct index **out)
 {
 	if (!keys || !keys->k || !keys->n || keys->n > IX_MAX_TOKENS || !keys->d || keys->d > IX_MAX_DIM || !out)
@@ -264,48 +86,22 @@ static int blocks_build(const struct index_keys *keys, const struct index_build_
 	int rc = blocks_alloc(keys->n, keys->d, block, BLOCKS_REPS, &bx);
 	if (rc)
 		return rc;
-	struct blocks_job job = { .bx = bx, .k = keys->k };
-	unsigned threads = p ? p->threads : 0;
-	bx->rep = malloc(bx->nb * bx->reps * bx->d * sizeof(float));
-	if (!bx->rep) {
-		rc = -ENOMEM;
-		goto out;
-	}
+	struct reps_in in = { .k = keys->k, .n = keys->n, .d = keys->d, .block = block, .n_units = bx->nb,
+			      .reps = bx->reps, .threads = p ? p->threads : 0 };
 	if (received) {
 		uint64_t T = p->max_prefill ? p->max_prefill : BLOCKS_PREFILL;
 		if (T > p->n_prefill)
 			T = p->n_prefill;
 		if (T * p->group > 65536) {
-			rc = -EINVAL;
-			goto out;
+			blocks_free(&bx->base);
+			return -EINVAL;
 		}
 		bx->rule = RULE_RECEIVED;
-		job.rows = (unsigned)(T * p->group);
-		job.pq = p->prefill_q + (p->n_prefill - T) * p->group * keys->d;
-		size_t jobs = (keys->n + BLOCKS_LSE_CHUNK - 1) / BLOCKS_LSE_CHUNK;
-		job.part = malloc(jobs * job.rows * 2 * sizeof(float));
-		job.lse = malloc(job.rows * sizeof(float));
-		if (!job.part || !job.lse) {
-			rc = -ENOMEM;
-			goto out;
-		}
-		if ((rc = ix_parallel(threads, jobs, lse_job, &job)))
-			goto out;
-		for (unsigned r = 0; r < job.rows; r++) {
-			float m = -INFINITY;
-			double z = 0;
-			for (size_t i = 0; i < jobs; i++)
-				m = job.part[(i * job.rows + r) * 2] > m ? job.part[(i * job.rows + r) * 2] : m;
-			for (size_t i = 0; i < jobs && isfinite(m); i++)
-				z += job.part[(i * job.rows + r) * 2 + 1] *
-				     exp((double)job.part[(i * job.rows + r) * 2] - m);
-			job.lse[r] = isfinite(m) && z > 0 ? m + (float)log(z) : INFINITY;
-		}
+		in.rows = (unsigned)(T * p->group);
+		in.pq = p->prefill_q + (p->n_prefill - T) * p->group * keys->d;
 	}
-	rc = ix_parallel(threads, bx->nb, rep_job, &job);
-out:
-	free(job.part);
-	free(job.lse);
+	bx->rep = malloc(bx->nb * bx->reps * bx->d * sizeof(float));
+	rc = bx->rep ? ix_reps(&in, bx->rep) : -ENOMEM;
 	if (rc) {
 		blocks_free(&bx->base);
 		return rc;

@@ -87,4 +87,69 @@ double seg_score(const float *A, uint32_t n, const uint32_t *starts, uint32_t n_
 int seg_refine(const float *A, uint32_t n, uint32_t *starts, uint32_t n_ev, enum seg_metric m,
 	       const struct seg_params *p);
 
+/* ---- a layer's events, end to end --------------------------------------- */
+
+/**
+ * Undo neox-style RoPE (channel i turns with channel i + d/2 by the angle
+ * pos * theta^(-2i/d)) on @p n keys [n][d] at positions first_pos + t:
+ * out = the pre-RoPE keys. theta 0 copies (keys without RoPE). d even.
+ */
+void seg_unrope(const float *k, uint32_t n, unsigned d, double theta, uint64_t first_pos, float *out);
+
+/**
+ * Key novelty, segmentation's proxy for surprise when the client sends
+ * none: per token, the sum over the heads of 1 - cos(k_t, m_t), m_t the
+ * mean of the NOVELTY_SPAN (32) pre-RoPE keys before t (0 for t = 0).
+ * A new topic turns the keys away from their recent mean, as it surprises
+ * the model; the boundary rule then runs on it unchanged.
+ */
+#define SEG_NOVELTY_SPAN 32u
+
+/** Where seg_layer() takes a layer's keys from. */
+struct seg_layer_src {
+	uint64_t n;               /* tokens */
+	unsigned heads, d;        /* KV heads summed over, head_dim (even when rope_theta > 0) */
+	double rope_theta;        /* 0: the keys carry no RoPE */
+	uint64_t first_pos;       /* RoPE position of token 0 */
+	/** fp32 keys of @p head, tokens [t0, t0 + cnt), as stored (post-RoPE). @return 0 or -errno. */
+	int (*keys)(void *ctx, unsigned head, uint64_t t0, uint32_t cnt, float *out);
+	void *ctx;
+	/* event starts from surprise (ascending, starts[0] == 0, all < n); NULL: key novelty */
+	const uint64_t *starts;
+	uint64_t n_starts;
+};
+
+struct seg_layer_opts {
+	struct seg_params seg;    /* zeros: defaults */
+	unsigned chunk;           /* tokens a refinement graph spans at most [512] */
+	enum seg_metric metric;   /* [modularity] */
+	int refine;               /* 0: the boundaries as found */
+	unsigned threads;         /* 0: all cores */
+};
+
+struct seg_layer_out {
+	uint64_t *starts;         /* malloc'ed [n_ev], the caller frees */
+	uint64_t n_ev;
+	/* the metric per chunk before and after refinement, mean over the chunks with two events or more */
+	double before, after;
+	uint64_t chunks;
+};
+
+/**
+ * A layer's events: boundaries from @p src's surprise starts (or from key
+ * novelty), then, with opts->refine, refinement within chunks of whole
+ * events (as many as fit in opts->chunk tokens, at least one): the graph
+ * sums the pre-RoPE key similarities over the heads, and the chunk's last
+ * boundary (the next chunk's first start) stays put.
+ * @return 0, -EINVAL, -ENOMEM, or the keys callback's error
+ */
+int seg_layer(const struct seg_layer_src *src, const struct seg_layer_opts *opts, struct seg_layer_out *out);
+
+/* ---- persistence of an online segmenter ----------------------------------- */
+
+/** A blob of @p s's state (malloc'ed). @return 0 or -ENOMEM. */
+int seg_save(const struct seg_state *s, uint8_t **buf, size_t *len);
+/** A segmenter from a hostile blob of seg_save(). @return 0, -EBADMSG, -ENOMEM. */
+int seg_load(const uint8_t *buf, size_t len, struct seg_state **out);
+
 #endif

@@ -26,7 +26,7 @@ enum index_policy {
 	POLICY_FAISS_IVF = 5,     /**< "faiss-ivf": FAISS IndexIVFFlat, inner product (baseline) */
 	POLICY_FAISS_HNSW = 6,    /**< "faiss-hnsw": FAISS IndexHNSWFlat, inner product (baseline) */
 	POLICY_ANN = 7,           /**< "ann": query-aware graph over keys (RetrievalAttention) */
-	/* 8 is taken by "episodic" */
+	POLICY_EPISODIC = 8,      /**< "episodic": events from surprise, similarity + contiguity (EM-LLM) */
 	POLICY_COUNT
 };
 

@@ -131,6 +131,25 @@
  *   clustered and chained as in a build and the recent queries draw their
  *   query edges over the whole segment, merged into the old ones.
  *
+ * episodic (EM-LLM): events of variable length (seg_layer() in events.h:
+ *   boundaries from surprise, or key novelty, refined on the pre-RoPE key
+ *   graph), each with 4 representative keys chosen as blocks chooses them
+ *   (received attention from the last max_prefill prefill positions, else
+ *   medoids). An event scores as a block does (max over its
+ *   representatives, the group's summed softmax over events). Two stages:
+ *   similarity takes whole events in score order while they fit in
+ *   (1 - contig_share) of the budget; contiguity then pushes the
+ *   neighbours (e - 1 and e + 1) of the events just picked into the
+ *   requester's FIFO buffer (worst pick first, so the best pick's
+ *   neighbours are the newest; an event already queued moves to the back;
+ *   picked events leave it), drops the oldest until its events hold at
+ *   most contig_share of the budget, and adds every event it holds. What
+ *   is left of the budget goes on down the similarity ranking: whole
+ *   events while they fit, the rest by tail fill, so the whole budget is
+ *   used and a budget >= n returns every token. Without a history the
+ *   buffer starts empty each search. scanned = representatives scored +
+ *   tail fill tokens.
+ *
  * faiss-hnsw (baseline): IndexHNSWFlat, M = 32, inner product (FAISS's own
  *   METRIC_INNER_PRODUCT), efConstruction 40, efSearch = max(budget, 16)
  *   (FAISS searches with max(efSearch, k) anyway). Group as faiss-ivf.
@@ -187,6 +206,15 @@ struct index_build_params {
 	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [2] */
 	unsigned degree;          /* ann: out-edges per key [32] */
 	float beam_factor;        /* ann: beam width as a share of the budget [1] */
+	/*
+	 * episodic: the events' starts relative to the segment (ascending,
+	 * [0] == 0, all < n; no event longer than 65536 tokens), as seg_layer()
+	 * finds them for the whole layer; NULL: key novelty over this segment's
+	 * keys alone (events.h), refined on its own key graph.
+	 */
+	const uint64_t *event_starts;
+	uint64_t n_events;
+	float contig_share;       /* episodic: the contiguity stage's share of the budget [0.3]; < 0: none */
 };
 
 /**
@@ -217,7 +245,25 @@ struct index_result {
 	float *est_key;           /* [est_cap][d] centroid of each estimated cluster */
 	float *est_count;         /* [est_cap] n_j */
 	float *est_vsum;          /* [est_cap][d] sum of the values of the cluster */
+	/*
+	 * Optional: state one requester keeps across its decode steps
+	 * (episodic's contiguity buffer); NULL: each search stands alone.
+	 * Policies without such state ignore it.
+	 */
+	struct index_history *history;
 };
+
+/**
+ * episodic's contiguity buffer for one (context, layer, KV head): a FIFO
+ * of events, the neighbours of what earlier steps retrieved. Searches
+ * that share one serialise on its lock; an index rebuilt or extended
+ * under it (other n or event count) empties it.
+ */
+struct index_history;
+struct index_history *index_history_new(void);
+void index_history_free(struct index_history *h);
+/** The buffer's events, oldest first (at most @p cap written). @return how many it holds. */
+uint32_t index_history_events(struct index_history *h, uint32_t *out, uint32_t cap);
 
 struct index;
 
@@ -330,5 +376,11 @@ int index_ann_graph(const struct index *ix, struct index_ann_graph *g);
  * searches. Any other index is left alone. @return 0 or -EINVAL.
  */
 int index_ann_set_beam(struct index *ix, float beam_factor);
+
+/**
+ * episodic only, for tests and tools: the event starts as the index holds
+ * them, start[0] = 0 ... start[*n_ev] = n. @return 0, or -EINVAL when @p ix is not one.
+ */
+int index_episodic_events(const struct index *ix, const uint32_t **start, uint64_t *n_ev);
 
 #endif

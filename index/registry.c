@@ -11,6 +11,7 @@ extern const struct policy_ops centroids2_policy_ops;
 extern const struct policy_ops faiss_ivf_policy_ops;
 extern const struct policy_ops faiss_hnsw_policy_ops;
 extern const struct policy_ops ann_policy_ops;
+extern const struct policy_ops episodic_policy_ops;
 
 #define POLICY(id, str, methods)                                                          \
 	[id] = &(const struct index_ops){ .version = INDEX_OPS_VERSION, .name = str, .policy = id, \
@@ -25,6 +26,7 @@ static const struct index_ops *const policies[POLICY_COUNT] = {
 	POLICY(POLICY_FAISS_IVF, "faiss-ivf", &faiss_ivf_policy_ops),
 	POLICY(POLICY_FAISS_HNSW, "faiss-hnsw", &faiss_hnsw_policy_ops),
 	POLICY(POLICY_ANN, "ann", &ann_policy_ops),
+	POLICY(POLICY_EPISODIC, "episodic", &episodic_policy_ops),
 };
 
 const struct index_ops *index_ops_get(uint32_t policy)

@@ -29,6 +29,7 @@
 #include <json-c/json.h>
 
 #include "bench_retrieval.h"
+#include "bench_segment.h"
 #include "bench_util.h"
 #include "kernels.h"
 #include "mnemo.h"
@@ -43,6 +44,9 @@ static unsigned opt_n_tokens = 2, opt_iters = 20;
 static const char *opt_dir;
 static uint64_t opt_tier_bytes = 1ull << 30;
 static unsigned opt_tier_seconds = 3, opt_rounds = 5;
+static enum seg_metric opt_metric = SEG_MODULARITY;
+static double opt_gammas[16] = { 1.0 };
+static unsigned opt_n_gammas = 1;
 static struct bench_retrieval_opts ropt = {
 	.policies = { "quest", "blocks", "centroids", "centroids2", "faiss-ivf", "faiss-hnsw" },
 	.n_policies = 6,
@@ -719,6 +723,10 @@ static void usage(FILE *f)
 		"            computed in the same run: mass recall, oracle-relative mass recall,\n"
 		"            top-100 recall, output and lse error, scanned and loaded fractions,\n"
 		"            p50/p99 per query group beside exact's, build time\n"
+		"  segment   EM-LLM's segmentation of one layer of a trace (--trace FILE), from\n"
+		"            surprise and from key novelty, unrefined and refined on the key graph:\n"
+		"            boundary F1 against the trace's planted episodes, modularity or\n"
+		"            conductance before and after, tokens per minute on one thread\n"
 		"  prefix    LOOKUP of a 1M-token prompt held by a context, by ids and by chain\n"
 		"            hashes, beside a HELLO round trip\n"
 		"  all       ipc, attend, tier and prefix\n"
@@ -745,9 +753,13 @@ static void usage(FILE *f)
 		"                    (default 1)\n"
 		"  --index-dir DIR   retrieval: save built indexes in DIR and load them on\n"
 		"                    later runs (keyed by trace, policy, head, layer, tokens)\n"
-		"  --heads N         retrieval: KV heads to measure (default: all)\n"
+		"  --heads N         retrieval: KV heads to measure; segment: KV heads the key\n"
+		"                    graph sums over (default: all)\n"
 		"  --queries N       retrieval: decode queries per head (default 16)\n"
-		"  --layer N         retrieval: the layer (default 0)\n"
+		"  --layer N         retrieval, segment: the layer (default 0)\n"
+		"  --metric NAME     segment: modularity (default) or conductance\n"
+		"  --gamma LIST      segment: the boundary rule's gamma, comma-separated;\n"
+		"                    retrieval: episodic's, the first of the list (default 1)\n"
 		"  -h, --help        this help\n");
 }
 
@@ -830,6 +842,31 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--queries") && v) {
 			ropt.queries = strtoull(v, NULL, 10);
 			i++;
+		} else if (!strcmp(a, "--gamma") && v) {
+			opt_n_gammas = 0;
+			char *dup = strdup(v), *save, *tok;
+			for (tok = strtok_r(dup, ",", &save); tok && opt_n_gammas < 16; tok = strtok_r(NULL, ",", &save)) {
+				char *end;
+				double g = strtod(tok, &end);
+				if (*end || !(g > 0 && g < 100)) {
+					fprintf(stderr, "mnemo-bench: bad gamma %s (0 < gamma < 100)\n", tok);
+					free(dup);
+					return 2;
+				}
+				opt_gammas[opt_n_gammas++] = g;
+			}
+			free(dup);
+			i++;
+		} else if (!strcmp(a, "--metric") && v) {
+			if (!strcmp(v, "modularity")) {
+				opt_metric = SEG_MODULARITY;
+			} else if (!strcmp(v, "conductance")) {
+				opt_metric = SEG_CONDUCTANCE;
+			} else {
+				fprintf(stderr, "mnemo-bench: --metric is modularity or conductance, not %s\n", v);
+				return 2;
+			}
+			i++;
 		} else if (!strcmp(a, "--layer") && v) {
 			ropt.layer = (unsigned)strtoul(v, NULL, 10);
 			i++;
@@ -867,12 +904,23 @@ int main(int argc, char **argv)
 		opt_workers = n > 0 ? (unsigned)n : 1;
 	}
 	int all = !strcmp(suite, "all");
+	if (!strcmp(suite, "segment")) {
+		if (!ropt.trace) {
+			fprintf(stderr, "mnemo-bench: segment needs --trace FILE\n");
+			return 2;
+		}
+		struct bench_segment_opts so = { .trace = ropt.trace, .json = opt_json, .layer = ropt.layer,
+						 .heads = ropt.heads, .metric = opt_metric, .n_gammas = opt_n_gammas };
+		memcpy(so.gammas, opt_gammas, sizeof(so.gammas));
+		return bench_segment(&so) ? 1 : 0;
+	}
 	if (!strcmp(suite, "retrieval")) {
 		if (!ropt.trace) {
 			fprintf(stderr, "mnemo-bench: retrieval needs --trace FILE\n");
 			return 2;
 		}
 		ropt.json = opt_json;
+		ropt.gamma = opt_gammas[0];
 		return bench_retrieval(&ropt) ? 1 : 0;
 	}
 	if (!all && strcmp(suite, "ipc") && strcmp(suite, "attend") && strcmp(suite, "tier") &&

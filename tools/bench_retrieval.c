@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "bench_retrieval.h"
+#include "bench_segment.h"
 #include "bench_util.h"
 #include "kernels.h"
 #include "policy.h"
@@ -254,6 +255,9 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		acc[i].ms = malloc(sizeof(double) * heads * queries);
 		acc[i].search_ms = malloc(sizeof(double) * heads * queries);
 	}
+	/* episodic's events: the layer's, found once (surprise or novelty, refined over every KV head) */
+	struct seg_layer_out events = { 0 };
+	int events_done = 0;
 	float thr100[ATTN_MAX_GROUP];
 	static float est_key[4096 * 4], est_cnt[4096], est_vsum[4096 * 4];
 	static float o_[ATTN_MAX_GROUP * ATTN_MAX_DIM], l_[ATTN_MAX_GROUP];
@@ -310,8 +314,30 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 			double t0 = now_s();
 			char path[4096];
 			if (o->index_dir)
-				cache_path(path, sizeof(path), o, pols[pi]->name, h, N);
+			{
+				char name[64];
+				snprintf(name, sizeof(name), strcmp(pols[pi]->name, "episodic") ? "%s" : "%s-g%g",
+					 pols[pi]->name, o->gamma > 0 ? o->gamma : 1.0);
+				cache_path(path, sizeof(path), o, name, h, N);
+			}
 			if (!o->index_dir || cache_load(path, pols[pi], &keys, &ixs[pi]) != 0) {
+				if (!strcmp(pols[pi]->name, "episodic")) {
+					if (!events_done) {
+						double e0 = now_s();
+						int used = 0;
+						if ((rc = bench_trace_events(f, o->layer, 0, 1, SEG_MODULARITY, (float)o->gamma,
+									     0, 0, &events, &used)))
+							goto out_free;
+						events_done = 1;
+						if (!o->json)
+							printf("episodic: %" PRIu64 " events from %s, gamma %g, refined over %"
+							       PRIu64 " KV heads in %.1f s\n", events.n_ev,
+							       used ? "surprise" : "key novelty", o->gamma > 0 ? o->gamma : 1.0,
+							       Hkv, now_s() - e0);
+					}
+					bp.event_starts = events.starts;
+					bp.n_events = events.n_ev;
+				}
 				rc = pols[pi]->build(&keys, &bp, &ixs[pi]);
 				if (!rc && o->index_dir)
 					cache_save(path, pols[pi], ixs[pi]);
@@ -460,6 +486,7 @@ out_free:
 	free(acc);
 	free(build_s);
 	free(exact_ms);
+	free(events.starts);
 out:
 	free(kf);
 	free(vf);

@@ -197,6 +197,8 @@ static const struct config configs[] = {
 	{ "faiss-ivf", "faiss-ivf", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.88 },
 	{ "faiss-hnsw", "faiss-hnsw", 0, 0, INDEX_SELECT_BUDGET, 0, 0, 0.87 },
 	{ "ann", "ann", 1, 0, INDEX_SELECT_BUDGET, 0, 0, 0.91 },
+	{ "episodic", "episodic medoids", 0, 0, INDEX_SELECT_BUDGET, 0, 1, 0.84 },
+	{ "episodic", "episodic received", 1, 0, INDEX_SELECT_BUDGET, 0, 1, 0.88 },
 };
 
 struct racer {
@@ -585,7 +587,7 @@ int main(void)
 
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
-					     "faiss-hnsw", "ann" };
+					     "faiss-hnsw", "ann", "episodic" };
 	for (unsigned p = 0; p < sizeof(names) / sizeof(names[0]); p++)
 		CHECK(index_ops_by_name(names[p]) && index_ops_by_name(names[p])->policy == p &&
 		      (p == 0 || !strcmp(policy_ops_get(p)->name, names[p])), "policy %u is %s", p, names[p]);
