@@ -286,6 +286,37 @@ static int h_queries(struct request *r)
 	return rc;
 }
 
+static int h_surprise(struct request *r)
+{
+	struct msg_surprise_req m;
+	int rc = msg_surprise_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *c;
+	if ((rc = get_ctx(r, m.ctx, NULL, 0, WRITE, &c)))
+		return rc;
+	float *s = malloc((size_t)m.n * sizeof(float));
+	if (!s) {
+		rc = req_error(r, -ENOMEM, "out of memory");
+	} else {
+		proto_f32_from_wire(s, m.s, m.n);
+		struct msg_surprise_rep rep;
+		rc = attend_policy_surprise(c, m.first, m.n, s, &rep.seen, &rep.events);
+		if (rc == -ERANGE)
+			req_error(r, rc, "the context was sent surprise for %llu tokens; these start at %llu",
+				  (unsigned long long)rep.seen, (unsigned long long)m.first);
+		else if (rc == -EINVAL)
+			req_error(r, rc, "surprise must be finite (-log p of each token, in nats)");
+		else if (rc)
+			req_error(r, rc, "surprise: %s", strerror(-rc));
+		else
+			msg_surprise_rep_encode(&r->out, &rep);
+	}
+	free(s);
+	kv_ctx_put(c);
+	return rc;
+}
+
 static int h_lookup(struct request *r)
 {
 	struct msg_lookup_req m;
@@ -532,6 +563,7 @@ static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
 		.owner_uid = kv_ctx_owner(c), .tokens = info.tokens, .bytes = info.bytes,
 		.flags = kv_ctx_shared(c) ? PROTO_CTX_SHARED : 0,
 	};
+	attend_policy_segmentation(c, &rec->surprise_seen, &rec->events, &rec->segmentation);
 }
 
 static int h_stat(struct request *r)
@@ -660,4 +692,5 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_LOOKUP] = { "LOOKUP", h_lookup, false },
 	[OP_SHARE] = { "SHARE", h_share, false },
 	[OP_QUERIES] = { "QUERIES", h_queries, false },
+	[OP_SURPRISE] = { "SURPRISE", h_surprise, false },
 };

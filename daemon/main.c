@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attend.h"
 #include "catalog.h"
 #include "config.h"
 #include "kernels.h"
@@ -25,6 +26,16 @@ int main(int argc, char **argv)
 	case CONFIG_EXIT_OK: return 0;
 	case CONFIG_EXIT_ERR: return 2;
 	case CONFIG_RUN: break;
+	}
+
+	{
+		char *end;
+		double gamma = strtod(cfg.episodic_gamma, &end);
+		struct attend_policy_config pc = { .gamma = (float)gamma };
+		if (end == cfg.episodic_gamma || *end || !(gamma >= 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
+			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number >= 0\n", cfg.episodic_gamma);
+			return 2;
+		}
 	}
 
 	struct daemon_ctx d = { .cfg = &cfg };

@@ -484,6 +484,36 @@ int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first,
 	return rc;
 }
 
+int mnemo_surprise(mnemo_client *c, uint64_t ctx, uint64_t first, uint32_t n, const float *s,
+		   struct mnemo_surprise_info *info)
+{
+	if (!n || !s)
+		return set_err(c, -EINVAL, "SURPRISE needs at least one token");
+	const uint32_t per_frame = (c->max_frame - 64) / 4;
+	struct msg_surprise_rep rep = { 0 };
+	int rc = 0;
+	for (uint32_t t = 0; !rc && t < n;) {
+		uint32_t k = n - t < per_frame ? n - t : per_frame;
+		struct msg_surprise_req m = { .ctx = ctx, .first = first + t, .n = k };
+		struct wbuf b;
+		wbuf_init(&b);
+		msg_surprise_req_encode(&b, &m);
+		uint8_t *p;
+		uint32_t len;
+		/* f32 on the wire is little-endian, as on every host libmnemo supports */
+		if ((rc = call(c, OP_SURPRISE, &b, s + t, (size_t)k * 4, -1, &p, &len)))
+			break;
+		rc = msg_surprise_rep_decode(p, len, &rep) ? bad_reply(c, OP_SURPRISE) : 0;
+		free(p);
+		t += k;
+	}
+	if (!rc && info) {
+		info->seen = rep.seen;
+		info->events = rep.events;
+	}
+	return rc;
+}
+
 size_t mnemo_prefix_hashes(uint64_t salt, const uint32_t *ids, size_t n, uint64_t *out)
 {
 	size_t k = n / MNEMO_CHUNK_TOKENS;
@@ -690,6 +720,9 @@ static void record_to_info(const struct proto_ctx_record *r, struct mnemo_contex
 	o->tokens = r->tokens;
 	o->bytes = r->bytes;
 	o->shared = (r->flags & PROTO_CTX_SHARED) != 0;
+	o->surprise_seen = r->surprise_seen;
+	o->events = r->events;
+	o->segmentation = r->segmentation;
 }
 
 int mnemo_share(mnemo_client *c, uint64_t id, const char *name, int shared)

@@ -16,6 +16,7 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_LOOKUP] = "LOOKUP",
 	[OP_SHARE] = "SHARE",
 	[OP_QUERIES] = "QUERIES",
+	[OP_SURPRISE] = "SURPRISE",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -715,6 +716,46 @@ int msg_queries_rep_decode(const void *p, size_t n, struct msg_queries_rep *m)
 	return rbuf_end(&r);
 }
 
+void msg_surprise_req_encode(struct wbuf *b, const struct msg_surprise_req *m)
+{
+	wbuf_u64(b, m->ctx);
+	wbuf_u64(b, m->first);
+	wbuf_u32(b, m->n);
+	/* s NULL: the values follow as the frame's tail */
+	if (m->s)
+		wbuf_put(b, m->s, (size_t)m->n * 4);
+}
+
+int msg_surprise_req_decode(const void *p, size_t n, struct msg_surprise_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->ctx = rbuf_u64(&r);
+	m->first = rbuf_u64(&r);
+	m->n = rbuf_u32(&r);
+	if (r.err)
+		return r.err;
+	if (!m->n || (size_t)m->n * 4 != r.len - r.off)
+		return -EPROTO;
+	m->s = rbuf_bytes(&r, (size_t)m->n * 4);
+	return rbuf_end(&r);
+}
+
+void msg_surprise_rep_encode(struct wbuf *b, const struct msg_surprise_rep *m)
+{
+	wbuf_u64(b, m->seen);
+	wbuf_u64(b, m->events);
+}
+
+int msg_surprise_rep_decode(const void *p, size_t n, struct msg_surprise_rep *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->seen = rbuf_u64(&r);
+	m->events = rbuf_u64(&r);
+	return rbuf_end(&r);
+}
+
 void msg_lookup_req_encode(struct wbuf *b, const struct msg_lookup_req *m)
 {
 	wbuf_u64(b, m->salt);
@@ -782,6 +823,9 @@ void proto_ctx_record_encode(struct wbuf *b, const struct proto_ctx_record *m)
 	wbuf_u64(b, m->tokens);
 	wbuf_u64(b, m->bytes);
 	wbuf_u32(b, m->flags);
+	wbuf_u64(b, m->surprise_seen);
+	wbuf_u64(b, m->events);
+	wbuf_u32(b, m->segmentation);
 }
 
 int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
@@ -794,6 +838,11 @@ int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
 	m->tokens = rbuf_u64(r);
 	m->bytes = rbuf_u64(r);
 	m->flags = rbuf_u32(r);
+	m->surprise_seen = rbuf_u64(r);
+	m->events = rbuf_u64(r);
+	m->segmentation = rbuf_u32(r);
+	if (!r->err && m->segmentation > PROTO_SEG_NOVELTY)
+		r->err = -EPROTO;
 	return r->err;
 }
 

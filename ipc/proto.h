@@ -47,6 +47,7 @@ enum proto_op {
 	OP_LOOKUP = 13,
 	OP_SHARE = 14,
 	OP_QUERIES = 15,
+	OP_SURPRISE = 16,
 	OP_COUNT
 };
 
@@ -215,6 +216,16 @@ struct msg_queries_req {
 struct msg_queries_rep {
 	uint64_t kept, seen;    /* positions the layer keeps, and has been sent */
 };
+/* Per-token surprise of a context (PROTOCOL.md, SURPRISE). */
+struct msg_surprise_req {
+	uint64_t ctx;
+	uint64_t first;         /* the first token's index: the tokens the context was sent surprise for before */
+	uint32_t n;
+	const uint8_t *s;       /* [n] f32, borrowed */
+};
+struct msg_surprise_rep {
+	uint64_t seen, events;  /* tokens with surprise so far, events their boundaries start */
+};
 enum { PROTO_LOOKUP_IDS = 0, PROTO_LOOKUP_HASHES = 1 };
 struct msg_lookup_req {
 	uint64_t salt;
@@ -264,7 +275,10 @@ struct proto_ctx_record {
 	uint32_t state, owner_uid;
 	uint64_t tokens, bytes;
 	uint32_t flags;         /* PROTO_CTX_SHARED */
+	uint64_t surprise_seen, events;  /* SURPRISE: tokens sent, events the online rule started */
+	uint32_t segmentation;  /* PROTO_SEG_*: what episodic's last build segmented by */
 };
+enum { PROTO_SEG_NONE = 0, PROTO_SEG_SURPRISE = 1, PROTO_SEG_NOVELTY = 2 };
 
 struct proto_daemon_record {
 	uint64_t uptime_ms;
@@ -326,6 +340,10 @@ void msg_queries_req_encode(struct wbuf *b, const struct msg_queries_req *m);
 int msg_queries_req_decode(const void *p, size_t n, struct msg_queries_req *m);
 void msg_queries_rep_encode(struct wbuf *b, const struct msg_queries_rep *m);
 int msg_queries_rep_decode(const void *p, size_t n, struct msg_queries_rep *m);
+void msg_surprise_req_encode(struct wbuf *b, const struct msg_surprise_req *m);
+int msg_surprise_req_decode(const void *p, size_t n, struct msg_surprise_req *m);
+void msg_surprise_rep_encode(struct wbuf *b, const struct msg_surprise_rep *m);
+int msg_surprise_rep_decode(const void *p, size_t n, struct msg_surprise_rep *m);
 void msg_lookup_req_encode(struct wbuf *b, const struct msg_lookup_req *m);
 int msg_lookup_req_decode(const void *p, size_t n, struct msg_lookup_req *m);
 void msg_lookup_rep_encode(struct wbuf *b, const struct msg_lookup_rep *m);

@@ -79,6 +79,37 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 int attend_policy_queries(struct kv_ctx *c, uint32_t layer, uint64_t first, uint32_t n_pos, const float *q,
 			  uint64_t *kept, uint64_t *seen);
 
+/** What episodic's events of a layer came from (STAT; PROTO_SEG_* on the wire). */
+enum attend_segmentation {
+	ATTEND_SEG_NONE = 0,       /* no episodic index built or loaded yet */
+	ATTEND_SEG_SURPRISE = 1,   /* the context's SURPRISE covered the layer's tokens */
+	ATTEND_SEG_NOVELTY = 2,    /* key novelty stood in (events.h) */
+};
+
+/** Daemon-wide tuning of the policies. */
+struct attend_policy_config {
+	float gamma;               /* episodic's boundary rule (0: 1.0, EM-LLM's) */
+};
+
+/** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite). */
+int attend_policy_configure(const struct attend_policy_config *cfg);
+
+/**
+ * SURPRISE: feed @p n tokens' surprise, from token @p first, to the
+ * context's online boundary rule (events.h) and save its state and the
+ * event starts as the side file "surprise.seg". A layer's episodic index
+ * segments by them when they cover the layer's tokens.
+ * @param seen, events  after the call: tokens fed, events started
+ * @return 0, -EINVAL (n 0, a non-finite value: nothing is fed), -ERANGE
+ *         (@p first is not the tokens fed so far), -ENOMEM, a side file's
+ *         write error (the state is then kept in RAM but not durable)
+ */
+int attend_policy_surprise(struct kv_ctx *c, uint64_t first, uint32_t n, const float *surprise, uint64_t *seen,
+			   uint64_t *events);
+
+/** STAT's view: tokens fed SURPRISE, events started, enum attend_segmentation of the last episodic build. */
+void attend_policy_segmentation(struct kv_ctx *c, uint64_t *seen, uint64_t *events, uint32_t *source);
+
 /** Where ensure-an-index found it. */
 enum index_source {
 	INDEX_PRESENT = 0,         /* already in memory */

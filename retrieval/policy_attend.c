@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "events.h"
 #include "policy.h"
 #include "qstore.h"
 #include "sparse.h"
@@ -51,7 +52,22 @@
 /* ann: tokens appended past an index before an ATTEND extends it (one clustering chunk) */
 #define EXTEND_TOKENS 8192u
 
+/* episodic: the side files of the context's surprise segmenter and of a layer's events */
+#define SG_MAGIC 0x47534e4du /* "MNSG" */
+#define EV_MAGIC 0x56454e4du /* "MNEV" */
+#define SG_VERSION 1u
+
 static _Atomic uint64_t n_builds, n_loads, n_bytes;
+static struct seg_params seg_config; /* zeros: EM-LLM's defaults */
+
+int attend_policy_configure(const struct attend_policy_config *cfg)
+{
+	struct seg_params p = { .gamma = cfg ? cfg->gamma : 0 }, r;
+	if (seg_params_resolve(&p, &r))
+		return -EINVAL;
+	seg_config = p;
+	return 0;
+}
 
 void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes)
 {
@@ -70,6 +86,14 @@ struct slot {
 	size_t bytes;             /* RAM the index, k and recent hold (counted in n_bytes) */
 	float *recent;            /* policies with extend(): [RECENT_QUERIES][G][d], a ring of ATTEND queries */
 	uint32_t recent_n, recent_next;
+	struct index_history *hist; /* episodic: the contiguity FIFO of this (context, layer, KV head) */
+};
+
+/* A layer's events as episodic's builds take them. */
+struct layer_events {
+	uint64_t *starts, n_ev;
+	uint64_t covered;         /* the tokens they segment */
+	uint32_t source;          /* enum attend_segmentation */
 };
 
 struct ctx_indexes {
@@ -79,6 +103,13 @@ struct ctx_indexes {
 	struct qstore **q;        /* [L] prefill queries, NULL until some arrive */
 	uint8_t *q_tried;         /* [L] the layer's side file was looked for */
 	size_t q_bytes;           /* RAM the stores hold (counted in n_bytes) */
+	pthread_mutex_t smu;      /* guards seg, starts, seg_tried */
+	struct seg_state *seg;    /* the online boundary rule over SURPRISE, NULL until some arrives */
+	uint64_t *starts, n_starts, cap_starts;
+	uint8_t seg_tried;        /* the side file was looked for */
+	pthread_mutex_t emu;      /* guards ev and seg_source: one layer segmented at a time */
+	struct layer_events *ev;  /* [L] */
+	uint32_t seg_source;      /* what the last episodic build or load segmented by */
 };
 
 static void indexes_free(void *arg)
@@ -91,6 +122,7 @@ static void indexes_free(void *arg)
 			po->free(x->slots[i].ix);
 		free(x->slots[i].k);
 		free(x->slots[i].recent);
+		index_history_free(x->slots[i].hist);
 		atomic_fetch_sub(&n_bytes, x->slots[i].bytes);
 		pthread_mutex_destroy(&x->slots[i].mu);
 		pthread_rwlock_destroy(&x->slots[i].rw);
@@ -99,6 +131,13 @@ static void indexes_free(void *arg)
 		qstore_free(x->q[l]);
 	atomic_fetch_sub(&n_bytes, x->q_bytes);
 	pthread_mutex_destroy(&x->qmu);
+	pthread_mutex_destroy(&x->smu);
+	pthread_mutex_destroy(&x->emu);
+	seg_free(x->seg);
+	free(x->starts);
+	for (uint32_t l = 0; x->ev && l < x->L; l++)
+		free(x->ev[l].starts);
+	free(x->ev);
 	free(x->q);
 	free(x->q_tried);
 	free(x->slots);
@@ -120,10 +159,12 @@ static struct ctx_indexes *indexes_of(struct kv_ctx *c)
 	x->slots = calloc(n, sizeof(*x->slots));
 	x->q = calloc(x->L, sizeof(*x->q));
 	x->q_tried = calloc(x->L, 1);
-	if (!x->slots || !x->q || !x->q_tried) {
+	x->ev = calloc(x->L, sizeof(*x->ev));
+	if (!x->slots || !x->q || !x->q_tried || !x->ev) {
 		free(x->slots);
 		free(x->q);
 		free(x->q_tried);
+		free(x->ev);
 		free(x);
 		return NULL;
 	}
@@ -137,6 +178,8 @@ static struct ctx_indexes *indexes_of(struct kv_ctx *c)
 	}
 	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&x->qmu, NULL);
+	pthread_mutex_init(&x->smu, NULL);
+	pthread_mutex_init(&x->emu, NULL);
 	struct ctx_indexes *cur = kv_ctx_aux_install(c, x, indexes_free);
 	if (cur != x)
 		indexes_free(x);
@@ -208,6 +251,34 @@ static int gather_raw(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t 
 	const struct kv_geometry *g = kv_ctx_geometry(c);
 	struct gather x = { .row = (size_t)g->head_dim * g->elem_size, .kr = k, .vr = v };
 	return for_each_block(c, layer, head, n, block_raw, &x);
+}
+
+/* Keys [t0, t0 + cnt) of (layer, head) as fp32 [cnt][d], pinning 64 blocks at a time. */
+static int gather_range_f32(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t t0, uint32_t cnt, float *out)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint32_t B = kv_ctx_block_tokens(c);
+	const size_t d = g->head_dim, row = d * g->elem_size;
+	const uint64_t t1 = t0 + cnt;
+	const uint8_t *win[64];
+	for (uint64_t b0 = t0 / B; b0 * B < t1; b0 += 64) {
+		uint64_t nb = (t1 + B - 1) / B - b0;
+		if (nb > 64)
+			nb = 64;
+		uint64_t bad;
+		int rc = kv_ctx_pin(c, layer, head, b0, (uint32_t)nb, win, &bad);
+		if (rc)
+			return rc;
+		for (uint64_t b = 0; b < nb; b++) {
+			const uint64_t lo = (b0 + b) * B > t0 ? (b0 + b) * B : t0;
+			const uint64_t hi = (b0 + b + 1) * B < t1 ? (b0 + b + 1) * B : t1;
+			const uint8_t *k = win[b] + (lo - (b0 + b) * B) * row;
+			for (size_t i = 0; i < (hi - lo) * d; i++)
+				out[(lo - t0) * d + i] = kv_load((enum kv_dtype)g->dtype, k, i);
+		}
+		kv_ctx_unpin(c, layer, head, b0, (uint32_t)nb);
+	}
+	return 0;
 }
 
 /* Give the index its own rows when its policy keeps them; the fp32 keys are then not needed. */
@@ -378,6 +449,268 @@ static int prefill_group(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer
 	return rc;
 }
 
+/* ---- episodic: surprise and a layer's events ---------------------------------- */
+
+#define SIDE_SURPRISE "surprise.seg"
+
+/*
+ * The context's segmenter, looked for in the side files once; made when
+ * @p create. smu held. Side file: magic "MNSG" u32, version u32, starts
+ * u64, the starts u64 [n], then seg_save()'s blob.
+ */
+static struct seg_state *seg_of(struct kv_ctx *c, struct ctx_indexes *x, int create)
+{
+	if (!x->seg && !x->seg_tried) {
+		void *buf;
+		size_t len;
+		x->seg_tried = 1;
+		/* a file that fails its checks is overwritten by the next SURPRISE */
+		if (!kv_ctx_side_load(c, SIDE_SURPRISE, &buf, &len)) {
+			const uint8_t *p = buf;
+			uint32_t magic = 0, version = 0;
+			uint64_t n = 0;
+			if (len >= 16) {
+				memcpy(&magic, p, 4);
+				memcpy(&version, p + 4, 4);
+				memcpy(&n, p + 8, 8);
+			}
+			struct seg_state *st = NULL;
+			if (magic == SG_MAGIC && version == SG_VERSION && n <= (len - 16) / 8 &&
+			    !seg_load(p + 16 + n * 8, len - 16 - n * 8, &st)) {
+				uint64_t *starts = malloc(n * 8 + 8);
+				int ok = starts != NULL;
+				if (ok)
+					memcpy(starts, p + 16, n * 8);
+				/* ascending, from 0, inside what was fed */
+				for (uint64_t i = 0; ok && i < n; i++)
+					ok = (i ? starts[i] > starts[i - 1] : starts[i] == 0) && starts[i] < seg_tokens(st);
+				if (ok) {
+					x->seg = st;
+					x->starts = starts;
+					x->n_starts = x->cap_starts = n;
+				} else {
+					seg_free(st);
+					free(starts);
+				}
+			}
+			free(buf);
+		}
+	}
+	if (!x->seg && create)
+		x->seg = seg_new(&seg_config);
+	return x->seg;
+}
+
+static int seg_persist(struct kv_ctx *c, struct ctx_indexes *x)
+{
+	uint8_t *blob;
+	size_t len;
+	int rc = seg_save(x->seg, &blob, &len);
+	if (rc)
+		return rc;
+	const size_t total = 16 + x->n_starts * 8 + len;
+	uint8_t *buf = malloc(total);
+	if (buf) {
+		const uint32_t h[2] = { SG_MAGIC, SG_VERSION };
+		memcpy(buf, h, 8);
+		memcpy(buf + 8, &x->n_starts, 8);
+		memcpy(buf + 16, x->starts, x->n_starts * 8);
+		memcpy(buf + 16 + x->n_starts * 8, blob, len);
+		rc = kv_ctx_side_save(c, SIDE_SURPRISE, buf, total);
+	} else {
+		rc = -ENOMEM;
+	}
+	free(buf);
+	free(blob);
+	return rc == -ENOTSUP ? 0 : rc; /* no data directory: RAM is all there is */
+}
+
+int attend_policy_surprise(struct kv_ctx *c, uint64_t first, uint32_t n, const float *surprise, uint64_t *seen,
+			   uint64_t *events)
+{
+	if (!n)
+		return -EINVAL;
+	struct ctx_indexes *x = indexes_of(c);
+	if (!x)
+		return -ENOMEM;
+	pthread_mutex_lock(&x->smu);
+	struct seg_state *st = seg_of(c, x, 1);
+	int rc = !st ? -ENOMEM : first != seg_tokens(st) ? -ERANGE : 0;
+	if (!rc && x->cap_starts - x->n_starts < n) {
+		uint64_t cap = x->n_starts + n + x->cap_starts / 2;
+		uint64_t *p = realloc(x->starts, cap * sizeof(uint64_t));
+		if (p) {
+			x->starts = p;
+			x->cap_starts = cap;
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	if (!rc) {
+		int64_t k = seg_feed(st, surprise, n, x->starts + x->n_starts);
+		rc = k < 0 ? (int)k : 0;
+		if (!rc) {
+			x->n_starts += (uint64_t)k;
+			rc = seg_persist(c, x);
+		}
+	}
+	*seen = st ? seg_tokens(st) : 0;
+	*events = x->n_starts;
+	pthread_mutex_unlock(&x->smu);
+	return rc;
+}
+
+void attend_policy_segmentation(struct kv_ctx *c, uint64_t *seen, uint64_t *events, uint32_t *source)
+{
+	struct ctx_indexes *x = indexes_of(c);
+	*seen = *events = 0;
+	*source = ATTEND_SEG_NONE;
+	if (!x)
+		return;
+	pthread_mutex_lock(&x->smu);
+	struct seg_state *st = seg_of(c, x, 0);
+	*seen = st ? seg_tokens(st) : 0;
+	*events = x->n_starts;
+	pthread_mutex_unlock(&x->smu);
+	pthread_mutex_lock(&x->emu);
+	*source = x->seg_source;
+	pthread_mutex_unlock(&x->emu);
+}
+
+struct seg_keys {
+	struct kv_ctx *c;
+	uint32_t layer;
+};
+
+static int seg_keys_of(void *arg, unsigned head, uint64_t t0, uint32_t cnt, float *out)
+{
+	const struct seg_keys *k = arg;
+	return gather_range_f32(k->c, k->layer, head, t0, cnt, out);
+}
+
+static void side_name_events(char *out, size_t cap, uint32_t layer)
+{
+	snprintf(out, cap, "events-l%u.ev", layer);
+}
+
+/* The layer's events from its side file (magic "MNEV" u32, version u32, source u32, 0 u32, covered u64, n u64, starts u64 [n]). */
+static int events_load(struct kv_ctx *c, uint32_t layer, uint64_t n, struct layer_events *e)
+{
+	char name[64];
+	void *buf;
+	size_t len;
+	side_name_events(name, sizeof(name), layer);
+	int rc = kv_ctx_side_load(c, name, &buf, &len);
+	if (rc)
+		return rc;
+	const uint8_t *p = buf;
+	uint32_t h[4] = { 0 };
+	uint64_t covered = 0, cnt = 0;
+	rc = -EBADMSG;
+	if (len >= 32) {
+		memcpy(h, p, 16);
+		memcpy(&covered, p + 16, 8);
+		memcpy(&cnt, p + 24, 8);
+	}
+	if (h[0] == EV_MAGIC && h[1] == SG_VERSION && (h[2] == ATTEND_SEG_SURPRISE || h[2] == ATTEND_SEG_NOVELTY) &&
+	    !h[3] && covered == n && cnt && cnt <= (len - 32) / 8 && len == 32 + cnt * 8) {
+		uint64_t *st = malloc(cnt * 8);
+		int ok = st != NULL;
+		if (ok)
+			memcpy(st, p + 32, cnt * 8);
+		for (uint64_t i = 0; ok && i < cnt; i++)
+			ok = (i ? st[i] > st[i - 1] : st[i] == 0) && st[i] < n;
+		if (ok) {
+			free(e->starts);
+			*e = (struct layer_events){ .starts = st, .n_ev = cnt, .covered = n, .source = h[2] };
+			rc = 0;
+		} else {
+			free(st);
+		}
+	}
+	free(buf);
+	return rc;
+}
+
+static void events_save(struct kv_ctx *c, uint32_t layer, const struct layer_events *e)
+{
+	const size_t len = 32 + e->n_ev * 8;
+	uint8_t *buf = malloc(len);
+	if (!buf)
+		return;
+	const uint32_t h[4] = { EV_MAGIC, SG_VERSION, e->source, 0 };
+	memcpy(buf, h, 16);
+	memcpy(buf + 16, &e->covered, 8);
+	memcpy(buf + 24, &e->n_ev, 8);
+	memcpy(buf + 32, e->starts, e->n_ev * 8);
+	char name[64];
+	side_name_events(name, sizeof(name), layer);
+	/* best effort: without it the next daemon segments again */
+	kv_ctx_side_save(c, name, buf, len);
+	free(buf);
+}
+
+/*
+ * The events of @p layer's first @p n tokens, a copy for the caller: saved ones, else
+ * segmented now, from the context's surprise when it covers the n tokens,
+ * else from key novelty, refined on the key graph summed over every KV head
+ * (positions are token indices, the geometry's rope_theta undoes RoPE).
+ */
+static int layer_events(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer, uint64_t n, uint64_t **starts,
+			uint64_t *n_ev)
+{
+	pthread_mutex_lock(&x->emu);
+	struct layer_events *e = &x->ev[layer];
+	int rc = 0;
+	if (e->covered != n && events_load(c, layer, n, e)) {
+		const struct kv_geometry *g = kv_ctx_geometry(c);
+		uint64_t *from = NULL, n_from = 0;
+		pthread_mutex_lock(&x->smu);
+		struct seg_state *st = seg_of(c, x, 0);
+		if (st && seg_tokens(st) >= n) {
+			while (n_from < x->n_starts && x->starts[n_from] < n)
+				n_from++;
+			if (!(from = malloc(n_from * 8 + 8)))
+				rc = -ENOMEM;
+			else
+				memcpy(from, x->starts, n_from * 8);
+		}
+		pthread_mutex_unlock(&x->smu);
+		struct seg_keys sk = { .c = c, .layer = layer };
+		struct seg_layer_src src = { .n = n, .heads = g->n_kv_heads, .d = g->head_dim,
+					     .rope_theta = g->head_dim % 2 == 0 && g->rope_theta > 0 ? g->rope_theta : 0,
+					     .keys = seg_keys_of, .ctx = &sk, .starts = from, .n_starts = n_from };
+		struct seg_layer_opts o = { .seg = seg_config, .refine = 1 };
+		struct seg_layer_out out;
+		if (!rc && !(rc = seg_layer(&src, &o, &out))) {
+			free(e->starts);
+			*e = (struct layer_events){ .starts = out.starts, .n_ev = out.n_ev, .covered = n,
+						    .source = from ? ATTEND_SEG_SURPRISE : ATTEND_SEG_NOVELTY };
+			events_save(c, layer, e);
+		}
+		free(from);
+	}
+	if (!rc) {
+		x->seg_source = e->source;
+		*n_ev = e->n_ev;
+		if (!(*starts = malloc(e->n_ev * 8)))
+			rc = -ENOMEM;
+		else
+			memcpy(*starts, e->starts, e->n_ev * 8);
+	}
+	pthread_mutex_unlock(&x->emu);
+	return rc;
+}
+
+/* A loaded episodic index: STAT's source from the layer's saved events, when they are there. */
+static void layer_events_source(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer, uint64_t covered)
+{
+	pthread_mutex_lock(&x->emu);
+	if (x->ev[layer].covered == covered || !events_load(c, layer, covered, &x->ev[layer]))
+		x->seg_source = x->ev[layer].source;
+	pthread_mutex_unlock(&x->emu);
+}
+
 /* RAM the slot holds, counted in n_bytes. mu held. */
 static void slot_account(struct slot *s, const struct policy_ops *po, unsigned G, unsigned d)
 {
@@ -430,6 +763,9 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 		if (!rc) {
 			atomic_fetch_add(&n_loads, 1);
 			*how = INDEX_LOADED;
+			/* STAT says what the loaded events came from (their side file; none: unknown) */
+			if (policy == POLICY_EPISODIC)
+				layer_events_source(c, x, layer, covered);
 			goto done;
 		}
 		/* a body the policy refuses is built over */
@@ -440,13 +776,18 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 		s->k = NULL;
 	}
 	float *pq = NULL, *k = NULL, *v = NULL;
-	uint64_t npq = 0;
+	uint64_t npq = 0, *ev = NULL, n_ev = 0;
 	rc = 0;
 	/* ann's edges come from prefill queries: a graph of keys alone finds a
 	 * fraction of what it should (0.18 against 0.93 top-100 recall in
 	 * test_ann), so none is built without them */
 	if (policy == POLICY_ANN && !(rc = prefill_group(c, x, layer, head, G, &pq, &npq)) && !npq)
 		rc = -ENOTSUP;
+	if (!rc && policy == POLICY_EPISODIC)
+		rc = layer_events(c, x, layer, n, &ev, &n_ev);
+	/* episodic ranks events with received attention when prefill queries are there */
+	if (!rc && policy == POLICY_EPISODIC)
+		rc = prefill_group(c, x, layer, head, G, &pq, &npq);
 	if (!rc) {
 		k = malloc(n * g->head_dim * sizeof(float) + 4);
 		v = malloc(n * g->head_dim * sizeof(float) + 4);
@@ -454,7 +795,8 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 	}
 	if (!rc) {
 		struct index_keys keys = { .k = k, .n = n, .d = g->head_dim };
-		struct index_build_params bp = { .seed = 1, .group = G, .v = v, .prefill_q = pq, .n_prefill = npq };
+		struct index_build_params bp = { .seed = 1, .group = G, .v = v, .prefill_q = pq, .n_prefill = npq,
+						 .event_starts = ev, .n_events = n_ev };
 		if (!(rc = po->build(&keys, &bp, &s->ix))) {
 			atomic_fetch_add(&n_builds, 1);
 			*how = INDEX_BUILT;
@@ -468,6 +810,7 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 		}
 	}
 	free(pq);
+	free(ev);
 	free(k);
 	free(v);
 done:
@@ -705,8 +1048,19 @@ static void policy_unit(void *arg, unsigned h)
 	}
 	attn_state_init(G, d, m, l, o);
 	uint64_t picked = 0, extra = 0;
+	if (j->policy == POLICY_EPISODIC) {
+		pthread_mutex_lock(&s->mu);
+		if (!s->hist)
+			s->hist = index_history_new();
+		const int none = !s->hist;
+		pthread_mutex_unlock(&s->mu);
+		if (none) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+	}
 	struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = ek, .est_count = ec,
-				    .est_vsum = ev };
+				    .est_vsum = ev, .history = s->hist };
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
 	const int whole = j->begin == 0 && idx_end == s->n;
 	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;

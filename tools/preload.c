@@ -44,8 +44,9 @@ static void usage(FILE *f)
 		"  -s, --socket PATH    daemon socket (default: $MNEMO_SOCKET, else\n"
 		"                       $XDG_RUNTIME_DIR/mnemo/mnemod.sock, else var/run/mnemod.sock)\n"
 		"  -p, --policies LIST  comma-separated policies to index after sealing (quest,\n"
-		"                       blocks, centroids, centroids2, faiss-ivf, faiss-hnsw, ann;\n"
-		"                       default: none); ann needs the trace's q_prefill\n"
+		"                       blocks, centroids, centroids2, faiss-ivf, faiss-hnsw, ann,\n"
+		"                       episodic; default: none); ann needs the trace's q_prefill;\n"
+		"                       episodic segments by the trace's surprise when it has one\n"
 		"      --chunk N        tokens per APPEND (default 4096)\n"
 		"      --q-heads N      query heads, when the trace has no q_decode or q_prefill\n"
 		"                       (default: as many as KV heads)\n"
@@ -54,6 +55,8 @@ static void usage(FILE *f)
 		"                       0x hex; default 0); used when the trace has a tokens tensor\n"
 		"      --no-tokens      do not send the trace's token ids\n"
 		"      --no-queries     do not send the trace's prefill queries (q_prefill)\n"
+		"      --no-surprise    do not send the trace's surprise (episodic then segments\n"
+		"                       by key novelty)\n"
 		"  -j, --json           print the summary as one JSON object\n"
 		"  -q, --quiet          no progress on stderr\n"
 		"  -h, --help           this help\n"
@@ -69,7 +72,7 @@ static double now_s(void)
 }
 
 static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
-				     "faiss-hnsw", "ann" };
+				     "faiss-hnsw", "ann", "episodic" };
 
 static int policy_by_name(const char *s, enum mnemo_policy *out)
 {
@@ -96,7 +99,7 @@ int main(int argc, char **argv)
 {
 	const char *file = NULL, *name = NULL, *sock = NULL, *policies = NULL;
 	unsigned long chunk = 4096, q_heads = 0;
-	int seal = 1, json = 0, quiet = 0, send_tokens = 1, send_queries = 1;
+	int seal = 1, json = 0, quiet = 0, send_tokens = 1, send_queries = 1, send_surprise = 1;
 	unsigned long long salt = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -133,6 +136,8 @@ int main(int argc, char **argv)
 			send_tokens = 0;
 		} else if (!strcmp(a, "--no-queries")) {
 			send_queries = 0;
+		} else if (!strcmp(a, "--no-surprise")) {
+			send_surprise = 0;
 		} else if (!strcmp(a, "--salt") && v) {
 			errno = 0;
 			salt = strtoull(v, &end, 0);
@@ -223,6 +228,16 @@ int main(int argc, char **argv)
 			fprintf(stderr, "mnemo-preload: %s: q_prefill must be [%" PRIu64 "][%" PRIu64 "][P][%" PRIu64
 				"] F32, F16 or BF16 (--no-queries skips it)\n", file, (uint64_t)tk->shape[0], QH,
 				(uint64_t)tk->shape[3]);
+			st_close(f);
+			return 2;
+		}
+	}
+	const struct st_tensor *ts = NULL;
+	if (send_surprise && st_find(f, "surprise")) {
+		if (st_find_rank(f, "surprise", 1, &ts, err, sizeof(err)) || ts->dtype != ST_F32 ||
+		    ts->shape[0] != tk->shape[2]) {
+			fprintf(stderr, "mnemo-preload: %s: surprise must be [%" PRIu64 "] F32 (--no-surprise skips it)\n",
+				file, (uint64_t)tk->shape[2]);
 			st_close(f);
 			return 2;
 		}
@@ -400,8 +415,32 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	double index_s[8] = { 0 };
-	struct mnemo_index_info ii[8];
+	/* surprise, which episodic segments by */
+	uint64_t events = 0;
+	const char *s_note = "";
+	if (ts) {
+		struct mnemo_surprise_info si;
+		float *sv = malloc(N * sizeof(float));
+		if (!sv) {
+			fprintf(stderr, "mnemo-preload: out of memory for surprise\n");
+			goto out;
+		}
+		memcpy(sv, ts->data, N * sizeof(float));
+		rc = mnemo_surprise(c, ctx, 0, (uint32_t)N, sv, &si);
+		free(sv);
+		if (rc == -ERANGE) {
+			s_note = " (already given)";
+			rc = 0;
+		} else if (!rc) {
+			events = si.events;
+		}
+		if (rc) {
+			fprintf(stderr, "mnemo-preload: SURPRISE: %s\n", mnemo_last_error(c));
+			goto out;
+		}
+	}
+	double index_s[9] = { 0 };
+	struct mnemo_index_info ii[9];
 	for (unsigned i = 0; i < n_pols; i++) {
 		if (!quiet && !json)
 			fprintf(stderr, "mnemo-preload: indexing %s over %" PRIu64 " layers x %" PRIu64 " KV heads...\n",
@@ -422,6 +461,7 @@ int main(int argc, char **argv)
 		printf(",\"token_ids\":%s,\"prefix_chunks\":%" PRIu64, tt ? "true" : "false", id_chunks);
 		printf(",\"prefill_positions\":%" PRIu64 ",\"prefill_kept\":%" PRIu64, tp ? (uint64_t)tp->shape[2] : 0,
 		       q_kept);
+		printf(",\"surprise\":%s,\"events\":%" PRIu64, ts ? "true" : "false", events);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf(",\"index_%u\":{\"policy\":\"%s\",\"built\":%" PRIu64 ",\"loaded\":%" PRIu64 ",\"present\":%" PRIu64
 			       ",\"seconds\":%.3f}", i, names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present,
@@ -436,6 +476,9 @@ int main(int argc, char **argv)
 		if (tp)
 			printf("  prefill queries: %" PRIu64 " positions per layer sent%s, %" PRIu64 " kept\n",
 			       (uint64_t)tp->shape[2], q_note, q_kept);
+		if (ts)
+			printf("  surprise: %" PRIu64 " tokens sent%s, %" PRIu64 " events by the boundary rule\n", N, s_note,
+			       events);
 		for (unsigned i = 0; i < n_pols; i++)
 			printf("  index %s: %" PRIu64 " built, %" PRIu64 " loaded, %" PRIu64 " present in %.1f s\n",
 			       names[pols[i]], ii[i].built, ii[i].loaded, ii[i].present, index_s[i]);

@@ -47,6 +47,8 @@ enum mnemo_policy {
 	MNEMO_POLICY_FAISS_HNSW = 6, /**< off-the-shelf ANNS baseline */
 	MNEMO_POLICY_ANN = 7,        /**< RetrievalAttention's query-aware graph; built from the
 				      *   prefill queries of mnemo_queries() (-ENOTSUP without) */
+	MNEMO_POLICY_EPISODIC = 8,   /**< EM-LLM's events (from mnemo_surprise(), else key novelty),
+				      *   retrieved by similarity and temporal contiguity */
 };
 
 /** A model's KV shape. */
@@ -81,6 +83,16 @@ struct mnemo_context_info {
 	uint64_t tokens;          /**< complete tokens (the shortest layer) */
 	uint64_t bytes;           /**< K/V bytes held */
 	uint32_t shared;          /**< readable by every user (mnemo_share()) */
+	uint64_t surprise_seen;   /**< tokens mnemo_surprise() sent */
+	uint64_t events;          /**< events the online boundary rule started over them */
+	uint32_t segmentation;    /**< what episodic's last build segmented by: MNEMO_SEG_* */
+};
+
+/** How the episodic policy found a layer's events (mnemo_context_info.segmentation). */
+enum mnemo_segmentation {
+	MNEMO_SEG_NONE = 0,       /**< no episodic index built yet */
+	MNEMO_SEG_SURPRISE = 1,   /**< the surprise of mnemo_surprise() */
+	MNEMO_SEG_NOVELTY = 2,    /**< key novelty: surprise was missing for some of the tokens */
 };
 
 /** The daemon as STAT reports it. */
@@ -215,6 +227,25 @@ struct mnemo_queries_info {
  */
 int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first, uint32_t n_pos,
 		  const float *q, struct mnemo_queries_info *info);
+
+/** What the daemon holds of a context's surprise after mnemo_surprise(). */
+struct mnemo_surprise_info {
+	uint64_t seen;            /**< tokens sent surprise for so far */
+	uint64_t events;          /**< events the online boundary rule started over them */
+};
+
+/**
+ * SURPRISE: send the surprise s_t = -log p(x_t) (nats, finite) of @p n
+ * tokens starting at token @p first, which must be the number of tokens
+ * sent before (a resent piece gets -ERANGE). The daemon runs EM-LLM's
+ * boundary rule on it as it arrives and saves its state with the context;
+ * the episodic policy segments a layer by it when it covers the layer's
+ * tokens, by key novelty otherwise (STAT's segmentation says which).
+ * Owner only; a sealed context still takes it. Large pieces are split.
+ * @return 0, -EINVAL (a non-finite value, n 0), -ERANGE, -ENOENT, -EACCES
+ */
+int mnemo_surprise(mnemo_client *c, uint64_t ctx, uint64_t first, uint32_t n, const float *s,
+		   struct mnemo_surprise_info *info);
 
 /** Token ids per prefix chunk: LOOKUP matches whole chunks. */
 #define MNEMO_CHUNK_TOKENS 256

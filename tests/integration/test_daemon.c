@@ -270,6 +270,79 @@ static void check_ann_extend(mnemo_client *c)
 	free(kv);
 }
 
+/*
+ * SURPRISE and the episodic policy: the boundary rule's counts come back
+ * and show in STAT, a resent or non-finite piece is refused and changes
+ * nothing, a context whose surprise covers its tokens is segmented by it
+ * (STAT says so) and one without by key novelty, and episodic with a
+ * budget of every token is exact attention.
+ */
+static void check_episodic(mnemo_client *c, uint64_t itest)
+{
+	enum { T = 4000 };
+	struct mnemo_geometry g = { .n_layers = 1, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
+				    .dtype = MNEMO_BF16, .rope_theta = 10000.f };
+	uint64_t ctx;
+	CHECK(mnemo_create(c, "episodes", &g, &ctx) == 0, "create episodes: %s", mnemo_last_error(c));
+	uint16_t *kv = malloc((size_t)2 * H * T * D * 2);
+	for (size_t i = 0; i < (size_t)2 * H * T * D; i++)
+		kv[i] = kv_f32_to_bf16(check_uniform(&seed));
+	CHECK(mnemo_append(c, ctx, 0, 1, 0, T, kv, (size_t)2 * H * T * D * 2, NULL) == 0, "append: %s",
+	      mnemo_last_error(c));
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.surprise_seen == 0 && ci.events == 0 &&
+	      ci.segmentation == MNEMO_SEG_NONE, "STAT before SURPRISE");
+	/* a spike every 50 tokens over a flat 2 nats: the rule starts an event at each, and at token 0 */
+	float *sv = malloc(T * sizeof(float));
+	for (int t = 0; t < T; t++)
+		sv[t] = t % 50 == 0 ? 9.0f : 2.0f + 0.01f * (float)(t % 7);
+	struct mnemo_surprise_info si;
+	CHECK(mnemo_surprise(c, ctx, 0, 1000, sv, &si) == 0 && si.seen == 1000 && si.events == 20,
+	      "SURPRISE: %llu seen, %llu events: %s", (unsigned long long)si.seen, (unsigned long long)si.events,
+	      mnemo_last_error(c));
+	CHECK(mnemo_surprise(c, ctx, 0, 1000, sv, &si) == -ERANGE && strstr(mnemo_last_error(c), "1000"),
+	      "SURPRISE resent: %s", mnemo_last_error(c));
+	sv[1500] = NAN;
+	CHECK(mnemo_surprise(c, ctx, 1000, T - 1000, sv + 1000, &si) == -EINVAL &&
+	      strstr(mnemo_last_error(c), "finite"), "SURPRISE NaN: %s", mnemo_last_error(c));
+	sv[1500] = 9.0f;
+	CHECK(mnemo_surprise(c, ctx, 1000, T - 1000, sv + 1000, &si) == 0 && si.seen == T && si.events == T / 50,
+	      "SURPRISE after a refused piece: %llu events", (unsigned long long)si.events);
+	CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.surprise_seen == T && ci.events == T / 50,
+	      "STAT after SURPRISE");
+	struct mnemo_index_info ii;
+	CHECK(mnemo_index(c, ctx, MNEMO_POLICY_EPISODIC, 0, 0, &ii) == 0 && ii.built == H, "INDEX episodic: %s",
+	      mnemo_last_error(c));
+	CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.segmentation == MNEMO_SEG_SURPRISE,
+	      "segmented by surprise (%u)", ci.segmentation);
+	float q[H * G * D], o[2][H * G * D], lse[2][H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	struct mnemo_attend_info info;
+	CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_EPISODIC, T, 0, UINT64_MAX, q, o[0], lse[0], &info) == 0 &&
+		      mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, o[1], lse[1], NULL) == 0,
+	      "attend: %s", mnemo_last_error(c));
+	double num = 0, den = 0, dl = 0;
+	for (int i = 0; i < H * G * D; i++) {
+		num += pow(o[0][i] - o[1][i], 2);
+		den += pow(o[1][i], 2);
+	}
+	for (int i = 0; i < H * G; i++)
+		dl = fmax(dl, fabs(lse[0][i] - lse[1][i]));
+	CHECK(sqrt(num / den) < 1e-4 && dl < 1e-4, "episodic over every token differs from exact: %g, lse %g",
+	      sqrt(num / den), dl);
+	/* a small budget: the budget's tokens, fewer than all */
+	CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_EPISODIC, 400, 0, UINT64_MAX, q, o[0], lse[0], &info) == 0 &&
+	      info.loaded == (uint64_t)400 * H, "episodic at 400 tokens: %llu loaded", (unsigned long long)info.loaded);
+	CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop episodes");
+	/* no surprise at all: key novelty, said by STAT */
+	CHECK(mnemo_index(c, itest, MNEMO_POLICY_EPISODIC, 0, 0, &ii) == 0 &&
+	      mnemo_stat(c, itest, NULL, &ci) == 0 && ci.segmentation == MNEMO_SEG_NOVELTY && ci.surprise_seen == 0,
+	      "without surprise: segmentation %u: %s", ci.segmentation, mnemo_last_error(c));
+	free(sv);
+	free(kv);
+}
+
 static uint64_t build_context(mnemo_client *c)
 {
 	struct mnemo_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
@@ -927,8 +1000,9 @@ int main(int argc, char **argv)
 	}
 	check_fetch(c, ctx);
 	check_queries(c, ctx);
+	check_episodic(c, ctx);
 	/* every policy, given every token, is exact attention (its index built on first use) */
-	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_ANN; p++) {
+	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_EPISODIC; p++) {
 		check_attend_policy(c, ctx, 1, 0, UINT64_MAX, (enum mnemo_policy)p, N);
 		check_attend_policy(c, ctx, 0, 100, 6543, (enum mnemo_policy)p, N);
 	}
