@@ -346,6 +346,9 @@ static void indexes_persist(const char *bin)
 		q[i] = 2.0f * check_uniform(&seed);
 	uint64_t ctx = 0;
 	static uint32_t ids[32768];
+	static float surprise[32768];
+	for (uint64_t t = 0; t < N; t++)
+		surprise[t] = 2.0f + 0.5f * (float)((t * 2654435761u) % 1000) / 1000.0f + (t % 37 == 0 ? 5.0f : 0.0f);
 	char idxdir[300];
 	for (int round = 0; round < 3; round++) {
 		CHECK(daemon_start(&d, NULL) == 0, "start, round %d", round);
@@ -380,6 +383,45 @@ static void indexes_persist(const char *bin)
 			struct mnemo_queries_info qi;
 			CHECK(mnemo_queries(c, ctx, 0, 0, P, pq, &qi) == 0 && qi.kept == P, "queries: %s", mnemo_last_error(c));
 			free(pq);
+			/* surprise for the first half: the segmenter's state must outlive the daemon */
+			struct mnemo_surprise_info si;
+			CHECK(mnemo_surprise(c, ctx, 0, (uint32_t)N / 2, surprise, &si) == 0 && si.seen == N / 2 && si.events,
+			      "surprise: %s", mnemo_last_error(c));
+		}
+		/* episodic: the rest of the surprise after the first restart goes on where the first half
+		 * stopped (a context fed all of it in one go agrees), then built, then loaded */
+		static float oe1[H * D], le1[H];
+		if (round) {
+			struct mnemo_context_info ci;
+			struct mnemo_surprise_info si, whole;
+			if (round == 1) {
+				CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.surprise_seen == N / 2 && ci.events,
+				      "STAT surprise after a restart: %llu", (unsigned long long)ci.surprise_seen);
+				CHECK(mnemo_surprise(c, ctx, 0, 16, surprise, &si) == -ERANGE, "surprise resent after a restart");
+				CHECK(mnemo_surprise(c, ctx, N / 2, (uint32_t)N / 2, surprise + N / 2, &si) == 0 &&
+				      si.seen == N, "surprise, second half: %s", mnemo_last_error(c));
+				uint64_t ref = create(c, "whole-surprise");
+				CHECK(mnemo_surprise(c, ref, 0, (uint32_t)N, surprise, &whole) == 0 && whole.events == si.events,
+				      "a restart changed the events: %llu against %llu in one go",
+				      (unsigned long long)si.events, (unsigned long long)whole.events);
+				CHECK(mnemo_drop(c, ref, NULL) == 0, "drop");
+			}
+			struct mnemo_index_info ei;
+			CHECK(mnemo_index(c, ctx, MNEMO_POLICY_EPISODIC, 0, 0, &ei) == 0 &&
+				      ei.built == (round == 1 ? H : 0) && ei.loaded == (round == 2 ? H : 0),
+			      "round %d INDEX episodic: %s", round, mnemo_last_error(c));
+			CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.segmentation == MNEMO_SEG_SURPRISE && ci.surprise_seen == N,
+			      "round %d: segmented by %u", round, ci.segmentation);
+			float oe[H * D], le[H];
+			CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_EPISODIC, N / 50, 0, UINT64_MAX, q, oe, le, NULL) == 0,
+			      "attend episodic: %s", mnemo_last_error(c));
+			if (round == 1) {
+				memcpy(oe1, oe, sizeof(oe));
+				memcpy(le1, le, sizeof(le));
+			} else {
+				CHECK(!memcmp(oe1, oe, sizeof(oe)) && !memcmp(le1, le, sizeof(le)),
+				      "episodic answers differently after a restart");
+			}
 		}
 		/* ann: built from the queries after the first restart, loaded after the second */
 		float oa[H * D], la[H];
@@ -425,10 +467,10 @@ static void indexes_persist(const char *bin)
 		}
 		struct mnemo_daemon_info di;
 		CHECK(mnemo_stat_daemon(c, &di) == 0, "stat");
-		/* round 0 builds one per (policy, head); round 1 loads them all and builds ann; round 2 rebuilds the
-		 * corrupt one and loads ann */
-		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? H : 1;
-		uint64_t want_all = round == 0 ? 2 * H : 3 * H;
+		/* round 0 builds one per (policy, head); round 1 loads them all and builds ann and episodic;
+		 * round 2 rebuilds the corrupt one and loads ann and episodic */
+		uint64_t want_b = round == 0 ? 2 * H : round == 1 ? 2 * H : 1;
+		uint64_t want_all = round == 0 ? 2 * H : 4 * H;
 		/* centroids2 holds a copy of the layer's K/V: at least that much is counted */
 		CHECK(di.index_bytes >= (uint64_t)2 * H * N * D * 2, "round %d: index_bytes %llu", round,
 		      (unsigned long long)di.index_bytes);
