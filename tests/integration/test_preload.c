@@ -6,7 +6,9 @@
  *     layer);
  *   - its indexes are built once: a second run finds them in memory, and
  *     after a daemon restart they are loaded, not built; ann among them,
- *     which only the trace's prefill queries (sent once) make possible;
+ *     which only the trace's prefill queries (sent once) make possible,
+ *     and episodic, segmented by the trace's surprise (STAT says so,
+ *     before and after the restart);
  *   - the trace's token ids come along: LOOKUP of them under the salt
  *     finds the context, under another salt nothing;
  *   - bad input is refused with exit status 2 and nothing created.
@@ -82,7 +84,7 @@ int main(int argc, char **argv)
 	CHECK(run(bad1, &d, 0) == 2 && run(bad2, &d, 0) == 2 && run(bad3, &d, 0) == 2, "bad input not refused with 2");
 
 	/* killed mid-stream, then resumed */
-	char *pre[] = { argv[2], "--socket", sock, "--name", "pre", "--chunk", "512", "--policies", "centroids2,quest,ann",
+	char *pre[] = { argv[2], "--socket", sock, "--name", "pre", "--chunk", "512", "--policies", "centroids2,quest,ann,episodic",
 			"--salt", "0x77", "--quiet", trace, NULL };
 	int st = run(pre, &d, 4096);
 	CHECK(st == 128 + SIGKILL, "preload was not killed mid-stream (status %d)", st);
@@ -131,20 +133,27 @@ int main(int argc, char **argv)
 		st_close(f);
 	}
 
+	/* the trace's surprise went with it: episodic segmented by it */
+	CHECK(mnemo_stat(c, 0, "pre", &ci) == 0 && ci.surprise_seen == N && ci.events > N / 128 &&
+	      ci.events < N / 8 && ci.segmentation == MNEMO_SEG_SURPRISE,
+	      "surprise: %llu seen, %llu events, segmentation %u", (unsigned long long)ci.surprise_seen,
+	      (unsigned long long)ci.events, ci.segmentation);
 	/* indexes: in memory on a second run, loaded after a restart */
 	struct mnemo_daemon_info di;
-	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 3 * L * H, "first preload built %llu indexes",
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 4 * L * H, "first preload built %llu indexes",
 	      (unsigned long long)di.index_builds);
-	CHECK(run(pre, &d, 0) == 0 && mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 3 * L * H,
+	CHECK(run(pre, &d, 0) == 0 && mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 4 * L * H,
 	      "a second preload rebuilt (%llu builds)", (unsigned long long)di.index_builds);
 	mnemo_close(c);
 	CHECK(daemon_stop(&d, SIGTERM) == 0, "stop");
 	CHECK(daemon_start(&d, NULL) == 0, "restart");
 	CHECK(run(pre, &d, 0) == 0, "preload after restart");
 	CHECK(mnemo_connect(d.sock, &c) == 0, "connect");
-	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 0 && di.index_loads == 3 * L * H,
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_builds == 0 && di.index_loads == 4 * L * H,
 	      "after a restart: %llu built, %llu loaded", (unsigned long long)di.index_builds,
 	      (unsigned long long)di.index_loads);
+	CHECK(mnemo_stat(c, 0, "pre", &ci) == 0 && ci.surprise_seen == N && ci.segmentation == MNEMO_SEG_SURPRISE,
+	      "after a restart: %llu surprise, segmentation %u", (unsigned long long)ci.surprise_seen, ci.segmentation);
 	mnemo_close(c);
 	daemon_cleanup(&d);
 	return check_exit();
