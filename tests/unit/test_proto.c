@@ -230,6 +230,28 @@ static void test_index(void)
 		CHECK(msg_queries_rep_decode(b.data, b.len - 1, &qrd) != 0, "short queries reply accepted");
 		wbuf_free(&b);
 		CHECK(!strcmp(proto_op_name(OP_QUERIES), "QUERIES"), "QUERIES has no name");
+		/* SURPRISE: a round trip; no tokens, or bytes that are not n floats, refused */
+		struct msg_surprise_req sq = { .ctx = 5, .first = 1ull << 33, .n = 6, .s = (const uint8_t *)qv }, sd;
+		wbuf_init(&b);
+		msg_surprise_req_encode(&b, &sq);
+		CHECK(msg_surprise_req_decode(b.data, b.len, &sd) == 0 && sd.ctx == 5 && sd.first == 1ull << 33 &&
+			      sd.n == 6 && !memcmp(sd.s, qv, 24), "surprise round trip");
+		CHECK(msg_surprise_req_decode(b.data, b.len - 4, &sd) != 0, "surprise short of its n accepted");
+		CHECK(msg_surprise_req_decode(b.data, 20, &sd) != 0, "surprise without n accepted");
+		wbuf_free(&b);
+		sq.n = 0;
+		wbuf_init(&b);
+		msg_surprise_req_encode(&b, &sq);
+		CHECK(msg_surprise_req_decode(b.data, b.len, &sd) != 0, "surprise of no tokens accepted");
+		wbuf_free(&b);
+		struct msg_surprise_rep sr = { .seen = 77, .events = 3 }, srd;
+		wbuf_init(&b);
+		msg_surprise_rep_encode(&b, &sr);
+		CHECK(msg_surprise_rep_decode(b.data, b.len, &srd) == 0 && srd.seen == 77 && srd.events == 3,
+		      "surprise reply round trip");
+		CHECK(msg_surprise_rep_decode(b.data, b.len - 1, &srd) != 0, "short surprise reply accepted");
+		wbuf_free(&b);
+		CHECK(!strcmp(proto_op_name(OP_SURPRISE), "SURPRISE"), "SURPRISE has no name");
 	}
 	struct msg_tokens_req tq = { .ctx = 2, .salt = 99, .token_begin = 256, .n = 3, .ids = (const uint8_t *)ids }, td;
 	wbuf_init(&b);
@@ -368,13 +390,20 @@ static void test_small(void)
 
 	struct proto_ctx_record cr = { .id = 4, .name = "n", .name_len = 1,
 				       .geom = { 1, 2, 4, 8, 1, 10000.f, 0 }, .state = 2,
-				       .owner_uid = 1000, .tokens = 99, .bytes = 1234 }, crd;
+				       .owner_uid = 1000, .tokens = 99, .bytes = 1234, .surprise_seen = 98,
+				       .events = 7, .segmentation = PROTO_SEG_NOVELTY }, crd;
 	wbuf_init(&b);
 	proto_ctx_record_encode(&b, &cr);
 	struct rbuf rb;
 	rbuf_init(&rb, b.data, b.len);
 	CHECK(proto_ctx_record_read(&rb, &crd) == 0 && rbuf_end(&rb) == 0 && crd.tokens == 99 &&
-	      crd.geom.head_dim == 8 && crd.owner_uid == 1000, "ctx record");
+	      crd.geom.head_dim == 8 && crd.owner_uid == 1000 && crd.surprise_seen == 98 && crd.events == 7 &&
+	      crd.segmentation == PROTO_SEG_NOVELTY, "ctx record");
+	rbuf_init(&rb, b.data, b.len);
+	uint8_t *seg = b.data + b.len - 4;
+	seg[0] = 3;
+	CHECK(proto_ctx_record_read(&rb, &crd) != 0, "ctx record with an unknown segmentation accepted");
+	seg[0] = PROTO_SEG_NOVELTY;
 	rbuf_init(&rb, b.data, b.len - 1);
 	CHECK(proto_ctx_record_read(&rb, &crd) != 0, "short ctx record accepted");
 	wbuf_free(&b);
