@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <endian.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -113,6 +114,40 @@ static int h_create(struct request *r)
 	msg_create_rep_encode(&r->out, &(struct msg_create_rep){ .id = kv_ctx_id(c) });
 	kv_ctx_put(c);
 	return 0;
+}
+
+static int h_continue(struct request *r)
+{
+	struct msg_continue_req m;
+	int rc = msg_continue_req_decode(r->payload, r->len, &m);
+	if (rc)
+		return malformed(r, rc);
+	struct kv_ctx *par, *c;
+	if ((rc = get_ctx(r, m.parent, NULL, 0, READ, &par)))
+		return rc;
+	uint64_t grand;
+	kv_ctx_parent(par, &grand, NULL);
+	if (grand)
+		rc = req_error(r, -EINVAL, "context %llu is itself a continuation: continue its parent, or seal and copy it",
+			       (unsigned long long)m.parent);
+	else
+		rc = store_ctx_continue(r->d->store, par, m.name, m.name_len, r->uid, &c);
+	if (rc == -EEXIST)
+		req_error(r, rc, "a context named %.*s exists", (int)m.name_len, m.name);
+	else if (rc == -EBUSY)
+		req_error(r, rc, "context %llu is not sealed: seal it before continuing it", (unsigned long long)m.parent);
+	else if (rc == -ENODATA)
+		req_error(r, rc, "context %llu holds no tokens", (unsigned long long)m.parent);
+	else if (rc && rc != -EINVAL)
+		req_error(r, rc, "cannot create a continuation: %s", strerror(-rc));
+	if (!rc) {
+		log_info("store", "uid %u created context %llu \"%s\", continuing context %llu",
+			 (unsigned)r->uid, (unsigned long long)kv_ctx_id(c), kv_ctx_name(c), (unsigned long long)m.parent);
+		msg_create_rep_encode(&r->out, &(struct msg_create_rep){ .id = kv_ctx_id(c) });
+		kv_ctx_put(c);
+	}
+	kv_ctx_put(par);
+	return rc;
 }
 
 static int h_append(struct request *r)
@@ -356,6 +391,80 @@ static int h_lookup(struct request *r)
 	return rc;
 }
 
+static int attend_one(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *ar,
+		      struct attend_result *res, const struct attend_exec *ex)
+{
+	return policy == POLICY_EXACT ? attend_exact(c, ar, res, ex) : attend_policy(c, policy, budget, ar, res, ex);
+}
+
+/*
+ * ATTEND over a continuation: the range [b, e) of the parent's first P
+ * tokens then the continuation's own splits into the parent's part and the
+ * continuation's, each attended over its own context (the parent's indexes
+ * serve every continuation alike), and the two partials merge by their
+ * lse. The range's first `sinks` tokens and last `window` go to the part
+ * they fall in.
+ */
+static int attend_continuation(struct kv_ctx *par, uint64_t P, struct kv_ctx *c, uint32_t policy, uint64_t budget,
+			       const struct attend_request *ar, struct attend_result *res,
+			       const struct attend_exec *ex, struct kv_ctx **bad_ctx)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint64_t own = kv_ctx_layer_tokens(c, ar->layer), total = P + own;
+	const uint64_t b = ar->token_begin, e = ar->token_end == UINT64_MAX ? total : ar->token_end;
+	if (b > e || e > total)
+		return -ERANGE;
+	const uint64_t a_end = e < P ? e : P, a_len = b < a_end ? a_end - b : 0;
+	const uint64_t b_begin = b > P ? b - P : 0, b_len = e > P ? e - P - b_begin : 0;
+	struct attend_request ra = *ar, rb = *ar;
+	ra.token_begin = b;
+	ra.token_end = a_end > b ? a_end : b;
+	rb.token_begin = b_begin;
+	rb.token_end = b_begin + b_len;
+	ra.sinks = (uint16_t)(ar->sinks < a_len ? ar->sinks : a_len);
+	rb.sinks = (uint16_t)(ar->sinks - ra.sinks);
+	rb.window = (uint16_t)(ar->window < b_len ? ar->window : b_len);
+	ra.window = (uint16_t)(ar->window - rb.window);
+	if (!b_len) {
+		*bad_ctx = par;
+		return attend_one(par, policy, budget, &ra, res, ex);
+	}
+	if (!a_len)
+		return attend_one(c, policy, budget, &rb, res, ex);
+	const size_t nq = (size_t)g->n_q_heads * g->head_dim;
+	float *o2 = malloc(nq * sizeof(float)), *l2 = malloc(g->n_q_heads * sizeof(float));
+	struct attend_result r2 = { .o = o2, .lse = l2 };
+	int rc = o2 && l2 ? 0 : -ENOMEM;
+	if (!rc && (rc = attend_one(par, policy, budget, &ra, res, ex)))
+		*bad_ctx = par;
+	if (!rc)
+		rc = attend_one(c, policy, budget, &rb, &r2, ex);
+	if (!rc) {
+		/* lse = logaddexp(l1, l2), o = e^(l1 - lse) o1 + e^(l2 - lse) o2 */
+		for (uint32_t h = 0; h < g->n_q_heads; h++) {
+			const float l1 = res->lse[h], lb = l2[h];
+			const float m = l1 > lb ? l1 : lb;
+			if (m == -INFINITY)
+				continue;
+			const float w1 = expf(l1 - m), w2 = expf(lb - m), z = w1 + w2;
+			for (uint32_t j = 0; j < g->head_dim; j++) {
+				float *x = &res->o[(size_t)h * g->head_dim + j];
+				*x = (w1 * *x + w2 * o2[(size_t)h * g->head_dim + j]) / z;
+			}
+			res->lse[h] = m + logf(z);
+		}
+		res->scanned += r2.scanned;
+		res->loaded += r2.loaded;
+	} else if (rc == -EBADMSG && *bad_ctx != par) {
+		*bad_ctx = c;
+		res->err_block = r2.err_block;
+		res->err_head = r2.err_head;
+	}
+	free(o2);
+	free(l2);
+	return rc;
+}
+
 static int h_attend(struct request *r)
 {
 	struct msg_attend_req m;
@@ -395,19 +504,33 @@ static int h_attend(struct request *r)
 	struct attend_result res = { .o = o, .lse = lse };
 	struct attend_exec ex = { .parallel = pool_parallel, .pool = r->d->pool,
 				  .workers = pool_size(r->d->pool) };
+	uint64_t parent_id, P, total = kv_ctx_layer_tokens(c, m.layer);
+	struct kv_ctx *par = kv_ctx_parent(c, &parent_id, &P);
+	struct kv_ctx *bad_ctx = c;
 	uint64_t t0 = now_ns();
-	rc = m.policy == POLICY_EXACT ? attend_exact(c, &ar, &res, &ex) :
-					attend_policy(c, m.policy, m.budget, &ar, &res, &ex);
+	if (parent_id && !par) {
+		rc = req_error(r, -ENOENT, "the parent context %llu of this continuation is gone", (unsigned long long)parent_id);
+		goto out;
+	} else if (par && kv_ctx_owner(par) != r->uid && !kv_ctx_shared(par)) {
+		rc = req_error(r, -EACCES, "the parent context %llu of this continuation is no longer shared",
+			       (unsigned long long)parent_id);
+		goto out;
+	} else if (par) {
+		total += P;
+		rc = attend_continuation(par, P, c, m.policy, m.budget, &ar, &res, &ex, &bad_ctx);
+	} else {
+		rc = attend_one(c, m.policy, m.budget, &ar, &res, &ex);
+	}
 	uint64_t dt = now_ns() - t0;
 	if (rc == -ERANGE) {
 		req_error(r, rc, "token range [%llu, %llu) is past layer %u's %llu tokens",
 			  (unsigned long long)m.token_begin, (unsigned long long)m.token_end, m.layer,
-			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer));
+			  (unsigned long long)total);
 		goto out;
 	}
 	if (rc == -EBADMSG) {
 		req_error(r, rc, "data-integrity error: context %llu layer %u head %u block %llu failed its checksum; "
-			  "it is marked bad and never served", (unsigned long long)kv_ctx_id(c), m.layer,
+			  "it is marked bad and never served", (unsigned long long)kv_ctx_id(bad_ctx), m.layer,
 			  res.err_head, (unsigned long long)res.err_block);
 		log_err("store", "%s", r->err);
 		goto out;
@@ -538,7 +661,9 @@ static int h_drop(struct request *r)
 	rc = store_ctx_delete(r->d->store, c);
 	if (!rc)
 		prefix_forget(r->d->prefix, kv_ctx_id(c));
-	if (rc)
+	if (rc == -EBUSY)
+		req_error(r, rc, "context %llu has continuations (CONTINUE): drop them first", (unsigned long long)kv_ctx_id(c));
+	else if (rc)
 		req_error(r, rc, "cannot drop context %llu: %s", (unsigned long long)kv_ctx_id(c), strerror(-rc));
 	else
 		log_info("store", "uid %u dropped context %llu \"%s\"", (unsigned)r->uid,
@@ -564,6 +689,9 @@ static void ctx_record(struct kv_ctx *c, struct proto_ctx_record *rec)
 		.flags = kv_ctx_shared(c) ? PROTO_CTX_SHARED : 0,
 	};
 	attend_policy_segmentation(c, &rec->surprise_seen, &rec->events, &rec->segmentation);
+	kv_ctx_parent(c, &rec->parent, &rec->parent_tokens);
+	if (rec->parent == UINT64_MAX)
+		rec->parent = 0;
 }
 
 static int h_stat(struct request *r)
@@ -693,4 +821,5 @@ const struct handler handlers[OP_COUNT] = {
 	[OP_SHARE] = { "SHARE", h_share, false },
 	[OP_QUERIES] = { "QUERIES", h_queries, false },
 	[OP_SURPRISE] = { "SURPRISE", h_surprise, false },
+	[OP_CONTINUE] = { "CONTINUE", h_continue, false },
 };

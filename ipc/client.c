@@ -297,6 +297,30 @@ int mnemo_create(mnemo_client *c, const char *name, const struct mnemo_geometry 
 	return 0;
 }
 
+int mnemo_continue(mnemo_client *c, uint64_t parent, const char *name, uint64_t *id)
+{
+	struct msg_continue_req m = { .parent = parent, .name = name, .name_len = (uint16_t)strnlen(name, 256) };
+	if (m.name_len == 0 || m.name_len > PROTO_MAX_NAME)
+		return set_err(c, -EINVAL, "a context name is 1..255 bytes");
+	if (!parent)
+		return set_err(c, -EINVAL, "CONTINUE needs a parent context id");
+	struct wbuf b;
+	wbuf_init(&b);
+	msg_continue_req_encode(&b, &m);
+	uint8_t *p;
+	uint32_t n;
+	int rc = call(c, OP_CONTINUE, &b, NULL, 0, -1, &p, &n);
+	if (rc)
+		return rc;
+	struct msg_create_rep r;
+	rc = msg_create_rep_decode(p, n, &r);
+	free(p);
+	if (rc)
+		return bad_reply(c, OP_CONTINUE);
+	*id = r.id;
+	return 0;
+}
+
 static bool in_arena(const mnemo_client *c, const void *p, size_t len)
 {
 	const uint8_t *b = p;
@@ -723,6 +747,8 @@ static void record_to_info(const struct proto_ctx_record *r, struct mnemo_contex
 	o->surprise_seen = r->surprise_seen;
 	o->events = r->events;
 	o->segmentation = r->segmentation;
+	o->parent = r->parent;
+	o->parent_tokens = r->parent_tokens;
 }
 
 int mnemo_share(mnemo_client *c, uint64_t id, const char *name, int shared)

@@ -17,6 +17,7 @@ static const char *const op_names[OP_COUNT] = {
 	[OP_SHARE] = "SHARE",
 	[OP_QUERIES] = "QUERIES",
 	[OP_SURPRISE] = "SURPRISE",
+	[OP_CONTINUE] = "CONTINUE",
 };
 
 const char *proto_op_name(uint32_t op)
@@ -329,6 +330,22 @@ int msg_create_req_decode(const void *p, size_t n, struct msg_create_req *m)
 }
 
 void msg_create_rep_encode(struct wbuf *b, const struct msg_create_rep *m) { wbuf_u64(b, m->id); }
+
+void msg_continue_req_encode(struct wbuf *b, const struct msg_continue_req *m)
+{
+	wbuf_u64(b, m->parent);
+	wbuf_str(b, m->name, m->name_len);
+}
+
+int msg_continue_req_decode(const void *p, size_t n, struct msg_continue_req *m)
+{
+	struct rbuf r;
+	rbuf_init(&r, p, n);
+	m->parent = rbuf_u64(&r);
+	m->name = rbuf_str(&r, PROTO_MAX_NAME, &m->name_len);
+	int rc = rbuf_end(&r);
+	return rc ? rc : !m->parent ? -EPROTO : check_name(m->name, m->name_len);
+}
 
 int msg_create_rep_decode(const void *p, size_t n, struct msg_create_rep *m)
 {
@@ -826,6 +843,8 @@ void proto_ctx_record_encode(struct wbuf *b, const struct proto_ctx_record *m)
 	wbuf_u64(b, m->surprise_seen);
 	wbuf_u64(b, m->events);
 	wbuf_u32(b, m->segmentation);
+	wbuf_u64(b, m->parent);
+	wbuf_u64(b, m->parent_tokens);
 }
 
 int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
@@ -841,6 +860,8 @@ int proto_ctx_record_read(struct rbuf *r, struct proto_ctx_record *m)
 	m->surprise_seen = rbuf_u64(r);
 	m->events = rbuf_u64(r);
 	m->segmentation = rbuf_u32(r);
+	m->parent = rbuf_u64(r);
+	m->parent_tokens = rbuf_u64(r);
 	if (!r->err && m->segmentation > PROTO_SEG_NOVELTY)
 		r->err = -EPROTO;
 	return r->err;

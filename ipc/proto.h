@@ -48,6 +48,7 @@ enum proto_op {
 	OP_SHARE = 14,
 	OP_QUERIES = 15,
 	OP_SURPRISE = 16,
+	OP_CONTINUE = 17,
 	OP_COUNT
 };
 
@@ -163,6 +164,12 @@ struct msg_create_req {
 	struct proto_geometry geom;
 };
 struct msg_create_rep { uint64_t id; };
+/* A continuation of a sealed context (PROTOCOL.md, CONTINUE); the reply is a msg_create_rep. */
+struct msg_continue_req {
+	uint64_t parent;
+	const char *name;
+	uint16_t name_len;
+};
 
 enum { PROTO_SRC_INLINE = 0, PROTO_SRC_SHM = 1 };
 
@@ -277,6 +284,7 @@ struct proto_ctx_record {
 	uint32_t flags;         /* PROTO_CTX_SHARED */
 	uint64_t surprise_seen, events;  /* SURPRISE: tokens sent, events the online rule started */
 	uint32_t segmentation;  /* PROTO_SEG_*: what episodic's last build segmented by */
+	uint64_t parent, parent_tokens; /* a continuation's parent and the tokens of it it follows (0: none) */
 };
 enum { PROTO_SEG_NONE = 0, PROTO_SEG_SURPRISE = 1, PROTO_SEG_NOVELTY = 2 };
 
@@ -307,6 +315,8 @@ int msg_hello_rep_decode(const void *p, size_t n, struct msg_hello_rep *m);
 void msg_create_req_encode(struct wbuf *b, const struct msg_create_req *m);
 int msg_create_req_decode(const void *p, size_t n, struct msg_create_req *m);
 void msg_create_rep_encode(struct wbuf *b, const struct msg_create_rep *m);
+void msg_continue_req_encode(struct wbuf *b, const struct msg_continue_req *m);
+int msg_continue_req_decode(const void *p, size_t n, struct msg_continue_req *m);
 int msg_create_rep_decode(const void *p, size_t n, struct msg_create_rep *m);
 
 /** Encodes the fixed part and, for an inline source, data/data_len. */

@@ -68,6 +68,10 @@ struct kv_ctx {
 	struct ssd_file *file;
 	void *aux;                /* what the request path keeps per context (indexes) */
 	void (*aux_free)(void *aux);
+	/* a continuation: its tokens follow the first parent_tokens of parent (a reference held) */
+	struct kv_ctx *parent;
+	uint64_t parent_id, parent_tokens;
+	_Atomic uint32_t children; /* continuations of this context: it cannot be deleted under them */
 };
 
 struct store {
@@ -202,6 +206,10 @@ static void ctx_free(struct kv_ctx *c)
 		c->aux_free(c->aux);
 	ssd_file_close(c->file);
 	free(c->layers);
+	if (c->parent) {
+		atomic_fetch_sub(&c->parent->children, 1);
+		kv_ctx_put(c->parent);
+	}
 	pthread_rwlock_destroy(&c->lock);
 	free(c->name);
 	free(c);
@@ -230,6 +238,15 @@ static int table_add(struct store *s, struct kv_ctx *c)
 	}
 	s->ctx[s->n_ctx++] = c;
 	return 0;
+}
+
+/* Every layer holds at least @p n tokens. */
+static bool layers_hold(const struct kv_ctx *c, uint64_t n)
+{
+	for (uint32_t l = 0; l < c->geom.n_layers; l++)
+		if (c->layers[l].tokens < n)
+			return false;
+	return true;
 }
 
 static struct kv_ctx *find_locked(struct store *s, uint64_t id, const char *name, size_t n)
@@ -402,6 +419,27 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 				free(b);
 			}
 		}
+		/* continuations find their parents again */
+		for (uint32_t i = 0; cfg->side_dir && i < s->n_ctx; i++) {
+			void *b;
+			size_t blen;
+			struct kv_ctx *c = s->ctx[i];
+			if (sidefile_read(cfg->side_dir, c->id, "parent", &b, &blen) != 0)
+				continue;
+			uint64_t link[2] = { 0, 0 };
+			if (blen == sizeof(link))
+				memcpy(link, b, sizeof(link));
+			free(b);
+			c->parent_id = link[0] ? link[0] : UINT64_MAX;
+			c->parent_tokens = link[1];
+			struct kv_ctx *p = link[0] != c->id ? find_locked(s, link[0], NULL, 0) : NULL;
+			/* a parent that is gone, open or shorter than the link leaves the continuation unusable */
+			if (p && p->sealed && link[1] && layers_hold(p, link[1])) {
+				kv_ctx_get(p);
+				atomic_fetch_add(&p->children, 1);
+				c->parent = p;
+			}
+		}
 		/* and side files likewise */
 		if (cfg->side_dir && sidefile_list_ctx(cfg->side_dir, &ids, &n) == 0) {
 			for (size_t i = 0; i < n; i++)
@@ -527,8 +565,82 @@ void store_ctx_drop(struct store *s, struct kv_ctx *c)
 		kv_ctx_put(c);
 }
 
+int store_ctx_continue(struct store *s, struct kv_ctx *parent, const char *name, size_t name_len,
+		       uint32_t owner_uid, struct kv_ctx **out)
+{
+	pthread_rwlock_rdlock(&parent->lock);
+	const bool sealed = parent->sealed;
+	pthread_rwlock_unlock(&parent->lock);
+	if (!sealed)
+		return -EBUSY;
+	uint64_t P = UINT64_MAX;
+	for (uint32_t l = 0; l < parent->geom.n_layers; l++)
+		P = parent->layers[l].tokens < P ? parent->layers[l].tokens : P;
+	if (!P)
+		return -ENODATA;
+	struct kv_ctx *c;
+	int rc = ctx_new(s, name, name_len, &parent->geom, owner_uid, &c);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&s->mu);
+	if (find_locked(s, 0, name, name_len)) {
+		rc = -EEXIST;
+		goto fail_locked;
+	}
+	c->id = s->next_id++;
+	c->parent = parent;
+	c->parent_id = parent->id;
+	c->parent_tokens = P;
+	if (s->cfg.ssd) {
+		/* the link before the catalog names the context: a crash between leaves an orphan side file */
+		const uint64_t link[2] = { parent->id, P };
+		if (s->cfg.side_dir && (rc = sidefile_write(s->cfg.side_dir, c->id, "parent", link, sizeof(link))))
+			goto fail_locked;
+		struct catalog_txn *t = NULL;
+		if ((rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file)))
+			goto fail_locked;
+		if ((rc = catalog_begin(s->cfg.catalog, &t)) || (rc = put_ctx_record(c, t, false)) ||
+		    (rc = catalog_put_meta_u64(t, "next_id", s->next_id))) {
+			catalog_abort(t);
+			goto fail_locked;
+		}
+		if ((rc = catalog_commit(t)))
+			goto fail_locked;
+	}
+	if ((rc = table_add(s, c)))
+		goto fail_locked;
+	kv_ctx_get(parent);
+	atomic_fetch_add(&parent->children, 1);
+	kv_ctx_get(c);          /* the store's and the caller's */
+	pthread_mutex_unlock(&s->mu);
+	*out = c;
+	return 0;
+fail_locked:
+	pthread_mutex_unlock(&s->mu);
+	c->parent = NULL;
+	if (c->file) {
+		ssd_file_remove(c->file);
+		c->file = NULL;
+	}
+	if (s->cfg.side_dir && c->id)
+		sidefile_remove_ctx(s->cfg.side_dir, c->id);
+	kv_ctx_put(c);
+	return rc;
+}
+
+struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64_t *tokens)
+{
+	if (parent_id)
+		*parent_id = c->parent_id;
+	if (tokens)
+		*tokens = c->parent_tokens;
+	return c->parent;
+}
+
 int store_ctx_delete(struct store *s, struct kv_ctx *c)
 {
+	if (atomic_load(&c->children))
+		return -EBUSY;
 	if (s->cfg.catalog) {
 		/* the catalog first: a crash after it leaves an orphan file, removed at start */
 		struct catalog_txn *t;

@@ -87,6 +87,25 @@ void store_destroy(struct store *s);
 int store_ctx_create(struct store *s, const char *name, size_t name_len,
 		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out);
 
+/**
+ * Create a continuation of @p parent (sealed): a context of its geometry,
+ * owned by @p owner_uid, whose tokens follow the parent's without copying
+ * them (the caller checked that the owner may read the parent). The link
+ * is a side file ("parent": parent id, parent tokens) written before the
+ * catalog names the context, restored at start; the parent cannot be
+ * deleted while it has continuations. Returns a reference in @p out.
+ * @return 0, -EBUSY (parent not sealed), -ENODATA (parent empty), -EEXIST, -ENOMEM, I/O errors
+ */
+int store_ctx_continue(struct store *s, struct kv_ctx *parent, const char *name, size_t name_len,
+		       uint32_t owner_uid, struct kv_ctx **out);
+
+/**
+ * A continuation's parent (no reference taken; the continuation holds one),
+ * or NULL: not a continuation when *parent_id is 0, a parent that could not
+ * be restored otherwise. @p parent_id and @p tokens (may be NULL): the link.
+ */
+struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64_t *tokens);
+
 /** Find by id, or by name when @p id is 0. Returns a reference, or -ENOENT. */
 int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_len,
 		   struct kv_ctx **out);
@@ -139,7 +158,10 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
  * SSD tier the last partial blocks become durable. */
 int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens);
 
-/** Drop for good: remove from the catalog and the SSD, then from the store. */
+/**
+ * Drop for good: remove from the catalog and the SSD, then from the store.
+ * @return 0, -EBUSY (the context has continuations), catalog errors
+ */
 int store_ctx_delete(struct store *s, struct kv_ctx *c);
 
 /* ---- reading (between read_begin and read_end) ---- */

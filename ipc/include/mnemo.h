@@ -86,6 +86,8 @@ struct mnemo_context_info {
 	uint64_t surprise_seen;   /**< tokens mnemo_surprise() sent */
 	uint64_t events;          /**< events the online boundary rule started over them */
 	uint32_t segmentation;    /**< what episodic's last build segmented by: MNEMO_SEG_* */
+	uint64_t parent;          /**< a continuation's parent context (0: not a continuation) */
+	uint64_t parent_tokens;   /**< the parent's tokens it follows; ATTEND ranges count them first */
 };
 
 /** How the episodic policy found a layer's events (mnemo_context_info.segmentation). */
@@ -227,6 +229,18 @@ struct mnemo_queries_info {
  */
 int mnemo_queries(mnemo_client *c, uint64_t ctx, uint32_t layer, uint64_t first, uint32_t n_pos,
 		  const float *q, struct mnemo_queries_info *info);
+
+/**
+ * CONTINUE: a new context @p name, owned by the caller, that continues the
+ * sealed context @p parent (owned by the caller or shared) without copying
+ * it. APPEND to it counts its own tokens from 0; ATTEND on it spans the
+ * parent's tokens then its own (token ranges count the parent's first), each
+ * part with the requested policy over its own context's index, merged.
+ * The parent cannot be dropped while it has continuations (-EBUSY).
+ * @return 0, -ENOENT, -EACCES (the parent is another user's and not shared),
+ *         -EBUSY (the parent is not sealed), -ENODATA (the parent is empty), -EEXIST
+ */
+int mnemo_continue(mnemo_client *c, uint64_t parent, const char *name, uint64_t *id);
 
 /** What the daemon holds of a context's surprise after mnemo_surprise(). */
 struct mnemo_surprise_info {

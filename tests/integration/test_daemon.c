@@ -343,6 +343,87 @@ static void check_episodic(mnemo_client *c, uint64_t itest)
 	free(kv);
 }
 
+/*
+ * CONTINUE: two continuations of the sealed "itest", each with its own
+ * tokens, against a flat context holding the same tokens in one piece:
+ * exact ATTEND over any range equals the flat context's (the parent's part
+ * and the continuation's merged by their lse), both continuations answer
+ * a policy alike over the shared part, STAT shows the link, the parent
+ * cannot be dropped under them, and an open parent is refused.
+ */
+static void check_continuation(mnemo_client *c, uint64_t itest)
+{
+	enum { T = 300 };
+	struct mnemo_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
+				    .dtype = MNEMO_BF16, .rope_theta = 10000.f };
+	uint64_t a, b, flat, open_ctx;
+	CHECK(mnemo_continue(c, itest, "cont-a", &a) == 0 && mnemo_continue(c, itest, "cont-b", &b) == 0,
+	      "continue: %s", mnemo_last_error(c));
+	CHECK(mnemo_continue(c, itest, "cont-a", &open_ctx) == -EEXIST, "a taken name accepted");
+	CHECK(mnemo_continue(c, a, "cont-of-cont", &open_ctx) == -EINVAL && strstr(mnemo_last_error(c), "continuation"),
+	      "a continuation of a continuation: %s", mnemo_last_error(c));
+	CHECK(mnemo_continue(c, 999999, "cont-x", &open_ctx) == -ENOENT, "continue of no context");
+	CHECK(mnemo_create(c, "open-parent", &g, &open_ctx) == 0, "create");
+	uint8_t *buf = malloc((size_t)L * 2 * H * N * D * 2); /* N > T */
+	size_t len = pack(buf, 0, 10);
+	CHECK(mnemo_append(c, open_ctx, 0, L, 0, 10, buf, len, NULL) == 0, "append");
+	uint64_t x;
+	CHECK(mnemo_continue(c, open_ctx, "cont-x", &x) == -EBUSY && strstr(mnemo_last_error(c), "seal"),
+	      "continue of an open context: %s", mnemo_last_error(c));
+	CHECK(mnemo_drop(c, open_ctx, NULL) == 0, "drop");
+	/* the continuations' own tokens: the first T of the data again (any data does) */
+	len = pack(buf, 0, T);
+	CHECK(mnemo_append(c, a, 0, L, 0, T, buf, len, NULL) == 0 && mnemo_append(c, b, 0, L, 0, T, buf, len, NULL) == 0,
+	      "append to continuations: %s", mnemo_last_error(c));
+	CHECK(mnemo_create(c, "flat", &g, &flat) == 0, "create flat");
+	for (int t = 0; t < N; t += 2048) {
+		int n = N - t < 2048 ? N - t : 2048;
+		len = pack(buf, t, n);
+		CHECK(mnemo_append(c, flat, 0, L, (uint64_t)t, (uint32_t)n, buf, len, NULL) == 0, "append flat");
+	}
+	len = pack(buf, 0, T);
+	CHECK(mnemo_append(c, flat, 0, L, N, T, buf, len, NULL) == 0, "append flat tail");
+	free(buf);
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, a, NULL, &ci) == 0 && ci.parent == itest && ci.parent_tokens == N && ci.tokens == T,
+	      "STAT of a continuation: parent %llu, %llu + %llu tokens", (unsigned long long)ci.parent,
+	      (unsigned long long)ci.parent_tokens, (unsigned long long)ci.tokens);
+	float q[H * G * D], o[3][H * G * D], lse[3][H * G];
+	for (int i = 0; i < H * G * D; i++)
+		q[i] = check_uniform(&seed);
+	const uint64_t ranges[4][2] = { { 0, UINT64_MAX }, { 100, N + 50 }, { N + 10, N + T }, { 5, 900 } };
+	for (int r = 0; r < 4; r++)
+		for (int layer = 0; layer < L; layer++) {
+			CHECK(mnemo_attend(c, a, (uint32_t)layer, MNEMO_POLICY_EXACT, ranges[r][0], ranges[r][1], q, o[0],
+					   lse[0], NULL) == 0 &&
+				      mnemo_attend(c, flat, (uint32_t)layer, MNEMO_POLICY_EXACT, ranges[r][0], ranges[r][1], q,
+						   o[1], lse[1], NULL) == 0,
+			      "attend range %d: %s", r, mnemo_last_error(c));
+			double num = 0, den = 0, dl = 0;
+			for (int i = 0; i < H * G * D; i++) {
+				num += pow(o[0][i] - o[1][i], 2);
+				den += pow(o[1][i], 2);
+			}
+			for (int i = 0; i < H * G; i++)
+				dl = fmax(dl, fabs(lse[0][i] - lse[1][i]));
+			CHECK(sqrt(num / den) < 1e-5 && dl < 1e-5, "range %d layer %d: continuation differs from flat: %g, lse %g",
+			      r, layer, sqrt(num / den), dl);
+		}
+	CHECK(mnemo_attend(c, a, 0, MNEMO_POLICY_EXACT, 0, N + T + 1, q, o[0], lse[0], NULL) == -ERANGE,
+	      "a range past the continuation accepted");
+	/* a policy over the shared part: both continuations answer alike */
+	struct mnemo_attend_info ia, ib;
+	CHECK(mnemo_attend_ex(c, a, 0, MNEMO_POLICY_QUEST, 256, 0, UINT64_MAX, q, o[0], lse[0], &ia) == 0 &&
+		      mnemo_attend_ex(c, b, 0, MNEMO_POLICY_QUEST, 256, 0, UINT64_MAX, q, o[2], lse[2], &ib) == 0,
+	      "quest on continuations: %s", mnemo_last_error(c));
+	CHECK(!memcmp(o[0], o[2], sizeof(o[0])) && !memcmp(lse[0], lse[2], sizeof(lse[0])) && ia.loaded == ib.loaded,
+	      "two continuations of one context answer differently");
+	CHECK(mnemo_drop(c, itest, NULL) == -EBUSY && strstr(mnemo_last_error(c), "continuations"),
+	      "a parent dropped under its continuations: %s", mnemo_last_error(c));
+	CHECK(mnemo_drop(c, a, NULL) == 0 && mnemo_drop(c, b, NULL) == 0 && mnemo_drop(c, flat, NULL) == 0, "drop");
+	CHECK(mnemo_stat(c, itest, NULL, &ci) == 0 && ci.parent == 0, "the parent is still there");
+}
+
 static uint64_t build_context(mnemo_client *c)
 {
 	struct mnemo_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = H * G, .head_dim = D,
@@ -769,6 +850,16 @@ static void check_other_uid(uint64_t ctx)
 			fails += mnemo_drop(c, ctx, NULL) != -EACCES;
 			fails += mnemo_share(c, ctx, NULL, 0) != -EACCES;
 			fails += mnemo_tokens(c, ctx, SALT, N, tok_ids, 1, NULL) != -EACCES;
+			/* a continuation of a shared context: the owner's answer over the shared part */
+			uint64_t cont = 0;
+			rc = mnemo_continue(c, ctx, "nobodys-continuation", &cont);
+			fails += rc != want;
+			if (!rc) {
+				fails += mnemo_attend_opts(c, cont, 1, MNEMO_POLICY_CENTROIDS2, &op, 0, UINT64_MAX, q, o,
+							   lse, NULL) != 0;
+				fails += memcmp(o, oo, sizeof(o)) != 0 || memcmp(lse, lo, sizeof(lse)) != 0;
+				fails += mnemo_drop(c, cont, NULL) != 0;
+			}
 			mnemo_close(c);
 			_exit(fails);
 		}
@@ -1001,6 +1092,7 @@ int main(int argc, char **argv)
 	check_fetch(c, ctx);
 	check_queries(c, ctx);
 	check_episodic(c, ctx);
+	check_continuation(c, ctx);
 	/* every policy, given every token, is exact attention (its index built on first use) */
 	for (int p = MNEMO_POLICY_QUEST; p <= MNEMO_POLICY_EPISODIC; p++) {
 		check_attend_policy(c, ctx, 1, 0, UINT64_MAX, (enum mnemo_policy)p, N);
