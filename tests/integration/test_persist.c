@@ -383,10 +383,38 @@ static void indexes_persist(const char *bin)
 			struct mnemo_queries_info qi;
 			CHECK(mnemo_queries(c, ctx, 0, 0, P, pq, &qi) == 0 && qi.kept == P, "queries: %s", mnemo_last_error(c));
 			free(pq);
+			/* a continuation with 500 tokens of its own: the link must outlive the daemon */
+			uint64_t cont;
+			uint16_t *ckv = malloc((size_t)2 * H * 500 * D * 2);
+			fill(ckv, 7, 500);
+			uint64_t sealed;
+			CHECK(mnemo_continue(c, ctx, "continued", &cont) == 0 &&
+			      mnemo_append(c, cont, 0, 1, 0, 500, ckv, (size_t)2 * H * 500 * D * 2, NULL) == 0 &&
+			      mnemo_seal(c, cont, &sealed) == 0 && sealed == 500, "continuation: %s", mnemo_last_error(c));
+			free(ckv);
 			/* surprise for the first half: the segmenter's state must outlive the daemon */
 			struct mnemo_surprise_info si;
 			CHECK(mnemo_surprise(c, ctx, 0, (uint32_t)N / 2, surprise, &si) == 0 && si.seen == N / 2 && si.events,
 			      "surprise: %s", mnemo_last_error(c));
+		}
+		/* the continuation: linked to its parent again, the same answer across the parent's end */
+		{
+			static float oc0[H * D], lc0[H];
+			float oc[H * D], lc[H];
+			struct mnemo_context_info cci;
+			CHECK(mnemo_stat(c, 0, "continued", &cci) == 0 && cci.parent == ctx && cci.parent_tokens == N &&
+			      cci.tokens == 500, "round %d: continuation's link: parent %llu", round,
+			      (unsigned long long)cci.parent);
+			CHECK(mnemo_attend(c, cci.id, 0, MNEMO_POLICY_EXACT, N - 300, N + 400, q, oc, lc, NULL) == 0,
+			      "round %d: attend the continuation: %s", round, mnemo_last_error(c));
+			if (!round) {
+				memcpy(oc0, oc, sizeof(oc));
+				memcpy(lc0, lc, sizeof(lc));
+			} else {
+				CHECK(!memcmp(oc0, oc, sizeof(oc)) && !memcmp(lc0, lc, sizeof(lc)),
+				      "round %d: the continuation answers differently after a restart", round);
+			}
+			CHECK(mnemo_drop(c, ctx, NULL) == -EBUSY, "round %d: the parent dropped under its continuation", round);
 		}
 		/* episodic: the rest of the surprise after the first restart goes on where the first half
 		 * stopped (a context fed all of it in one go agrees), then built, then loaded */
@@ -478,7 +506,8 @@ static void indexes_persist(const char *bin)
 		      "round %d: %llu built, %llu loaded", round, (unsigned long long)di.index_builds,
 		      (unsigned long long)di.index_loads);
 		if (round == 2) {
-			CHECK(mnemo_drop(c, ctx, NULL) == 0, "drop");
+			CHECK(mnemo_drop(c, 0, "continued") == 0 && mnemo_drop(c, ctx, NULL) == 0, "drop: %s",
+			      mnemo_last_error(c));
 			CHECK(mnemo_lookup(c, 77, ids, (uint32_t)N, &li) == 0 && li.ctx == 0, "a dropped context matched");
 			CHECK(mnemo_stat_daemon(c, &di) == 0 && di.index_bytes == 0, "index_bytes %llu after the drop",
 			      (unsigned long long)di.index_bytes);
