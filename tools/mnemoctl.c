@@ -32,10 +32,13 @@ static void usage(FILE *f)
 		"  drop CONTEXT    delete a context and free its memory\n"
 		"  share CONTEXT   make a sealed context readable by every user (read-only)\n"
 		"  unshare CONTEXT make it this user's alone again\n"
+		"  continue CONTEXT NAME\n"
+		"                  create NAME, continuing the sealed CONTEXT (this user's or shared)\n"
+		"                  without copying it: its tokens follow CONTEXT's\n"
 		"  index CONTEXT POLICY\n"
 		"                  build (or load) the indexes of POLICY (quest, blocks, centroids,\n"
-		"                  centroids2, faiss-ivf, faiss-hnsw) for every layer and KV head now,\n"
-		"                  so no ATTEND waits for them; slow (it builds)\n"
+		"                  centroids2, faiss-ivf, faiss-hnsw, ann, episodic) for every layer\n"
+		"                  and KV head now, so no ATTEND waits for them; slow (it builds)\n"
 		"\n"
 		"Options:\n"
 		"  -s, --socket PATH  daemon socket (default: $MNEMO_SOCKET, else\n"
@@ -81,11 +84,14 @@ static void print_ctx(const struct mnemo_context_info *c, int json)
 		json_str(c->name);
 		printf(",\"layers\":%u,\"kv_heads\":%u,\"q_heads\":%u,\"head_dim\":%u,"
 		       "\"dtype\":\"%s\",\"rope_theta\":%g,\"state\":\"%s\",\"owner_uid\":%u,"
-		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"shared\":%s}\n",
+		       "\"tokens\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"shared\":%s,\"parent\":%" PRIu64
+		       ",\"parent_tokens\":%" PRIu64 ",\"surprise_seen\":%" PRIu64 ",\"events\":%" PRIu64
+		       ",\"segmentation\":\"%s\"}\n",
 		       c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads, c->geom.head_dim,
 		       dtype_name(c->geom.dtype), (double)c->geom.rope_theta,
 		       c->sealed ? "sealed" : c->recovered ? "recovered" : "open", c->owner_uid, c->tokens, c->bytes,
-		       c->shared ? "true" : "false");
+		       c->shared ? "true" : "false", c->parent, c->parent_tokens, c->surprise_seen, c->events,
+		       c->segmentation == 1 ? "surprise" : c->segmentation == 2 ? "novelty" : "none");
 	} else {
 		printf("%-6" PRIu64 " %-24s %6u %4u/%-4u %5u %-5s %-13s %7" PRIu64 " %10.1f\n",
 		       c->id, c->name, c->geom.n_layers, c->geom.n_kv_heads, c->geom.n_q_heads,
@@ -124,13 +130,14 @@ int main(int argc, char **argv)
 	}
 	const char *cmd = argv[i++];
 	const char *arg = i < argc ? argv[i++] : NULL;
-	const char *arg2 = !strcmp(cmd, "index") && i < argc ? argv[i++] : NULL;
+	const char *arg2 = (!strcmp(cmd, "index") || !strcmp(cmd, "continue")) && i < argc ? argv[i++] : NULL;
 	if (i < argc) {
 		fprintf(stderr, "mnemoctl: too many arguments\n");
 		return 2;
 	}
 	int known = !strcmp(cmd, "ping") || !strcmp(cmd, "list") || !strcmp(cmd, "stat") ||
-		    !strcmp(cmd, "drop") || !strcmp(cmd, "index") || !strcmp(cmd, "share") || !strcmp(cmd, "unshare");
+		    !strcmp(cmd, "drop") || !strcmp(cmd, "index") || !strcmp(cmd, "share") || !strcmp(cmd, "unshare") ||
+		    !strcmp(cmd, "continue");
 	if (!known) {
 		fprintf(stderr, "mnemoctl: unknown command %s\n", cmd);
 		usage(stderr);
@@ -140,8 +147,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnemoctl: %s needs a CONTEXT\n", cmd);
 		return 2;
 	}
+	if (!strcmp(cmd, "continue") && !arg2) {
+		fprintf(stderr, "mnemoctl: continue needs a CONTEXT and a NAME\n");
+		return 2;
+	}
 	static const char *const policies[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
-						"faiss-hnsw", "ann" };
+						"faiss-hnsw", "ann", "episodic" };
 	unsigned policy = 0;
 	if (!strcmp(cmd, "index")) {
 		for (unsigned p = 1; arg2 && p < sizeof(policies) / sizeof(policies[0]); p++)
@@ -262,6 +273,21 @@ int main(int argc, char **argv)
 				printf(",\"shared\":%s}\n", on ? "true" : "false");
 			} else {
 				printf("%s is %s\n", arg, on ? "shared read-only with every user" : "private");
+			}
+		}
+	} else if (!strcmp(cmd, "continue")) {
+		uint64_t id, cont;
+		const char *name;
+		ctx_ref(arg, &id, &name);
+		struct mnemo_context_info ci;
+		if (!(rc = mnemo_stat(c, id, name, &ci)) && !(rc = mnemo_continue(c, ci.id, arg2, &cont))) {
+			if (json) {
+				printf("{\"id\":%" PRIu64 ",\"name\":", cont);
+				json_str(arg2);
+				printf(",\"parent\":%" PRIu64 ",\"parent_tokens\":%" PRIu64 "}\n", ci.id, ci.tokens);
+			} else {
+				printf("created %s (#%" PRIu64 "), continuing %s after its %" PRIu64 " tokens\n", arg2, cont,
+				       arg, ci.tokens);
 			}
 		}
 	} else if (!strcmp(cmd, "index")) {

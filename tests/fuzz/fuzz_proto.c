@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	const uint8_t *p = data + 1;
 	size_t n = size - 1;
-	switch (data[0] % 24) {
+	switch (data[0] % 25) {
 	case 0: ROUND_TRIP(struct msg_hello_req, msg_hello_req_decode, msg_hello_req_encode, p, n); break;
 	case 1: ROUND_TRIP(struct msg_hello_rep, msg_hello_rep_decode, msg_hello_rep_encode, p, n); break;
 	case 2: ROUND_TRIP(struct msg_create_req, msg_create_req_decode, msg_create_req_encode, p, n); break;
@@ -84,6 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 20: ROUND_TRIP(struct msg_share_req, msg_share_req_decode, msg_share_req_encode, p, n); break;
 	case 21: ROUND_TRIP(struct msg_queries_req, msg_queries_req_decode, msg_queries_req_encode, p, n); break;
 	case 22: ROUND_TRIP(struct msg_surprise_req, msg_surprise_req_decode, msg_surprise_req_encode, p, n); break;
+	case 23: ROUND_TRIP(struct msg_continue_req, msg_continue_req_decode, msg_continue_req_encode, p, n); break;
 	default: {
 		struct proto_geometry g;
 		if (n >= sizeof(g)) {
@@ -104,9 +105,9 @@ size_t fuzz_seed(unsigned i, uint8_t *buf, size_t cap)
 	uint8_t q[64] = { 0 };
 	struct wbuf b;
 	wbuf_init(&b);
-	static const uint8_t sel[13] = { 0, 2, 3, 6, 8, 5, 14, 10, 16, 18, 19, 21, 22 };
-	wbuf_put(&b, &sel[i % 13], 1);
-	switch (i % 13) {
+	static const uint8_t sel[14] = { 0, 2, 3, 6, 8, 5, 14, 10, 16, 18, 19, 21, 22, 23 };
+	wbuf_put(&b, &sel[i % 14], 1);
+	switch (i % 14) {
 	case 0: msg_hello_req_encode(&b, &(struct msg_hello_req){ 1, 0 }); break;
 	case 1: msg_create_req_encode(&b, &(struct msg_create_req){ "abc", 3, { 2, 2, 4, 8, 2, 1e4f, 0 } }); break;
 	case 2: msg_append_req_encode(&b, &(struct msg_append_req){ .ctx = 1, .layer_count = 1, .n_tokens = 1,
@@ -121,6 +122,7 @@ size_t fuzz_seed(unsigned i, uint8_t *buf, size_t cap)
 	case 11: msg_queries_req_encode(&b, &(struct msg_queries_req){ .ctx = 1, .n_positions = 2, .q = q,
 									 .q_len = 64 }); break;
 	case 12: msg_surprise_req_encode(&b, &(struct msg_surprise_req){ .ctx = 1, .first = 3, .n = 16, .s = q }); break;
+	case 13: msg_continue_req_encode(&b, &(struct msg_continue_req){ .parent = 2, .name = "c", .name_len = 1 }); break;
 	default: msg_lookup_req_encode(&b, &(struct msg_lookup_req){ .salt = 7, .kind = i & 16 ? 1 : 0, .n = 4,
 								     .data = q }); break;
 	}

@@ -252,6 +252,26 @@ static void test_index(void)
 		CHECK(msg_surprise_rep_decode(b.data, b.len - 1, &srd) != 0, "short surprise reply accepted");
 		wbuf_free(&b);
 		CHECK(!strcmp(proto_op_name(OP_SURPRISE), "SURPRISE"), "SURPRISE has no name");
+		/* CONTINUE: a round trip; no parent, or a bad name, refused */
+		struct msg_continue_req cq = { .parent = 42, .name = "next", .name_len = 4 }, cd;
+		wbuf_init(&b);
+		msg_continue_req_encode(&b, &cq);
+		CHECK(msg_continue_req_decode(b.data, b.len, &cd) == 0 && cd.parent == 42 && cd.name_len == 4 &&
+			      !memcmp(cd.name, "next", 4), "continue round trip");
+		CHECK(msg_continue_req_decode(b.data, b.len - 1, &cd) != 0, "short continue accepted");
+		wbuf_free(&b);
+		cq.parent = 0;
+		wbuf_init(&b);
+		msg_continue_req_encode(&b, &cq);
+		CHECK(msg_continue_req_decode(b.data, b.len, &cd) != 0, "continue of no parent accepted");
+		wbuf_free(&b);
+		cq.parent = 1;
+		cq.name_len = 0;
+		wbuf_init(&b);
+		msg_continue_req_encode(&b, &cq);
+		CHECK(msg_continue_req_decode(b.data, b.len, &cd) != 0, "continue without a name accepted");
+		wbuf_free(&b);
+		CHECK(!strcmp(proto_op_name(OP_CONTINUE), "CONTINUE"), "CONTINUE has no name");
 	}
 	struct msg_tokens_req tq = { .ctx = 2, .salt = 99, .token_begin = 256, .n = 3, .ids = (const uint8_t *)ids }, td;
 	wbuf_init(&b);
@@ -391,16 +411,17 @@ static void test_small(void)
 	struct proto_ctx_record cr = { .id = 4, .name = "n", .name_len = 1,
 				       .geom = { 1, 2, 4, 8, 1, 10000.f, 0 }, .state = 2,
 				       .owner_uid = 1000, .tokens = 99, .bytes = 1234, .surprise_seen = 98,
-				       .events = 7, .segmentation = PROTO_SEG_NOVELTY }, crd;
+				       .events = 7, .segmentation = PROTO_SEG_NOVELTY, .parent = 3,
+				       .parent_tokens = 1ull << 35 }, crd;
 	wbuf_init(&b);
 	proto_ctx_record_encode(&b, &cr);
 	struct rbuf rb;
 	rbuf_init(&rb, b.data, b.len);
 	CHECK(proto_ctx_record_read(&rb, &crd) == 0 && rbuf_end(&rb) == 0 && crd.tokens == 99 &&
 	      crd.geom.head_dim == 8 && crd.owner_uid == 1000 && crd.surprise_seen == 98 && crd.events == 7 &&
-	      crd.segmentation == PROTO_SEG_NOVELTY, "ctx record");
+	      crd.segmentation == PROTO_SEG_NOVELTY && crd.parent == 3 && crd.parent_tokens == 1ull << 35, "ctx record");
 	rbuf_init(&rb, b.data, b.len);
-	uint8_t *seg = b.data + b.len - 4;
+	uint8_t *seg = b.data + b.len - 20;
 	seg[0] = 3;
 	CHECK(proto_ctx_record_read(&rb, &crd) != 0, "ctx record with an unknown segmentation accepted");
 	seg[0] = PROTO_SEG_NOVELTY;
