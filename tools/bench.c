@@ -706,6 +706,96 @@ static void bench_tier(const char *argv0)
 		fprintf(stderr, "mnemo-bench: could not remove %s\n", dir);
 }
 
+/* ---- preload: mnemo-preload of a trace vs fio's sequential write ---- */
+
+/* mnemo-preload beside this binary (the build tree and an install keep them together). */
+static void find_preload(char *out, size_t cap)
+{
+	char self[PATH_MAX - 32];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n > 0) {
+		self[n] = 0;
+		char *slash = strrchr(self, '/');
+		if (slash) {
+			*slash = 0;
+			snprintf(out, cap, "%s/mnemo-preload", self);
+			if (access(out, X_OK) == 0)
+				return;
+		}
+	}
+	snprintf(out, cap, "mnemo-preload");
+}
+
+/*
+ * Rounds alternate: mnemo-preload streams the trace into a mnemod whose SSD
+ * tier lives in --dir (every APPEND durable before its reply), the context
+ * is dropped, then fio writes as many bytes sequentially to the same file
+ * system (io_uring, O_DIRECT, 1 MiB blocks, queue depth 4, fsync at the
+ * end) and its file is removed. Medians of the rounds, and their ratio.
+ */
+static void bench_preload(const char *argv0, const char *trace)
+{
+	const char *base = opt_dir ? opt_dir : "/var/tmp";
+	char dir[512], ssd[600], bin[PATH_MAX], cmd[2 * PATH_MAX + 1024];
+	snprintf(dir, sizeof(dir), "%s/mnemo-bench-preload-XXXXXX", base);
+	if (!mkdtemp(dir))
+		die("mkdtemp", NULL, -errno);
+	snprintf(ssd, sizeof(ssd), "%s/daemon-ssd", dir);
+	opt_ssd = ssd;
+	find_preload(bin, sizeof(bin));
+	mnemo_client *c = connect_daemon(argv0);
+	double ours[16], theirs[16];
+	uint64_t bytes = 0;
+	for (unsigned round = 0; round < opt_rounds; round++) {
+		char name[32];
+		snprintf(name, sizeof(name), "bench-preload-%u", round);
+		snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --name %s --json --quiet --chunk 16384 '%s'", bin, sock_path,
+			 name, trace);
+		FILE *p = popen(cmd, "r");
+		char line[8192] = "";
+		size_t n = p ? fread(line, 1, sizeof(line) - 1, p) : 0;
+		line[n] = 0;
+		int st = p ? pclose(p) : -1;
+		struct json_object *root = json_tokener_parse(line), *v;
+		double s = 0;
+		if (st != 0 || !root || !json_object_object_get_ex(root, "bytes", &v) ||
+		    !(bytes = (uint64_t)json_object_get_int64(v)) || !json_object_object_get_ex(root, "stream_s", &v) ||
+		    !((s = json_object_get_double(v)) > 0)) {
+			json_object_put(root);
+			die("mnemo-preload failed (run it alone to see why)", NULL, -EIO);
+		}
+		json_object_put(root);
+		ours[round] = (double)bytes / s / 1e9;
+		int rc = mnemo_drop(c, 0, name);
+		if (rc)
+			die("drop", c, rc);
+		char args[1200];
+		snprintf(args, sizeof(args), "--name=seqwrite --filename=%s/fio.dat --size=%llu --bs=1M --rw=write "
+			 "--ioengine=io_uring --direct=1 --iodepth=4 --end_fsync=1", dir, (unsigned long long)bytes);
+		theirs[round] = fio_gbps(args, "write");
+		snprintf(args, sizeof(args), "%s/fio.dat", dir);
+		unlink(args);
+		if (theirs[round] <= 0)
+			die("fio failed (is it installed?)", NULL, -EIO);
+		if (!opt_json)
+			fprintf(stderr, "round %u: preload %.2f GB/s, fio %.2f GB/s\n", round + 1, ours[round], theirs[round]);
+	}
+	mnemo_close(c);
+	stop_daemon();
+	opt_ssd = NULL;
+	double a = pct(ours, opt_rounds, 0.5), b = pct(theirs, opt_rounds, 0.5);
+	if (opt_json)
+		printf("{\"suite\":\"preload\",\"metric\":\"stream\",\"bytes\":%llu,\"gbps\":%.3f,\"fio_gbps\":%.3f,"
+		       "\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"rounds\":%u,\"trace\":\"%s\",\"dir\":\"%s\"}\n",
+		       (unsigned long long)bytes, a, b, a / b, opt_rounds, trace, base);
+	else
+		printf("preload        %s: %.2f GiB of K/V, %.2f GB/s | fio seqwrite %.2f GB/s | ratio %.2f (medians of %u rounds)\n",
+		       trace, (double)bytes / (1ull << 30), a, b, a / b, opt_rounds);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "mnemo-bench: could not remove %s\n", dir);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -727,6 +817,9 @@ static void usage(FILE *f)
 		"            surprise and from key novelty, unrefined and refined on the key graph:\n"
 		"            boundary F1 against the trace's planted episodes, modularity or\n"
 		"            conductance before and after, tokens per minute on one thread\n"
+		"  preload   mnemo-preload of a trace (--trace FILE) into a mnemod whose SSD tier is\n"
+		"            in --dir, against fio's sequential write of as many bytes there\n"
+		"            (io_uring, O_DIRECT, 1 MiB, queue depth 4), rounds alternating\n"
 		"  prefix    LOOKUP of a 1M-token prompt held by a context, by ids and by chain\n"
 		"            hashes, beside a HELLO round trip\n"
 		"  all       ipc, attend, tier and prefix\n"
@@ -738,10 +831,11 @@ static void usage(FILE *f)
 		"  --workers N       worker threads of the started mnemod (default: one per core)\n"
 		"  --tokens N[,N..]  context lengths for attend (default 131072,1048576)\n"
 		"  --iters N         timed repetitions per point (default 20)\n"
-		"  --dir PATH        tier: the file system to measure (default /var/tmp)\n"
+		"  --dir PATH        tier, preload: the file system to measure (default /var/tmp)\n"
 		"  --tier-bytes SIZE tier: bytes written and then read at random (default 1G)\n"
 		"  --seconds N       tier: seconds per random-read round (default 3)\n"
-		"  --rounds N        tier: rounds alternating with fio, medians reported (default 5)\n"
+		"  --rounds N        tier, preload: rounds alternating with fio, medians reported\n"
+		"                    (default 5)\n"
 		"  --trace FILE      retrieval: the safetensors trace (mnemo-kvgen writes them)\n"
 		"  --policies LIST   retrieval: comma-separated (default quest,blocks,centroids,\n"
 		"                    centroids2,faiss-ivf,faiss-hnsw)\n"
@@ -904,6 +998,14 @@ int main(int argc, char **argv)
 		opt_workers = n > 0 ? (unsigned)n : 1;
 	}
 	int all = !strcmp(suite, "all");
+	if (!strcmp(suite, "preload")) {
+		if (!ropt.trace) {
+			fprintf(stderr, "mnemo-bench: preload needs --trace FILE\n");
+			return 2;
+		}
+		bench_preload(argv[0], ropt.trace);
+		return 0;
+	}
 	if (!strcmp(suite, "segment")) {
 		if (!ropt.trace) {
 			fprintf(stderr, "mnemo-bench: segment needs --trace FILE\n");
