@@ -116,7 +116,7 @@ static int blocks_search(const struct index *ix, const struct index_keys *keys, 
 	const struct blocks *bx = to_blocks(ix);
 	if (!bx)
 		return -EINVAL;
-	int rc = ix_search_prologue(bx->n, bx->d, keys, 1, q, G, budget, res);
+	int rc = ix_search_prologue(bx->n, bx->d, keys, 2, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const unsigned d = bx->d, B = bx->block, R = bx->reps;
@@ -155,7 +155,10 @@ static int blocks_search(const struct index *ix, const struct index_keys *keys, 
 	memset(bits, 0, ix_bits_words(bx->n) * sizeof(uint64_t));
 	struct ix_walk w;
 	ix_walk_init(&w, it, nb, (budget + B - 1) / B + 1);
-	res->scanned = nb * R + ix_fill_units(&w, bx->n, B, budget, 1, 1, keys, q, G, lse, 1, bits, ids, tmp);
+	const int64_t tail = ix_fill_units(&w, bx->n, B, budget, 1, 1, keys, q, G, lse, 1, bits, ids, tmp);
+	if (tail < 0)
+		return (int)tail;
+	res->scanned = nb * R + (uint64_t)tail;
 	res->n_tokens = ix_bits_emit(bits, bx->n, res->tokens);
 	return 0;
 }
@@ -220,4 +223,5 @@ const struct policy_ops blocks_policy_ops = {
 	.save = blocks_save,
 	.load = blocks_load,
 	.memory = blocks_memory,
+	.sparse_keys = 1,
 };

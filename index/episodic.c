@@ -265,7 +265,7 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 	const struct episodic *ex = to_episodic(ix);
 	if (!ex)
 		return -EINVAL;
-	int rc = ix_search_prologue(ex->n, ex->d, keys, 1, q, G, budget, res);
+	int rc = ix_search_prologue(ex->n, ex->d, keys, 2, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const unsigned d = ex->d, R = ex->reps;
@@ -379,8 +379,12 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 			break;
 	}
 	res->scanned = ne * R;
-	if (left && pooled)
-		res->scanned += ix_tail_fill(keys, q, G, lse, 1, ids, pooled, left, bits, tmp);
+	if (left && pooled) {
+		const int64_t tail = ix_tail_fill(keys, q, G, lse, 1, ids, pooled, left, bits, tmp);
+		if (tail < 0)
+			return (int)tail;
+		res->scanned += (uint64_t)tail;
+	}
 	res->n_tokens = ix_bits_emit(bits, ex->n, res->tokens);
 	return 0;
 }
@@ -472,6 +476,7 @@ const struct policy_ops episodic_policy_ops = {
 	.load = episodic_load,
 	.memory = episodic_memory,
 	.tokens = episodic_tokens,
+	.sparse_keys = 1,
 };
 
 /** episodic only, for tests and tools: the event starts (start[n_ev] = n). */

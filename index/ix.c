@@ -855,12 +855,33 @@ uint64_t ix_bits_emit(const uint64_t *bits, uint64_t n, uint64_t *out)
 	return k;
 }
 
-uint64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
-		      const uint32_t *ids, size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp)
+int64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+		     const uint32_t *ids, size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp)
 {
+	enum { BATCH = 64 };
 	float s[IX_MAX_GROUP];
+	float *rows = NULL;
+	if (!keys->k) {
+		if (!keys->fetch)
+			return -EINVAL;
+		if (!(rows = malloc((size_t)BATCH * keys->d * sizeof(float))))
+			return -ENOMEM;
+	}
 	for (size_t i = 0; i < cnt; i++) {
-		ix_dots(keys->k + (size_t)ids[i] * keys->d, 1, 0, q, G, keys->d, s);
+		const float *row;
+		if (rows) {
+			if (i % BATCH == 0) {
+				int rc = keys->fetch(keys->fetch_ctx, ids + i, cnt - i < BATCH ? cnt - i : BATCH, rows);
+				if (rc) {
+					free(rows);
+					return rc;
+				}
+			}
+			row = rows + (i % BATCH) * keys->d;
+		} else {
+			row = keys->k + (size_t)ids[i] * keys->d;
+		}
+		ix_dots(row, 1, 0, q, G, keys->d, s);
 		float acc = sumexp ? 0 : -INFINITY;
 		for (unsigned g = 0; g < G; g++) {
 			float x = s[g] - off[g];
@@ -874,10 +895,11 @@ uint64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G,
 	}
 	if (take > cnt)
 		take = cnt;
+	free(rows);
 	ix_top(tmp, cnt, take);
 	for (size_t i = 0; i < take; i++)
 		ix_bit_set(bits, tmp[i].id);
-	return cnt;
+	return (int64_t)cnt;
 }
 
 uint64_t ix_merge_heads(const float *D, const int64_t *L, unsigned G, size_t k, uint64_t n, uint64_t budget,
@@ -918,7 +940,7 @@ uint64_t ix_merge_heads(const float *D, const int64_t *L, unsigned G, size_t k, 
 	return ix_bits_emit(bits, n, out);
 }
 
-uint64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
+int64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
 		       const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
 		       uint64_t *bits, uint32_t *ids, struct ix_item *tmp)
 {
@@ -949,9 +971,11 @@ int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, in
 {
 	if (!res || !q || !G || G > IX_MAX_GROUP)
 		return -EINVAL;
-	if (keys && (keys->n != n || keys->d != d || !keys->k))
+	if (keys && (keys->n != n || keys->d != d || (!keys->k && !keys->fetch)))
 		return -EINVAL;
 	if (need_keys && !keys)
+		return -EINVAL;
+	if (need_keys == 1 && !keys->k)
 		return -EINVAL;
 	res->n_tokens = 0;
 	res->scanned = 0;

@@ -252,11 +252,12 @@ uint64_t ix_bits_emit(const uint64_t *bits, uint64_t n, uint64_t *out);
 /**
  * Tail fill: score the tokens @p ids[0..cnt) exactly for the group and set
  * the bits of the best @p take. A token's score is, with @p sumexp,
- * sum_g exp(q_g.k - off[g]), else max_g (q_g.k - off[g]).
+ * sum_g exp(q_g.k - off[g]), else max_g (q_g.k - off[g]). Keys come from
+ * keys->k, or from keys->fetch when k is NULL.
  * @param tmp  room for @p cnt items
- * @return the tokens scored (cnt)
+ * @return the tokens scored (cnt), or fetch's negative errno
  */
-uint64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
+int64_t ix_tail_fill(const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
 		      const uint32_t *ids, size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp);
 
 /**
@@ -279,9 +280,9 @@ uint64_t ix_merge_heads(const float *D, const int64_t *L, unsigned G, size_t k, 
  * least @p min_units units were walked, and the pool is tail filled
  * (ix_tail_fill()). Without @p whole every unit goes to the pool.
  * @param ids, tmp  room for ix_fill_units_room() entries
- * @return the tokens scored by tail fill
+ * @return the tokens scored by tail fill, or a negative errno (ix_tail_fill())
  */
-uint64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
+int64_t ix_fill_units(struct ix_walk *w, uint64_t n, unsigned unit, uint64_t budget, size_t min_units, int whole,
 		       const struct index_keys *keys, const float *q, unsigned G, const float *off, int sumexp,
 		       uint64_t *bits, uint32_t *ids, struct ix_item *tmp);
 
@@ -294,6 +295,8 @@ static inline size_t ix_fill_units_room(uint64_t n, unsigned unit, uint64_t budg
 /**
  * Check search()'s arguments common to every policy and answer the
  * trivial cases: budget 0 (nothing) and budget >= n (every token).
+ * @p need_keys: 0 keys may be NULL, 1 keys->k is required, 2 keys->k or
+ * keys->fetch (sparse_keys policies).
  * @return 1 when @p res is already complete, 0 to go on, -EINVAL.
  */
 int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, int need_keys, const float *q,

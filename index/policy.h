@@ -167,9 +167,17 @@
 #include "index.h"
 
 struct index_keys {
-	const float *k;           /* [n][d] */
+	const float *k;           /* [n][d]; may be NULL with fetch for policies with sparse_keys */
 	uint64_t n;
 	unsigned d;
+	/*
+	 * Optional: the fp32 rows of tokens @p ids [cnt] into @p out [cnt][d],
+	 * for search() of a policy with sparse_keys when k is NULL (it scores
+	 * only the few tokens it tail fills). @return 0 or a negative errno,
+	 * which search() returns.
+	 */
+	int (*fetch)(void *ctx, const uint32_t *ids, size_t cnt, float *out);
+	void *fetch_ctx;
 };
 
 /** How centroids and centroids2 pick clusters at search time. */
@@ -341,6 +349,13 @@ struct policy_ops {
 	 * fp32 keys (ann). extend() still wants the whole segment's keys.
 	 */
 	int keeps_keys;
+	/**
+	 * Nonzero when search() reads keys only for the tokens it tail fills,
+	 * and takes them through index_keys.fetch when k is NULL (quest,
+	 * blocks, episodic): the caller then need not hold the segment's fp32
+	 * keys at all, and a loaded index needs none of them to serve.
+	 */
+	int sparse_keys;
 };
 
 /** The ops of @p policy (enum index_policy), or NULL (exact has none). */

@@ -124,7 +124,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	const struct quest *qx = to_quest(ix);
 	if (!qx)
 		return -EINVAL;
-	int rc = ix_search_prologue(qx->n, qx->d, keys, 1, q, G, budget, res);
+	int rc = ix_search_prologue(qx->n, qx->d, keys, 2, q, G, budget, res);
 	if (rc)
 		return rc < 0 ? rc : 0;
 	const unsigned d = qx->d, P = qx->page;
@@ -165,8 +165,10 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	ix_walk_init(&w, it, pages, (budget + P - 1) / P + min_pages);
 	/* under min_pages pages of budget, the best tokens of the top min_pages pages */
 	const int whole = budget >= (uint64_t)min_pages * P;
-	res->scanned = pages + ix_fill_units(&w, qx->n, P, budget, min_pages, whole, keys, q, G, lse, 1, bits, ids,
-					     tmp);
+	const int64_t tail = ix_fill_units(&w, qx->n, P, budget, min_pages, whole, keys, q, G, lse, 1, bits, ids, tmp);
+	if (tail < 0)
+		return (int)tail;
+	res->scanned = pages + (uint64_t)tail;
 	res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
 	return 0;
 }
@@ -250,4 +252,5 @@ const struct policy_ops quest_policy_ops = {
 	.save = quest_save,
 	.load = quest_load,
 	.memory = quest_memory,
+	.sparse_keys = 1,
 };

@@ -10,8 +10,11 @@
  * restarted daemon loads them instead of building. A side file that fails
  * its checks is rebuilt over. Policies that keep their own copy of the rows
  * (attach_rows: centroids*) get it after the build or load and are
- * attended run by run from it; the others keep the fp32 keys their search
- * scores and read the picked tokens through pinned blocks.
+ * attended run by run from it; those that read keys only to tail fill
+ * (sparse_keys: quest, blocks, episodic) keep none and fetch the few rows
+ * they score from the pinned blocks, so a loaded index serves without
+ * reading its layer; the others keep the fp32 keys their search scores.
+ * All read the picked tokens through pinned blocks.
  *
  * Side file body: magic "MNPX" u32, version u32, policy u32, reserved u32,
  * tokens covered u64, then the policy's save() blob.
@@ -344,7 +347,7 @@ static int load_index(struct kv_ctx *c, struct slot *s, const struct policy_ops 
 	float *k = NULL;
 	struct index_keys keys = { .n = covered, .d = d };
 	int rc = 0;
-	if (!po->attach_rows) {
+	if (!po->attach_rows && !po->sparse_keys) {
 		/* the policy scores fp32 keys, or copies them */
 		k = malloc(covered * d * sizeof(float) + 4);
 		rc = k ? gather_f32(c, layer, head, covered, k, NULL) : -ENOMEM;
@@ -356,7 +359,7 @@ static int load_index(struct kv_ctx *c, struct slot *s, const struct policy_ops 
 		s->n = covered;
 		if (po->attach_rows) {
 			rc = attach(c, s, po, layer, head);
-		} else if (!po->keeps_keys) {
+		} else if (!po->keeps_keys && !po->sparse_keys) {
 			s->k = k;
 			k = NULL;
 		}
@@ -801,7 +804,8 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 			atomic_fetch_add(&n_builds, 1);
 			*how = INDEX_BUILT;
 			s->n = n;
-			if (!po->keeps_keys) {
+			/* sparse_keys policies fetch the few rows they tail fill from the blocks */
+			if (!po->keeps_keys && !po->sparse_keys) {
 				s->k = k;
 				k = NULL;
 			}
@@ -1011,6 +1015,33 @@ static int fold_extras(struct policy_job *j, uint32_t h, const float *q, uint64_
 	return 0;
 }
 
+/* index_keys.fetch for sparse_keys policies: rows from the pinned blocks, converted to fp32. */
+struct row_fetch {
+	struct kv_ctx *c;
+	uint32_t layer, head, B, d;
+	enum kv_dtype dtype;
+};
+
+static int fetch_rows(void *arg, const uint32_t *ids, size_t cnt, float *out)
+{
+	const struct row_fetch *f = arg;
+	const size_t row = (size_t)f->d * (f->dtype == KV_F32 ? 4 : 2);
+	for (size_t i = 0; i < cnt;) {
+		const uint64_t b = ids[i] / f->B;
+		const uint8_t *win[1];
+		uint64_t bad;
+		int rc = kv_ctx_pin(f->c, f->layer, f->head, b, 1, win, &bad);
+		if (rc)
+			return rc;
+		/* the run of ids in this block */
+		for (; i < cnt && ids[i] / f->B == b; i++)
+			for (uint32_t j = 0; j < f->d; j++)
+				out[i * f->d + j] = kv_load(f->dtype, win[0] + (ids[i] % f->B) * row, j);
+		kv_ctx_unpin(f->c, f->layer, f->head, b, 1);
+	}
+	return 0;
+}
+
 static void policy_unit(void *arg, unsigned h)
 {
 	struct policy_job *j = arg;
@@ -1074,8 +1105,14 @@ static void policy_unit(void *arg, unsigned h)
 		res.runs_cap = budget + 1;
 	}
 	if (j->begin < idx_end && s->n) {
+		struct row_fetch rf = { .c = j->c, .layer = j->layer, .head = h, .B = j->B, .d = d,
+					.dtype = (enum kv_dtype)j->dtype };
 		struct index_keys keys = { .k = s->k, .n = s->n, .d = d };
-		if ((rc = j->po->search(s->ix, s->k ? &keys : NULL, q, G, budget, &res)))
+		if (!s->k && j->po->sparse_keys) {
+			keys.fetch = fetch_rows;
+			keys.fetch_ctx = &rf;
+		}
+		if ((rc = j->po->search(s->ix, s->k || keys.fetch ? &keys : NULL, q, G, budget, &res)))
 			goto fail;
 		if (own && (res.n_runs || !res.n_tokens)) {
 			struct kv_rows rows = { .k = own->k, .v = own->v, .stride = own->stride,

@@ -201,6 +201,47 @@ static const struct config configs[] = {
 	{ "episodic", "episodic received", 1, 0, INDEX_SELECT_BUDGET, 0, 1, 0.88 },
 };
 
+static int fetch_rows(void *ctx, const uint32_t *ids, size_t cnt, float *out)
+{
+	int *fail = ctx;
+	if (*fail)
+		return -EIO;
+	for (size_t i = 0; i < cnt; i++)
+		memcpy(out + i * D, keys + (size_t)ids[i] * D, D * sizeof(float));
+	return 0;
+}
+
+/* sparse_keys policies: keys fetched on demand give what the fp32 array gives; fetch's error comes back */
+static void sparse(const char *label, const struct policy_ops *po, const struct index *ix)
+{
+	static const uint64_t budgets[] = { 0, 1, 5, 17, 100, 450, 2000, N - 1 };
+	const struct index_keys k = { .k = keys, .n = N, .d = D };
+	int fail = 0;
+	const struct index_keys kf = { .n = N, .d = D, .fetch = fetch_rows, .fetch_ctx = &fail };
+	int same = 1;
+	for (unsigned t = 0; t < NQ; t++)
+		for (unsigned b = 0; b < 8; b++) {
+			struct index_result a = result(toks, 0), c = result(toks2, 1);
+			int r1 = po->search(ix, &k, qd + t * G * D, G, budgets[b], &a);
+			int r2 = po->search(ix, &kf, qd + t * G * D, G, budgets[b], &c);
+			same &= r1 == 0 && r2 == 0 && a.n_tokens == c.n_tokens && a.scanned == c.scanned &&
+				!memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
+		}
+	CHECK(same, "%s: keys fetched on demand search differently", label);
+	fail = 1;
+	int errs = 0, tails = 0;
+	for (unsigned b = 0; b < 8; b++) {
+		struct index_result c = result(toks2, 1);
+		int rc = po->search(ix, &kf, qd, G, budgets[b], &c);
+		errs += rc == -EIO;
+		tails += rc == 0 || rc == -EIO;
+	}
+	CHECK(errs > 0 && tails == 8, "%s: a failing fetch is not reported (%d of 8)", label, errs);
+	const struct index_keys none = { .n = N, .d = D };
+	struct index_result c = result(toks2, 1);
+	CHECK(po->search(ix, &none, qd, G, budgets[4], &c) == -EINVAL, "%s: keys with neither rows nor fetch", label);
+}
+
 struct racer {
 	const struct policy_ops *po;
 	const struct index *ix;
@@ -382,6 +423,8 @@ static void run(const struct config *cf)
 	if (po->attach_rows)
 		runs_match_tokens(cf->label, po, ix, &k);
 	concurrent(cf->label, po, ix);
+	if (po->sparse_keys)
+		sparse(cf->label, po, ix);
 
 	/* save -> load -> the same searches */
 	uint8_t *blob = NULL;
