@@ -67,6 +67,7 @@ static unsigned split_list(char *s, const char **out, unsigned max)
 
 static char tmpdir[128], sock_path[256];
 static pid_t daemon_pid = -1;
+static bool keep_tmpdir; /* a restart: the next connect_daemon() starts on the same data */
 
 
 static void die(const char *what, mnemo_client *c, int rc)
@@ -117,9 +118,12 @@ static mnemo_client *connect_daemon(const char *argv0)
 	if (daemon_pid < 0) {
 		char bin[PATH_MAX], workers[16];
 		find_mnemod(argv0, bin, sizeof(bin));
-		snprintf(tmpdir, sizeof(tmpdir), "/tmp/mnemo-bench-XXXXXX");
-		if (!mkdtemp(tmpdir))
-			die("mkdtemp", NULL, -errno);
+		if (!keep_tmpdir) {
+			snprintf(tmpdir, sizeof(tmpdir), "/tmp/mnemo-bench-XXXXXX");
+			if (!mkdtemp(tmpdir))
+				die("mkdtemp", NULL, -errno);
+		}
+		keep_tmpdir = false;
 		snprintf(sock_path, sizeof(sock_path), "%s/mnemod.sock", tmpdir);
 		snprintf(workers, sizeof(workers), "%u", opt_workers);
 		char data[200];
@@ -151,6 +155,8 @@ static void stop_daemon(void)
 	int st;
 	waitpid(daemon_pid, &st, 0);
 	daemon_pid = -1;
+	if (keep_tmpdir)
+		return;
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
@@ -780,9 +786,6 @@ static void bench_preload(const char *argv0, const char *trace)
 		if (!opt_json)
 			fprintf(stderr, "round %u: preload %.2f GB/s, fio %.2f GB/s\n", round + 1, ours[round], theirs[round]);
 	}
-	mnemo_close(c);
-	stop_daemon();
-	opt_ssd = NULL;
 	double a = pct(ours, opt_rounds, 0.5), b = pct(theirs, opt_rounds, 0.5);
 	if (opt_json)
 		printf("{\"suite\":\"preload\",\"metric\":\"stream\",\"bytes\":%llu,\"gbps\":%.3f,\"fio_gbps\":%.3f,"
@@ -791,6 +794,80 @@ static void bench_preload(const char *argv0, const char *trace)
 	else
 		printf("preload        %s: %.2f GiB of K/V, %.2f GB/s | fio seqwrite %.2f GB/s | ratio %.2f (medians of %u rounds)\n",
 		       trace, (double)bytes / (1ull << 30), a, b, a / b, opt_rounds);
+	fflush(stdout);
+
+	/*
+	 * Restart to first ATTEND: preloaded and indexed once, then per policy a
+	 * daemon restart (page cache dropped when this process may), connect,
+	 * STAT by name, and the first ATTEND of layer 0 (every KV head, budget
+	 * 2%, the index loaded from its side file), timed from the connect;
+	 * then a second ATTEND, warm.
+	 */
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --name attach --json --quiet --chunk 16384 --policies "
+		 "quest,blocks '%s' > /dev/null", bin, sock_path, trace);
+	if (system(cmd) != 0)
+		die("mnemo-preload --policies quest,blocks failed", NULL, -EIO);
+	static const enum mnemo_policy pols[2] = { MNEMO_POLICY_BLOCKS, MNEMO_POLICY_QUEST };
+	static const char *const pol_names[2] = { "blocks", "quest" };
+	for (int pi = 0; pi < 2; pi++) {
+		mnemo_close(c);
+		keep_tmpdir = true;
+		stop_daemon();
+		sync();
+		FILE *dc = fopen("/proc/sys/vm/drop_caches", "w");
+		const int dropped = dc && fputs("3\n", dc) >= 0 && fclose(dc) == 0;
+		if (dc && !dropped)
+			dc = NULL;
+		double t0 = now_s();
+		c = connect_daemon(argv0);
+		double up = now_s() - t0;
+		t0 = now_s();
+		mnemo_client *c2;
+		struct mnemo_context_info ci;
+		int rc = mnemo_connect(sock_path, &c2);
+		if (!rc)
+			rc = mnemo_stat(c2, 0, "attach", &ci);
+		if (rc)
+			die("attach after restart", c2, rc);
+		const size_t nq = (size_t)ci.geom.n_q_heads * ci.geom.head_dim;
+		float *q = malloc(nq * sizeof(float)), *o = malloc(nq * sizeof(float)), *l = malloc(ci.geom.n_q_heads * 4);
+		for (size_t i = 0; i < nq; i++)
+			q[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+		const uint32_t budget = (uint32_t)(ci.tokens / 50);
+		struct mnemo_attend_info ai;
+		if ((rc = mnemo_attend_ex(c2, ci.id, 0, pols[pi], budget, 0, UINT64_MAX, q, o, l, &ai)))
+			die("first ATTEND", c2, rc);
+		const double first = now_s() - t0;
+		t0 = now_s();
+		if ((rc = mnemo_attend_ex(c2, ci.id, 0, pols[pi], budget, 0, UINT64_MAX, q, o, l, &ai)))
+			die("second ATTEND", c2, rc);
+		const double second = now_s() - t0;
+		struct mnemo_daemon_info di;
+		mnemo_stat_daemon(c2, &di);
+		mnemo_close(c2);
+		free(q);
+		free(o);
+		free(l);
+		if (opt_json)
+			printf("{\"suite\":\"preload\",\"metric\":\"restart_first_attend\",\"policy\":\"%s\","
+			       "\"first_ms\":%.2f,\"second_ms\":%.2f,\"ratio\":%.2f,\"ratio_of\":\"first_ms/second_ms\","
+			       "\"daemon_start_ms\":%.1f,\"index_loads\":%llu,\"index_builds\":%llu,\"ssd_reads\":%llu,"
+			       "\"cold_cache\":%s,\"tokens\":%llu,\"budget\":%u}\n",
+			       pol_names[pi], first * 1e3, second * 1e3, first / second, up * 1e3,
+			       (unsigned long long)di.index_loads, (unsigned long long)di.index_builds,
+			       (unsigned long long)di.ssd_reads, dropped ? "true" : "false", (unsigned long long)ci.tokens,
+			       budget);
+		else
+			printf("restart        %-6s: attach + first ATTEND of layer 0 %.1f ms (%llu indexes loaded, %llu "
+			       "built, %llu SSD reads), second %.1f ms; daemon up in %.0f ms; page cache %s\n",
+			       pol_names[pi], first * 1e3, (unsigned long long)di.index_loads,
+			       (unsigned long long)di.index_builds, (unsigned long long)di.ssd_reads, second * 1e3, up * 1e3,
+			       dropped ? "dropped" : "kept (not permitted to drop)");
+		fflush(stdout);
+	}
+	mnemo_close(c);
+	stop_daemon();
+	opt_ssd = NULL;
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "mnemo-bench: could not remove %s\n", dir);
