@@ -29,6 +29,8 @@
 #include <json-c/json.h>
 
 #include "bench_retrieval.h"
+#include "bench_daemon.h"
+#include "bench_decode.h"
 #include "bench_segment.h"
 #include "bench_util.h"
 #include "kernels.h"
@@ -37,7 +39,7 @@
 #include "ssd.h"
 
 static int opt_json;
-static const char *opt_socket, *opt_mnemod, *opt_ssd;
+static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem;
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
@@ -46,6 +48,10 @@ static uint64_t opt_tier_bytes = 1ull << 30;
 static unsigned opt_tier_seconds = 3, opt_rounds = 5;
 static enum seg_metric opt_metric = SEG_MODULARITY;
 static double opt_gammas[16] = { 1.0 };
+static unsigned long long opt_steps = 16;
+static unsigned opt_exact_layers = 2;
+static const char *opt_host_mem_arg;
+static int policies_given;
 static unsigned opt_n_gammas = 1;
 static struct bench_retrieval_opts ropt = {
 	.policies = { "quest", "blocks", "centroids", "centroids2", "faiss-ivf", "faiss-hnsw" },
@@ -133,7 +139,8 @@ static mnemo_client *connect_daemon(const char *argv0)
 			/* RAM only: ipc and attend measure the transport and the kernels;
 			 * the tier suite measures the SSD path on its own */
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
-			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", (char *)NULL);
+			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
+			       opt_host_mem ? opt_host_mem : "auto", (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -714,8 +721,27 @@ static void bench_tier(const char *argv0)
 
 /* ---- preload: mnemo-preload of a trace vs fio's sequential write ---- */
 
+mnemo_client *bench_daemon_start(const char *argv0, const char *ssd_dir, const char *host_mem)
+{
+	opt_ssd = ssd_dir;
+	opt_host_mem = host_mem;
+	return connect_daemon(argv0);
+}
+
+void bench_daemon_stop(void)
+{
+	stop_daemon();
+	opt_ssd = NULL;
+	opt_host_mem = NULL;
+}
+
+const char *bench_daemon_socket(void)
+{
+	return opt_socket ? opt_socket : sock_path;
+}
+
 /* mnemo-preload beside this binary (the build tree and an install keep them together). */
-static void find_preload(char *out, size_t cap)
+void bench_find_preload(char *out, size_t cap)
 {
 	char self[PATH_MAX - 32];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -748,7 +774,7 @@ static void bench_preload(const char *argv0, const char *trace)
 		die("mkdtemp", NULL, -errno);
 	snprintf(ssd, sizeof(ssd), "%s/daemon-ssd", dir);
 	opt_ssd = ssd;
-	find_preload(bin, sizeof(bin));
+	bench_find_preload(bin, sizeof(bin));
 	mnemo_client *c = connect_daemon(argv0);
 	double ours[16], theirs[16];
 	uint64_t bytes = 0;
@@ -897,6 +923,10 @@ static void usage(FILE *f)
 		"  preload   mnemo-preload of a trace (--trace FILE) into a mnemod whose SSD tier is\n"
 		"            in --dir, against fio's sequential write of as many bytes there\n"
 		"            (io_uring, O_DIRECT, 1 MiB, queue depth 4), rounds alternating\n"
+		"  decode    decode steps over every layer of a trace (--trace FILE) preloaded into\n"
+		"            a mnemod with its SSD tier in --dir and --host-mem: step latency,\n"
+		"            SSD bytes per step, mass recall against exact ATTEND of --exact-layers\n"
+		"            layers per step, and the exact step estimated from them\n"
 		"  prefix    LOOKUP of a 1M-token prompt held by a context, by ids and by chain\n"
 		"            hashes, beside a HELLO round trip\n"
 		"  all       ipc, attend, tier and prefix\n"
@@ -915,8 +945,8 @@ static void usage(FILE *f)
 		"                    (default 5)\n"
 		"  --trace FILE      retrieval: the safetensors trace (mnemo-kvgen writes them)\n"
 		"  --policies LIST   retrieval: comma-separated (default quest,blocks,centroids,\n"
-		"                    centroids2,faiss-ivf,faiss-hnsw)\n"
-		"  --budgets LIST    retrieval: fractions of the tokens (< 1) or token counts\n"
+		"                    centroids2,faiss-ivf,faiss-hnsw); decode: (default centroids2)\n"
+		"  --budgets LIST    retrieval, decode: fractions of the tokens (< 1) or token counts\n"
 		"                    (default 0.01,0.02,0.05)\n"
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
@@ -929,6 +959,9 @@ static void usage(FILE *f)
 		"  --queries N       retrieval: decode queries per head (default 16)\n"
 		"  --layer N         retrieval, segment: the layer (default 0)\n"
 		"  --metric NAME     segment: modularity (default) or conductance\n"
+		"  --steps N         decode: steps (default 16)\n"
+		"  --exact-layers N  decode: layers per step attended exactly too (default 2)\n"
+		"  --host-mem SIZE   decode: mnemod's host-RAM budget (default: its own, half of RAM)\n"
 		"  --gamma LIST      segment: the boundary rule's gamma, comma-separated;\n"
 		"                    retrieval: episodic's, the first of the list (default 1)\n"
 		"  -h, --help        this help\n");
@@ -975,6 +1008,7 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--policies") && v) {
 			ropt.n_policies = split_list(argv[++i], ropt.policies, 16);
+			policies_given = 1;
 		} else if (!strcmp(a, "--budgets") && v) {
 			const char *b[16];
 			unsigned n = split_list(argv[++i], b, 16);
@@ -1012,6 +1046,15 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--queries") && v) {
 			ropt.queries = strtoull(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--steps") && v && atoi(v) > 0) {
+			opt_steps = strtoull(v, NULL, 10);
+			i++;
+		} else if (!strcmp(a, "--exact-layers") && v && atoi(v) > 0) {
+			opt_exact_layers = (unsigned)atoi(v);
+			i++;
+		} else if (!strcmp(a, "--host-mem") && v) {
+			opt_host_mem_arg = v;
 			i++;
 		} else if (!strcmp(a, "--gamma") && v) {
 			opt_n_gammas = 0;
@@ -1075,6 +1118,23 @@ int main(int argc, char **argv)
 		opt_workers = n > 0 ? (unsigned)n : 1;
 	}
 	int all = !strcmp(suite, "all");
+	if (!strcmp(suite, "decode")) {
+		if (!ropt.trace) {
+			fprintf(stderr, "mnemo-bench: decode needs --trace FILE\n");
+			return 2;
+		}
+		struct bench_decode_opts dopt = { .trace = ropt.trace, .json = opt_json, .n_policies = ropt.n_policies,
+						  .n_budgets = ropt.n_budgets, .steps = opt_steps,
+						  .exact_layers = opt_exact_layers, .host_mem = opt_host_mem_arg,
+						  .dir = opt_dir };
+		memcpy(dopt.policies, ropt.policies, sizeof(dopt.policies));
+		memcpy(dopt.budgets, ropt.budgets, sizeof(dopt.budgets));
+		if (!policies_given) {
+			dopt.policies[0] = "centroids2";
+			dopt.n_policies = 1;
+		}
+		return bench_decode(argv[0], &dopt) ? 1 : 0;
+	}
 	if (!strcmp(suite, "preload")) {
 		if (!ropt.trace) {
 			fprintf(stderr, "mnemo-bench: preload needs --trace FILE\n");

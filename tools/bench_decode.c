@@ -1,0 +1,262 @@
+/*
+ * mnemo-bench decode --trace FILE: decode steps over every layer of a
+ * preloaded trace, through a mnemod with its SSD tier and a host-RAM
+ * budget (DESIGN.md §9 `decode`).
+ *
+ * The trace is preloaded with mnemo-preload (index builds timed apart),
+ * then for each policy and budget, --steps decode steps: step t sends, for
+ * every layer in order, the trace's decode queries of position t (q_decode)
+ * as one ATTEND. Per step: the wall time of its layers, and the SSD bytes
+ * the daemon read (STAT before and after).
+ *
+ * The baseline, in the same run and under the same memory limit: exact
+ * ATTEND of --exact-layers layers per step (spread over the layers), timed,
+ * the step estimated as their mean times the layer count. On those layers
+ * the policy's mass recall is exact: a policy that attends exactly over the
+ * tokens it picks (no estimates) has lse = log sum over the picks of
+ * exp(q.k / sqrt(d)), so exp(lse_policy - lse_exact) is the share of the
+ * softmax mass it kept, per query head; centroids* add estimated clusters
+ * to their lse, so for them only the output's error against exact is
+ * reported. (Oracle-relative recall needs every score, which only
+ * mnemo-bench retrieval computes.)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_daemon.h"
+#include "bench_decode.h"
+#include "bench_util.h"
+#include "index.h"
+#include "kernels.h"
+#include "safetensors.h"
+
+static int stat_reads(mnemo_client *c, uint64_t *bytes, uint64_t *reads)
+{
+	struct mnemo_daemon_info di;
+	int rc = mnemo_stat_daemon(c, &di);
+	*bytes = di.ssd_read_bytes;
+	*reads = di.ssd_reads;
+	return rc;
+}
+
+int bench_decode(const char *argv0, const struct bench_decode_opts *o)
+{
+	char err[512];
+	struct st_file *f;
+	int rc = st_open(o->trace, &f, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "mnemo-bench: %s\n", err);
+		return rc;
+	}
+	const struct st_tensor *tk, *tq;
+	if ((rc = st_find_rank(f, "k", 4, &tk, err, sizeof(err))) ||
+	    (rc = st_find_rank(f, "q_decode", 4, &tq, err, sizeof(err)))) {
+		fprintf(stderr, "mnemo-bench: %s\n", err);
+		st_close(f);
+		return rc;
+	}
+	const uint64_t L = tk->shape[0], Hkv = tk->shape[1], N = tk->shape[2], d = tk->shape[3];
+	const uint64_t Hq = tq->shape[1], T = tq->shape[2];
+	if (tq->shape[0] != L || tq->shape[3] != d || Hq % Hkv ||
+	    (tq->dtype != ST_F32 && tq->dtype != ST_F16 && tq->dtype != ST_BF16)) {
+		fprintf(stderr, "mnemo-bench: %s: q_decode does not match k\n", o->trace);
+		st_close(f);
+		return -EINVAL;
+	}
+	const enum kv_dtype qdt = tq->dtype == ST_F32 ? KV_F32 : tq->dtype == ST_F16 ? KV_F16 : KV_BF16;
+	const uint64_t steps = o->steps && o->steps < T ? o->steps : T;
+	const uint64_t kv_bytes = L * Hkv * N * d * 2 * st_dtype_size(tk->dtype);
+	unsigned n_exact = o->exact_layers ? o->exact_layers : 1;
+	if (n_exact > L)
+		n_exact = (unsigned)L;
+
+	/* the daemon, its SSD tier in --dir, and the trace preloaded and indexed */
+	const char *base = o->dir ? o->dir : "/var/tmp";
+	char dir[512], ssd[600], bin[4096], cmd[10000], pols[256] = "";
+	snprintf(dir, sizeof(dir), "%s/mnemo-bench-decode-XXXXXX", base);
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "mnemo-bench: mkdtemp in %s: %s\n", base, strerror(errno));
+		st_close(f);
+		return -errno;
+	}
+	snprintf(ssd, sizeof(ssd), "%s/ssd", dir);
+	mnemo_client *c = bench_daemon_start(argv0, ssd, o->host_mem);
+	bench_find_preload(bin, sizeof(bin));
+	for (unsigned i = 0; i < o->n_policies; i++)
+		snprintf(pols + strlen(pols), sizeof(pols) - strlen(pols), "%s%s", i ? "," : "", o->policies[i]);
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --name decode --json --quiet --chunk 16384 %s%s '%s'", bin,
+		 bench_daemon_socket(), o->n_policies ? "--policies " : "", pols, o->trace);
+	double t0 = now_s();
+	FILE *p = popen(cmd, "r");
+	char line[16384] = "";
+	size_t n = p ? fread(line, 1, sizeof(line) - 1, p) : 0;
+	line[n] = 0;
+	if (!p || pclose(p) != 0) {
+		fprintf(stderr, "mnemo-bench: %s failed\n", cmd);
+		rc = -EIO;
+		goto out_daemon;
+	}
+	const double preload_s = now_s() - t0;
+	struct mnemo_context_info ci;
+	if ((rc = mnemo_stat(c, 0, "decode", &ci))) {
+		fprintf(stderr, "mnemo-bench: stat: %s\n", mnemo_last_error(c));
+		goto out_daemon;
+	}
+	if (!o->json)
+		printf("decode: %s: %" PRIu64 " tokens, %" PRIu64 " layers x %" PRIu64 "/%" PRIu64 " heads, d %" PRIu64
+		       ", %.1f GiB of KV, host-mem %s; preloaded and indexed in %.0f s\n",
+		       o->trace, N, L, Hkv, Hq, d, (double)kv_bytes / (1ull << 30), o->host_mem ? o->host_mem : "auto",
+		       preload_s);
+	else
+		printf("{\"suite\":\"decode\",\"metric\":\"preload\",\"tokens\":%" PRIu64 ",\"layers\":%" PRIu64
+		       ",\"kv_bytes\":%" PRIu64 ",\"seconds\":%.1f,\"preload\":%s}\n",
+		       N, L, kv_bytes, preload_s, line[0] == '{' ? line : "null");
+	fflush(stdout);
+
+	const size_t nq = (size_t)Hq * d;
+	float *q = malloc(nq * sizeof(float)), *o_ = malloc(nq * sizeof(float));
+	float *lse_exact = malloc(steps * n_exact * Hq * sizeof(float)), *l_ = malloc(Hq * sizeof(float));
+	float *o_exact = malloc(steps * n_exact * nq * sizeof(float));
+	double *step_ms = malloc(steps * sizeof(double)), *exact_ms = malloc(steps * n_exact * sizeof(double));
+	uint64_t *step_bytes = malloc(steps * sizeof(uint64_t)), *step_reads = malloc(steps * sizeof(uint64_t));
+	if (!q || !o_ || !lse_exact || !l_ || !o_exact || !step_ms || !exact_ms || !step_bytes || !step_reads) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	/* the queries of (layer, step), as the model has them (ATTEND scales them) */
+#define LOAD_Q(l, t)                                                                                       \
+	for (uint64_t h = 0; h < Hq; h++)                                                                   \
+		for (uint64_t j = 0; j < d; j++)                                                            \
+			q[h * d + j] = kv_load(qdt, tq->data, (((l) * Hq + h) * T + (t)) * d + j)
+	/* exact, on layers spread over the model */
+	for (uint64_t t = 0; t < steps; t++)
+		for (unsigned e = 0; e < n_exact; e++) {
+			const uint64_t l = (uint64_t)e * L / n_exact;
+			LOAD_Q(l, t);
+			double a = now_s();
+			if ((rc = mnemo_attend(c, ci.id, (uint32_t)l, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q,
+					       o_exact + (t * n_exact + e) * nq, lse_exact + (t * n_exact + e) * Hq, NULL))) {
+				fprintf(stderr, "mnemo-bench: exact attend: %s\n", mnemo_last_error(c));
+				goto out_free;
+			}
+			exact_ms[t * n_exact + e] = (now_s() - a) * 1e3;
+		}
+	const double exact_layer_ms = pct(exact_ms, steps * n_exact, 0.5);
+	const double exact_step_ms = exact_layer_ms * (double)L;
+	if (!o->json)
+		printf("exact          one layer p50 %.1f ms (%u layers x %" PRIu64 " steps), a step of %" PRIu64
+		       " layers estimated at %.0f ms\n", exact_layer_ms, n_exact, steps, L, exact_step_ms);
+	for (unsigned pi = 0; pi < o->n_policies; pi++) {
+		const struct index_ops *io = index_ops_by_name(o->policies[pi]);
+		if (!io) {
+			fprintf(stderr, "mnemo-bench: unknown policy %s\n", o->policies[pi]);
+			rc = -EINVAL;
+			goto out_free;
+		}
+		for (unsigned bi = 0; bi < o->n_budgets; bi++) {
+			const double bf = o->budgets[bi];
+			uint64_t budget = bf >= 1.0 ? (uint64_t)bf : (uint64_t)(bf * (double)N + 0.5);
+			budget = budget < 1 ? 1 : budget > UINT32_MAX ? UINT32_MAX : budget;
+			const int estimates = io->policy == POLICY_CENTROIDS || io->policy == POLICY_CENTROIDS2;
+			double mass = 0, mass_min = 1, out_err = 0;
+			uint64_t mass_n = 0;
+			for (uint64_t t = 0; t < steps; t++) {
+				uint64_t b0, r0, b1, r1;
+				stat_reads(c, &b0, &r0);
+				double a = now_s();
+				for (uint64_t l = 0; l < L; l++) {
+					LOAD_Q(l, t);
+					if ((rc = mnemo_attend_ex(c, ci.id, (uint32_t)l, (enum mnemo_policy)io->policy, (uint32_t)budget, 0,
+								  UINT64_MAX, q, o_, l_, NULL))) {
+						fprintf(stderr, "mnemo-bench: %s attend: %s\n", io->name, mnemo_last_error(c));
+						goto out_free;
+					}
+					/* the exact layers: the mass this pick kept */
+					for (unsigned e = 0; e < n_exact; e++)
+						if ((uint64_t)e * L / n_exact == l)
+							for (uint64_t h = 0; h < Hq; h++) {
+								double m = exp((double)l_[h] -
+									       lse_exact[(t * n_exact + e) * Hq + h]);
+								m = m > 1 ? 1 : m;
+								mass += m;
+								mass_min = m < mass_min ? m : mass_min;
+								mass_n++;
+								const float *ox = o_exact + (t * n_exact + e) * nq + h * d;
+								double num = 0, den = 0;
+								for (uint64_t j = 0; j < d; j++) {
+									num += pow(o_[h * d + j] - ox[j], 2);
+									den += (double)ox[j] * ox[j];
+								}
+								out_err += sqrt(num / (den > 0 ? den : 1));
+							}
+				}
+				step_ms[t] = (now_s() - a) * 1e3;
+				stat_reads(c, &b1, &r1);
+				step_bytes[t] = b1 - b0;
+				step_reads[t] = r1 - r0;
+			}
+			/* after the first step: what a warm decode reads */
+			double after = 0, ios = 0;
+			for (uint64_t t = 1; t < steps; t++) {
+				after += (double)step_bytes[t];
+				ios += (double)step_reads[t];
+			}
+			after = steps > 1 ? after / (double)(steps - 1) : (double)step_bytes[0];
+			ios = steps > 1 ? ios / (double)(steps - 1) : (double)step_reads[0];
+			double first = step_ms[0];
+			char mr[32] = "null", mrmin[32] = "null";
+			if (!estimates && mass_n) {
+				snprintf(mr, sizeof(mr), "%.4f", mass / (double)mass_n);
+				snprintf(mrmin, sizeof(mrmin), "%.4f", mass_min);
+			}
+			double p50 = pct(step_ms, steps, 0.5), p99 = pct(step_ms, steps, 0.99);
+			if (o->json) {
+				printf("{\"suite\":\"decode\",\"policy\":\"%s\",\"budget\":%" PRIu64 ",\"budget_frac\":%.4f,"
+				       "\"tokens\":%" PRIu64 ",\"layers\":%" PRIu64 ",\"steps\":%" PRIu64 ",\"step_p50_ms\":%.2f,"
+				       "\"step_p99_ms\":%.2f,\"first_step_ms\":%.2f,\"exact_step_ms\":%.1f,\"ratio\":%.2f,"
+				       "\"ratio_of\":\"exact_step_ms/step_p50_ms\",\"ssd_bytes_per_step\":%.0f,"
+				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"mass_recall\":%s,"
+				       "\"mass_recall_min\":%s,\"out_rel_err\":%.4f,\"step_ms\":[",
+				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
+				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, mr, mrmin,
+				       mass_n ? out_err / (double)mass_n : NAN);
+				for (uint64_t t = 0; t < steps; t++)
+					printf("%s%.2f", t ? "," : "", step_ms[t]);
+				printf("]}\n");
+			} else {
+				printf("%-10s %6.3f %7" PRIu64 " | step p50 %7.1f ms p99 %7.1f (first %7.1f) | exact step "
+				       "%7.0f ms, %5.1fx | SSD %.1f MiB/step (%.3f%% of KV, %.0f reads) | mass recall %s "
+				       "(min %s) | out err %.4f\n",
+				       io->name, (double)budget / (double)N, budget, p50, p99, first, exact_step_ms,
+				       exact_step_ms / p50, after / (1 << 20), 100 * after / (double)kv_bytes, ios,
+				       estimates ? "-" : mr, estimates ? "-" : mrmin, mass_n ? out_err / (double)mass_n : NAN);
+			}
+			fflush(stdout);
+		}
+	}
+	rc = 0;
+out_free:
+	free(q);
+	free(o_);
+	free(lse_exact);
+	free(o_exact);
+	free(l_);
+	free(step_ms);
+	free(exact_ms);
+	free(step_bytes);
+	free(step_reads);
+out_daemon:
+	mnemo_close(c);
+	bench_daemon_stop();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "mnemo-bench: could not remove %s\n", dir);
+	st_close(f);
+	return rc;
+}
