@@ -51,7 +51,7 @@ static double opt_gammas[16] = { 1.0 };
 static unsigned long long opt_steps = 16;
 static unsigned opt_exact_layers = 2;
 static const char *opt_host_mem_arg;
-static int policies_given;
+static int policies_given, opt_no_exact_step;
 static unsigned opt_n_gammas = 1;
 static struct bench_retrieval_opts ropt = {
 	.policies = { "quest", "blocks", "centroids", "centroids2", "faiss-ivf", "faiss-hnsw" },
@@ -962,6 +962,7 @@ static void usage(FILE *f)
 		"  --steps N         decode: steps (default 16)\n"
 		"  --exact-layers N  decode: layers per step attended exactly too (default 2)\n"
 		"  --host-mem SIZE   decode: mnemod's host-RAM budget (default: its own, half of RAM)\n"
+		"  --no-exact-step   decode: skip the one whole exact step measured at the end\n"
 		"  --gamma LIST      segment: the boundary rule's gamma, comma-separated;\n"
 		"                    retrieval: episodic's, the first of the list (default 1)\n"
 		"  -h, --help        this help\n");
@@ -1053,6 +1054,8 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--exact-layers") && v && atoi(v) > 0) {
 			opt_exact_layers = (unsigned)atoi(v);
 			i++;
+		} else if (!strcmp(a, "--no-exact-step")) {
+			opt_no_exact_step = 1;
 		} else if (!strcmp(a, "--host-mem") && v) {
 			opt_host_mem_arg = v;
 			i++;
@@ -1126,6 +1129,7 @@ int main(int argc, char **argv)
 		struct bench_decode_opts dopt = { .trace = ropt.trace, .json = opt_json, .n_policies = ropt.n_policies,
 						  .n_budgets = ropt.n_budgets, .steps = opt_steps,
 						  .exact_layers = opt_exact_layers, .host_mem = opt_host_mem_arg,
+						  .exact_step = !opt_no_exact_step,
 						  .dir = opt_dir };
 		memcpy(dopt.policies, ropt.policies, sizeof(dopt.policies));
 		memcpy(dopt.budgets, ropt.budgets, sizeof(dopt.budgets));

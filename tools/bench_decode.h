@@ -11,6 +11,7 @@ struct bench_decode_opts {
 	unsigned n_budgets;
 	unsigned long long steps;      /* 0: every decode query position */
 	unsigned exact_layers;         /* layers attended exactly per step (the baseline); 0: 1 */
+	int exact_step;                /* measure one whole exact step too */
 	const char *host_mem;          /* mnemod --host-mem; NULL: its default */
 	const char *dir;               /* where the SSD tier lives; NULL: /var/tmp */
 };
