@@ -110,9 +110,9 @@ struct ctx_indexes {
 	struct seg_state *seg;    /* the online boundary rule over SURPRISE, NULL until some arrives */
 	uint64_t *starts, n_starts, cap_starts;
 	uint8_t seg_tried;        /* the side file was looked for */
-	pthread_mutex_t emu;      /* guards ev and seg_source: one layer segmented at a time */
+	pthread_mutex_t emu;      /* guards ev: one layer segmented at a time (a minute at 1M tokens) */
 	struct layer_events *ev;  /* [L] */
-	uint32_t seg_source;      /* what the last episodic build or load segmented by */
+	_Atomic uint32_t seg_source; /* what the last episodic build or load segmented by; read without emu */
 };
 
 static void indexes_free(void *arg)
@@ -575,9 +575,8 @@ void attend_policy_segmentation(struct kv_ctx *c, uint64_t *seen, uint64_t *even
 	*seen = st ? seg_tokens(st) : 0;
 	*events = x->n_starts;
 	pthread_mutex_unlock(&x->smu);
-	pthread_mutex_lock(&x->emu);
-	*source = x->seg_source;
-	pthread_mutex_unlock(&x->emu);
+	/* not under emu: STAT must not wait for a segmentation in progress */
+	*source = atomic_load(&x->seg_source);
 }
 
 struct seg_keys {
@@ -694,7 +693,7 @@ static int layer_events(struct kv_ctx *c, struct ctx_indexes *x, uint32_t layer,
 		free(from);
 	}
 	if (!rc) {
-		x->seg_source = e->source;
+		atomic_store(&x->seg_source, e->source);
 		*n_ev = e->n_ev;
 		if (!(*starts = malloc(e->n_ev * 8)))
 			rc = -ENOMEM;
@@ -710,7 +709,7 @@ static void layer_events_source(struct kv_ctx *c, struct ctx_indexes *x, uint32_
 {
 	pthread_mutex_lock(&x->emu);
 	if (x->ev[layer].covered == covered || !events_load(c, layer, covered, &x->ev[layer]))
-		x->seg_source = x->ev[layer].source;
+		atomic_store(&x->seg_source, x->ev[layer].source);
 	pthread_mutex_unlock(&x->emu);
 }
 
