@@ -103,6 +103,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 		goto out_daemon;
 	}
 	const double preload_s = now_s() - t0;
+	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = 0;
 	struct mnemo_context_info ci;
 	if ((rc = mnemo_stat(c, 0, "decode", &ci))) {
 		fprintf(stderr, "mnemo-bench: stat: %s\n", mnemo_last_error(c));
