@@ -70,7 +70,7 @@ static const struct option_def options[] = {
 	{ "episodic-gamma", OPT_STR, OFF(episodic_gamma), "1.0", 0, 0,
 	  "The episodic policy's boundary rule (EM-LLM): token t starts an event when its\n"
 	  "surprise exceeds mean + GAMMA * std of the 4096 before it; larger GAMMA, fewer\n"
-	  "and longer events (8 to 128 tokens). A number >= 0; 1.0 is EM-LLM's default." },
+	  "and longer events (8 to 128 tokens). A number > 0; 1.0 is EM-LLM's default." },
 	{ "log-level", OPT_STR, OFF(log_level), "info", 0, 0,
 	  "error, warn, info or debug, optionally per subsystem:\n"
 	  "\"info,ipc=debug\" (subsystems: daemon, ipc, store, attend)." },

@@ -32,8 +32,8 @@ int main(int argc, char **argv)
 		char *end;
 		double gamma = strtod(cfg.episodic_gamma, &end);
 		struct attend_policy_config pc = { .gamma = (float)gamma };
-		if (end == cfg.episodic_gamma || *end || !(gamma >= 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
-			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number >= 0\n", cfg.episodic_gamma);
+		if (end == cfg.episodic_gamma || *end || !(gamma > 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
+			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number > 0\n", cfg.episodic_gamma);
 			return 2;
 		}
 	}

@@ -88,7 +88,7 @@ enum attend_segmentation {
 
 /** Daemon-wide tuning of the policies. */
 struct attend_policy_config {
-	float gamma;               /* episodic's boundary rule (0: 1.0, EM-LLM's) */
+	float gamma;               /* episodic's boundary rule, > 0 (0: 1.0, EM-LLM's) */
 };
 
 /** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite). */
