@@ -29,6 +29,9 @@
 #define EPISODIC_PREFILL 16
 #define EPISODIC_CONTIG 0.3f
 #define EPISODIC_MAX_EVENT 65536u
+/* the coarse stage keeps the best events by their mean representative until they hold this many budgets */
+#define EPISODIC_COARSE 4u
+#define EPISODIC_COARSE_MIN 16u
 
 enum { RULE_MEDOIDS = 0, RULE_RECEIVED = 1 };
 enum { SOURCE_GIVEN = 0, SOURCE_NOVELTY = 1 };
@@ -41,6 +44,7 @@ struct episodic {
 	float contig;
 	uint32_t *start;          /* [n_ev + 1], start[n_ev] = n */
 	float *rep;               /* [n_ev][reps][d] */
+	float *mean;              /* [n_ev][d] the mean of an event's representatives (derived, not saved) */
 	uint32_t longest;         /* the longest event's tokens */
 };
 
@@ -93,7 +97,21 @@ static void episodic_free(struct index *ix)
 	IX_ASSERT(ix->policy == POLICY_EPISODIC);
 	free(ex->start);
 	free(ex->rep);
+	free(ex->mean);
 	free(ex);
+}
+
+/* The coarse representatives: each event's mean representative (EM-LLM keeps one per event). */
+static int make_means(struct episodic *ex)
+{
+	const unsigned d = ex->d, R = ex->reps;
+	if (!(ex->mean = calloc(ex->n_ev * d, sizeof(float))))
+		return -ENOMEM;
+	for (uint64_t e = 0; e < ex->n_ev; e++)
+		for (unsigned r = 0; r < R; r++)
+			for (unsigned j = 0; j < d; j++)
+				ex->mean[e * d + j] += ex->rep[(e * R + r) * d + j] / (float)R;
+	return 0;
 }
 
 static int episodic_alloc(uint64_t n, unsigned d, uint64_t n_ev, struct episodic **out)
@@ -198,6 +216,8 @@ static int episodic_build(const struct index_keys *keys, const struct index_buil
 	}
 	ex->rep = malloc(n_ev * ex->reps * keys->d * sizeof(float));
 	rc = ex->rep ? ix_reps(&in, ex->rep) : -ENOMEM;
+	if (!rc)
+		rc = make_means(ex);
 out:
 	free(seg.starts);
 	if (rc) {
@@ -274,13 +294,14 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 	const uint64_t sim_room = budget - contig_room;
 	/* the pool of tail fill holds what is left plus at most one event more */
 	const size_t pool_max = (size_t)(budget + ex->longest < ex->n ? budget + ex->longest : ex->n);
-	size_t off_bs = ix_align((size_t)ne * R * G * sizeof(float));
+	size_t off_bs = ix_align((size_t)ne * G * sizeof(float));
 	size_t off_it = off_bs + ix_align((size_t)ne * G * sizeof(float));
 	size_t off_bits = off_it + ix_align((size_t)ne * sizeof(struct ix_item));
 	size_t off_flag = off_bits + ix_align(ix_bits_words(ex->n) * sizeof(uint64_t));
 	size_t off_pick = off_flag + ix_align((size_t)ne);
 	size_t off_fifo = off_pick + ix_align((size_t)ne * sizeof(uint32_t));
-	size_t off_ids = off_fifo + ix_align((size_t)ne * sizeof(uint32_t));
+	size_t off_cand = off_fifo + ix_align((size_t)ne * sizeof(uint32_t));
+	size_t off_ids = off_cand + ix_align((size_t)ne * sizeof(uint32_t));
 	size_t off_tmp = off_ids + ix_align(pool_max * sizeof(uint32_t));
 	size_t total = off_tmp + pool_max * sizeof(struct ix_item);
 	uint8_t *sc = ix_scratch(total);
@@ -291,20 +312,45 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 	uint64_t *bits = (uint64_t *)(sc + off_bits);
 	uint8_t *flag = sc + off_flag; /* 1 picked by similarity, 2 held by the FIFO */
 	uint32_t *pick = (uint32_t *)(sc + off_pick), *fifo = (uint32_t *)(sc + off_fifo);
-	uint32_t *ids = (uint32_t *)(sc + off_ids);
+	uint32_t *cand = (uint32_t *)(sc + off_cand), *ids = (uint32_t *)(sc + off_ids);
 
-	ix_dots(ex->rep, ne * R, d, q, G, d, S);
-	for (uint64_t e = 0; e < ne; e++)
+	/*
+	 * Coarse: every event by its mean representative, the best kept until
+	 * they hold EPISODIC_COARSE budgets (and at least EPISODIC_COARSE_MIN
+	 * events); fine: those by the max over their representatives.
+	 */
+	uint64_t nc = 0;
+	if ((uint64_t)EPISODIC_COARSE * budget < ex->n && ne > EPISODIC_COARSE_MIN) {
+		ix_dots(ex->mean, ne, d, q, G, d, S);
+		ix_group_softmax(S, NULL, NULL, ne, G, NULL, IX_MASS, it);
+		struct ix_walk cw;
+		ix_walk_init(&cw, it, ne, EPISODIC_COARSE_MIN * 4);
+		const struct ix_item *ci;
+		uint64_t held = 0;
+		while ((held < (uint64_t)EPISODIC_COARSE * budget || nc < EPISODIC_COARSE_MIN) &&
+		       (ci = ix_walk_next(&cw))) {
+			cand[nc++] = ci->id;
+			held += event_len(ex, ci->id);
+		}
+		res->scanned = ne;
+	} else {
+		for (uint64_t e = 0; e < ne; e++)
+			cand[nc++] = (uint32_t)e;
+		res->scanned = 0;
+	}
+	for (uint64_t c = 0; c < nc; c++) {
+		float s4[EPISODIC_REPS * IX_MAX_GROUP];
+		ix_dots(ex->rep + (size_t)cand[c] * R * d, R, d, q, G, d, s4);
 		for (unsigned g = 0; g < G; g++) {
 			float m = -INFINITY;
-			for (unsigned r = 0; r < R; r++) {
-				float x = S[(e * R + r) * G + g];
-				m = x > m ? x : m;
-			}
-			bs[e * G + g] = m;
+			for (unsigned r = 0; r < R; r++)
+				m = s4[r * G + g] > m ? s4[r * G + g] : m;
+			bs[c * G + g] = m;
 		}
+	}
+	res->scanned += nc * R;
 	float lse[IX_MAX_GROUP];
-	ix_group_softmax(bs, NULL, NULL, ne, G, lse, IX_MASS, it);
+	ix_group_softmax(bs, NULL, cand, nc, G, lse, IX_MASS, it);
 	for (unsigned g = 0; g < G; g++)
 		if (!isfinite(lse[g]))
 			lse[g] = 0;
@@ -313,7 +359,7 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 
 	/* similarity: whole events in score order while they fit */
 	struct ix_walk w;
-	ix_walk_init(&w, it, ne, 64);
+	ix_walk_init(&w, it, nc, 64);
 	const struct ix_item *cur;
 	uint64_t used = 0;
 	uint32_t n_pick = 0;
@@ -378,7 +424,6 @@ static int episodic_search(const struct index *ix, const struct index_keys *keys
 		if (pooled >= left)
 			break;
 	}
-	res->scanned = ne * R;
 	if (left && pooled) {
 		const int64_t tail = ix_tail_fill(keys, q, G, lse, 1, ids, pooled, left, bits, tmp);
 		if (tail < 0)
@@ -445,7 +490,7 @@ static int episodic_load(const uint8_t *buf, size_t len, const struct index_keys
 		episodic_free(&ex->base);
 		return -EBADMSG;
 	}
-	if ((rc = ix_rd_f32s(&r, n_ev * reps * d, &ex->rep)) || (rc = ix_rd_end(&r))) {
+	if ((rc = ix_rd_f32s(&r, n_ev * reps * d, &ex->rep)) || (rc = ix_rd_end(&r)) || (rc = make_means(ex))) {
 		episodic_free(&ex->base);
 		return rc;
 	}
@@ -456,7 +501,7 @@ static int episodic_load(const uint8_t *buf, size_t len, const struct index_keys
 static size_t episodic_memory(const struct index *ix)
 {
 	const struct episodic *ex = to_episodic(ix);
-	return ex ? sizeof(*ex) + (ex->n_ev + 1) * sizeof(uint32_t) + ex->n_ev * ex->reps * ex->d * sizeof(float)
+	return ex ? sizeof(*ex) + (ex->n_ev + 1) * sizeof(uint32_t) + ex->n_ev * (ex->reps + 1) * ex->d * sizeof(float)
 		  : 0;
 }
 
