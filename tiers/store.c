@@ -159,7 +159,12 @@ static int ctx_new(struct store *s, const char *name, size_t name_len, const str
 	struct kv_ctx *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	c->name = strndup(name, name_len);
+	/* not strndup: the name comes from a frame, unterminated, possibly at its very end */
+	c->name = malloc(name_len + 1);
+	if (c->name) {
+		memcpy(c->name, name, name_len);
+		c->name[name_len] = 0;
+	}
 	c->layers = calloc(g->n_layers, sizeof(*c->layers));
 	if (!c->name || !c->layers) {
 		free(c->name);
