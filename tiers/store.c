@@ -499,8 +499,14 @@ static int put_ctx_record(struct kv_ctx *c, struct catalog_txn *t, bool sealed)
 	return rc;
 }
 
-int store_ctx_create(struct store *s, const char *name, size_t name_len,
-		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out)
+/*
+ * Make a context known: an id, its block file and catalog record (with an
+ * SSD tier), then the table. A continuation's link to @p parent (its first
+ * @p parent_tokens tokens) is written before the catalog names it: a crash
+ * between leaves an orphan side file, swept at start.
+ */
+static int ctx_add(struct store *s, const char *name, size_t name_len, const struct kv_geometry *g,
+		   uint32_t owner_uid, struct kv_ctx *parent, uint64_t parent_tokens, struct kv_ctx **out)
 {
 	struct kv_ctx *c;
 	int rc = ctx_new(s, name, name_len, g, owner_uid, &c);
@@ -513,6 +519,10 @@ int store_ctx_create(struct store *s, const char *name, size_t name_len,
 	}
 	c->id = s->next_id++;
 	if (s->cfg.ssd) {
+		const uint64_t link[2] = { parent ? parent->id : 0, parent_tokens };
+		if (parent && s->cfg.side_dir &&
+		    (rc = sidefile_write(s->cfg.side_dir, c->id, "parent", link, sizeof(link))))
+			goto fail_locked;
 		struct catalog_txn *t = NULL;
 		if ((rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file)))
 			goto fail_locked;
@@ -526,6 +536,13 @@ int store_ctx_create(struct store *s, const char *name, size_t name_len,
 	}
 	if ((rc = table_add(s, c)))
 		goto fail_locked;
+	if (parent) {
+		kv_ctx_get(parent);
+		atomic_fetch_add(&parent->children, 1);
+		c->parent = parent;
+		c->parent_id = parent->id;
+		c->parent_tokens = parent_tokens;
+	}
 	kv_ctx_get(c);          /* the store's and the caller's */
 	pthread_mutex_unlock(&s->mu);
 	*out = c;
@@ -536,8 +553,16 @@ fail_locked:
 		ssd_file_remove(c->file);
 		c->file = NULL;
 	}
+	if (parent && s->cfg.side_dir && c->id)
+		sidefile_remove_ctx(s->cfg.side_dir, c->id);
 	kv_ctx_put(c);
 	return rc;
+}
+
+int store_ctx_create(struct store *s, const char *name, size_t name_len,
+		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out)
+{
+	return ctx_add(s, name, name_len, g, owner_uid, NULL, 0, out);
 }
 
 int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_len,
@@ -583,54 +608,7 @@ int store_ctx_continue(struct store *s, struct kv_ctx *parent, const char *name,
 		P = parent->layers[l].tokens < P ? parent->layers[l].tokens : P;
 	if (!P)
 		return -ENODATA;
-	struct kv_ctx *c;
-	int rc = ctx_new(s, name, name_len, &parent->geom, owner_uid, &c);
-	if (rc)
-		return rc;
-	pthread_mutex_lock(&s->mu);
-	if (find_locked(s, 0, name, name_len)) {
-		rc = -EEXIST;
-		goto fail_locked;
-	}
-	c->id = s->next_id++;
-	c->parent = parent;
-	c->parent_id = parent->id;
-	c->parent_tokens = P;
-	if (s->cfg.ssd) {
-		/* the link before the catalog names the context: a crash between leaves an orphan side file */
-		const uint64_t link[2] = { parent->id, P };
-		if (s->cfg.side_dir && (rc = sidefile_write(s->cfg.side_dir, c->id, "parent", link, sizeof(link))))
-			goto fail_locked;
-		struct catalog_txn *t = NULL;
-		if ((rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file)))
-			goto fail_locked;
-		if ((rc = catalog_begin(s->cfg.catalog, &t)) || (rc = put_ctx_record(c, t, false)) ||
-		    (rc = catalog_put_meta_u64(t, "next_id", s->next_id))) {
-			catalog_abort(t);
-			goto fail_locked;
-		}
-		if ((rc = catalog_commit(t)))
-			goto fail_locked;
-	}
-	if ((rc = table_add(s, c)))
-		goto fail_locked;
-	kv_ctx_get(parent);
-	atomic_fetch_add(&parent->children, 1);
-	kv_ctx_get(c);          /* the store's and the caller's */
-	pthread_mutex_unlock(&s->mu);
-	*out = c;
-	return 0;
-fail_locked:
-	pthread_mutex_unlock(&s->mu);
-	c->parent = NULL;
-	if (c->file) {
-		ssd_file_remove(c->file);
-		c->file = NULL;
-	}
-	if (s->cfg.side_dir && c->id)
-		sidefile_remove_ctx(s->cfg.side_dir, c->id);
-	kv_ctx_put(c);
-	return rc;
+	return ctx_add(s, name, name_len, &parent->geom, owner_uid, parent, P, out);
 }
 
 struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64_t *tokens)
