@@ -86,30 +86,39 @@ static void die(const char *what, mnemo_client *c, int rc)
 
 /* ---- the daemon under test ---- */
 
-static void find_mnemod(const char *argv0, char *out, size_t cap)
+/*
+ * The first of @p rel (paths relative to this binary's folder) that is an
+ * executable, else @p fallback (looked up on PATH).
+ */
+static void beside_self(const char *const *rel, unsigned n_rel, const char *fallback, char *out, size_t cap)
+{
+	char self[PATH_MAX - 32];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash = NULL;
+	if (n > 0) {
+		self[n] = 0;
+		slash = strrchr(self, '/');
+	}
+	if (slash) {
+		*slash = 0;
+		for (unsigned i = 0; i < n_rel; i++) {
+			snprintf(out, cap, "%s/%s", self, rel[i]);
+			if (access(out, X_OK) == 0)
+				return;
+		}
+	}
+	snprintf(out, cap, "%s", fallback);
+}
+
+static void find_mnemod(char *out, size_t cap)
 {
 	if (opt_mnemod) {
 		snprintf(out, cap, "%s", opt_mnemod);
 		return;
 	}
-	/* the build tree keeps it at ../daemon/mnemod beside tools/ */
-	char self[PATH_MAX - 32];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		self[n] = 0;
-		char *slash = strrchr(self, '/');
-		if (slash) {
-			*slash = 0;
-			snprintf(out, cap, "%s/../daemon/mnemod", self);
-			if (access(out, X_OK) == 0)
-				return;
-			snprintf(out, cap, "%s/mnemod", self);
-			if (access(out, X_OK) == 0)
-				return;
-		}
-	}
-	(void)argv0;
-	snprintf(out, cap, "mnemod");
+	/* the build tree keeps it at ../daemon/mnemod beside tools/; an install beside mnemo-bench */
+	static const char *const rel[] = { "../daemon/mnemod", "mnemod" };
+	beside_self(rel, 2, "mnemod", out, cap);
 }
 
 static mnemo_client *connect_daemon(const char *argv0)
@@ -123,7 +132,7 @@ static mnemo_client *connect_daemon(const char *argv0)
 	}
 	if (daemon_pid < 0) {
 		char bin[PATH_MAX], workers[16];
-		find_mnemod(argv0, bin, sizeof(bin));
+		find_mnemod(bin, sizeof(bin));
 		if (!keep_tmpdir) {
 			snprintf(tmpdir, sizeof(tmpdir), "/tmp/mnemo-bench-XXXXXX");
 			if (!mkdtemp(tmpdir))
@@ -743,19 +752,8 @@ const char *bench_daemon_socket(void)
 /* mnemo-preload beside this binary (the build tree and an install keep them together). */
 void bench_find_preload(char *out, size_t cap)
 {
-	char self[PATH_MAX - 32];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		self[n] = 0;
-		char *slash = strrchr(self, '/');
-		if (slash) {
-			*slash = 0;
-			snprintf(out, cap, "%s/mnemo-preload", self);
-			if (access(out, X_OK) == 0)
-				return;
-		}
-	}
-	snprintf(out, cap, "mnemo-preload");
+	static const char *const rel[] = { "mnemo-preload" };
+	beside_self(rel, 1, "mnemo-preload", out, cap);
 }
 
 /*
