@@ -29,6 +29,7 @@ struct tier_stats {
 	uint64_t allocs;
 	uint64_t alloc_failures;   /* refused for the budget or by the OS */
 	uint64_t frees;
+	uint64_t mapped_bytes;     /* slab regions mapped, spares included (RSS-to-be) */
 };
 
 #define TIER_OPS_VERSION 1
