@@ -328,13 +328,16 @@ static bool in_arena(const mnemo_client *c, const void *p, size_t len)
 	       (size_t)(b - c->arena.base) <= c->arena.size - len;
 }
 
-int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
-			uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
-			const void *data, size_t len, uint64_t *req_id)
+int mnemo_submit_append_ex(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
+			   uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
+			   const void *data, size_t len, uint32_t flags, uint64_t *req_id)
 {
+	_Static_assert(MNEMO_APPEND_STREAM == PROTO_APPEND_STREAM, "flag values are the wire's");
+	if (flags & ~PROTO_APPEND_FLAGS)
+		return set_err(c, -EINVAL, "unknown APPEND flags 0x%x", flags & ~PROTO_APPEND_FLAGS);
 	struct msg_append_req m = {
 		.ctx = ctx, .layer_begin = layer_begin, .layer_count = layer_count,
-		.token_begin = token_begin, .n_tokens = n_tokens,
+		.token_begin = token_begin, .n_tokens = n_tokens, .flags = flags,
 	};
 	const void *tail = NULL;
 	size_t tail_len = 0;
@@ -356,6 +359,14 @@ int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
 	int rc = send_frame(c, OP_APPEND, &b, tail, tail_len, -1, req_id);
 	wbuf_free(&b);
 	return rc;
+}
+
+int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
+			uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
+			const void *data, size_t len, uint64_t *req_id)
+{
+	return mnemo_submit_append_ex(c, ctx, layer_begin, layer_count, token_begin, n_tokens, data, len, 0,
+				      req_id);
 }
 
 int mnemo_wait_append(mnemo_client *c, uint64_t req_id, uint64_t *context_tokens)

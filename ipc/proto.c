@@ -369,7 +369,7 @@ void msg_append_req_encode(struct wbuf *b, const struct msg_append_req *m)
 	wbuf_u32(b, m->layer_count);
 	wbuf_u64(b, m->token_begin);
 	wbuf_u32(b, m->n_tokens);
-	wbuf_u32(b, m->source);
+	wbuf_u32(b, m->source | m->flags);
 	wbuf_u64(b, m->shm_offset);
 	wbuf_u64(b, m->shm_length);
 	if (m->source == PROTO_SRC_INLINE)
@@ -385,11 +385,15 @@ int msg_append_req_decode(const void *p, size_t n, struct msg_append_req *m)
 	m->layer_count = rbuf_u32(&r);
 	m->token_begin = rbuf_u64(&r);
 	m->n_tokens = rbuf_u32(&r);
-	m->source = rbuf_u32(&r);
+	const uint32_t source = rbuf_u32(&r);
+	m->source = source & PROTO_SRC_MASK;
+	m->flags = source & ~PROTO_SRC_MASK;
 	m->shm_offset = rbuf_u64(&r);
 	m->shm_length = rbuf_u64(&r);
 	if (r.err)
 		return r.err;
+	if (m->flags & ~PROTO_APPEND_FLAGS)
+		return -EPROTO;
 	if (m->source == PROTO_SRC_INLINE) {
 		m->data_len = r.len - r.off;
 		m->data = rbuf_bytes(&r, m->data_len);

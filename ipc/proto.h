@@ -172,6 +172,10 @@ struct msg_continue_req {
 };
 
 enum { PROTO_SRC_INLINE = 0, PROTO_SRC_SHM = 1 };
+/* APPEND's u32 source carries the source in its low byte and flags above */
+#define PROTO_SRC_MASK 0xffu
+#define PROTO_APPEND_STREAM 0x100u   /* whole blocks straight to SSD, not kept in RAM */
+#define PROTO_APPEND_FLAGS PROTO_APPEND_STREAM
 
 struct msg_append_req {
 	uint64_t ctx;
@@ -179,6 +183,7 @@ struct msg_append_req {
 	uint64_t token_begin;
 	uint32_t n_tokens;
 	uint32_t source;
+	uint32_t flags;         /* PROTO_APPEND_*: on the wire, OR'ed into source */
 	uint64_t shm_offset, shm_length;
 	const uint8_t *data;    /* inline source: borrowed */
 	size_t data_len;

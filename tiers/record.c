@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#define XXH_STATIC_LINKING_ONLY  /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
@@ -23,6 +24,26 @@ static uint32_t getbe32(const uint8_t *p) { uint32_t v = 0; for (int i = 0; i < 
 uint64_t record_checksum(const void *p, size_t n)
 {
 	return XXH3_64bits(p, n);
+}
+
+uint64_t record_block_checksum(const void *p, size_t n, uint64_t ctx, uint32_t layer, uint32_t head,
+			       uint64_t block)
+{
+	uint8_t key[RECORD_BLOCK_KEY_SIZE];
+	record_block_key(key, ctx, layer, head, block);
+	return XXH3_64bits_withSeed(p, n, XXH3_64bits(key, sizeof(key)));
+}
+
+uint64_t record_block_checksum2(const void *a, size_t na, const void *b, size_t nb, uint64_t ctx,
+				uint32_t layer, uint32_t head, uint64_t block)
+{
+	uint8_t key[RECORD_BLOCK_KEY_SIZE];
+	record_block_key(key, ctx, layer, head, block);
+	XXH3_state_t st;
+	XXH3_64bits_reset_withSeed(&st, XXH3_64bits(key, sizeof(key)));
+	XXH3_64bits_update(&st, a, na);
+	XXH3_64bits_update(&st, b, nb);
+	return XXH3_64bits_digest(&st);
 }
 
 /* trailer: magic u32, version u16, pad u16, ctx u64, layer u32, head u32,

@@ -1,7 +1,9 @@
 /*
  * On-disk records, little-endian, decoded as hostile input:
- * - the slot trailer: the last 64 bytes of every SSD slot, naming the block
- *   it holds and carrying the XXH3 checksum of its bytes;
+ * - the slot trailer: the last 64 bytes of an SSD slot that has room for it
+ *   past its block, naming the block it holds and carrying the XXH3 checksum
+ *   of its bytes (a slot whose block fills it has none: its checksum is
+ *   seeded with the block's identity instead, record_block_checksum());
  * - the catalog values (LMDB): a context record and a block record.
  * Every decoder checks lengths, magic and version and returns -EBADMSG on
  * anything it does not recognise.
@@ -17,8 +19,20 @@
 #define RECORD_CTX_MAGIC 0x58434E4Du      /* "MNCX" */
 #define RECORD_VERSION 1u
 
-/** XXH3-64 of a block's bytes, the checksum used everywhere. */
+/** XXH3-64 of a block's bytes, the checksum of slots with a trailer. */
 uint64_t record_checksum(const void *p, size_t n);
+
+/**
+ * XXH3-64 of a block's bytes seeded with the block's identity (the XXH3 of
+ * its catalog key): the checksum of slots without a trailer. A block read
+ * from another block's slot fails it, as a trailer naming the wrong block
+ * would.
+ */
+uint64_t record_block_checksum(const void *p, size_t n, uint64_t ctx, uint32_t layer, uint32_t head,
+			       uint64_t block);
+/** record_block_checksum() of the bytes of @p a then @p b, as if contiguous. */
+uint64_t record_block_checksum2(const void *a, size_t na, const void *b, size_t nb, uint64_t ctx,
+				uint32_t layer, uint32_t head, uint64_t block);
 
 struct block_trailer {
 	uint64_t ctx_id;

@@ -99,8 +99,7 @@ const char *ssd_dir(const struct ssd *s)
 
 uint32_t ssd_slot_bytes(size_t block_bytes)
 {
-	size_t n = block_bytes + RECORD_TRAILER_SIZE;
-	return (uint32_t)((n + SSD_ALIGN - 1) / SSD_ALIGN * SSD_ALIGN);
+	return (uint32_t)((block_bytes + SSD_ALIGN - 1) / SSD_ALIGN * SSD_ALIGN);
 }
 
 int ssd_file_open(struct ssd *s, uint64_t ctx_id, uint32_t slot_bytes, bool create,
@@ -260,6 +259,19 @@ static void prep(struct io_uring_sqe *sqe, struct ssd_io *io)
 	uint32_t len = io->f->slot_bytes - io->done;
 	uint64_t off = io->slot * io->f->slot_bytes + io->done;
 	uint8_t *buf = (uint8_t *)io->buf + io->done;
+	if (io->buf2) {
+		unsigned n = 0;
+		if (io->done < io->split)
+			io->iov[n++] = (struct iovec){ (uint8_t *)io->buf + io->done, io->split - io->done };
+		const uint32_t in2 = io->done > io->split ? io->done - io->split : 0;
+		io->iov[n++] = (struct iovec){ (uint8_t *)io->buf2 + in2, io->f->slot_bytes - io->split - in2 };
+		if (io->write)
+			io_uring_prep_writev(sqe, io->f->fd, io->iov, n, off);
+		else
+			io_uring_prep_readv(sqe, io->f->fd, io->iov, n, off);
+		io_uring_sqe_set_data(sqe, io);
+		return;
+	}
 	if (io->write)
 		io_uring_prep_write(sqe, io->f->fd, buf, len, off);
 	else

@@ -4,8 +4,9 @@
  *
  * Glossary
  *   slot     a 4 KiB-aligned extent of a block file holding one block: the
- *            block's bytes, padding, and a 64-byte trailer (tiers/record.h)
- *            that names the block and carries its checksum.
+ *            block's bytes and padding; where the padding has room, a
+ *            64-byte trailer (tiers/record.h) that names the block and
+ *            carries its checksum.
  *   batch    the I/Os of one request, submitted together and waited for
  *            together; short transfers and -EAGAIN are resubmitted.
  *
@@ -18,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define SSD_ALIGN 4096u
 
@@ -42,7 +44,7 @@ int ssd_open(const char *dir, uint64_t max_bytes, struct ssd **out);
 void ssd_close(struct ssd *s);
 const char *ssd_dir(const struct ssd *s);
 
-/** Slot size for a block of @p block_bytes: block + trailer, rounded up to SSD_ALIGN. */
+/** Slot size for a block of @p block_bytes: the block rounded up to SSD_ALIGN. */
 uint32_t ssd_slot_bytes(size_t block_bytes);
 
 /**
@@ -66,7 +68,12 @@ int ssd_slot_claim(struct ssd_file *f, uint64_t slot);
 struct ssd_io {
 	struct ssd_file *f;
 	uint64_t slot;
-	void *buf;                /* SSD_ALIGN-aligned, slot_bytes long */
+	void *buf;                /* SSD_ALIGN-aligned, slot_bytes long (split long with buf2) */
+	/* Optional: the slot in two pieces, buf's first split bytes then buf2's
+	 * slot_bytes - split (both SSD_ALIGN-aligned, split a multiple of it):
+	 * a block written from a request whose keys and values lie apart. */
+	void *buf2;
+	uint32_t split;
 	bool write;
 	/* Optional: called as soon as this read completes, while the rest of the
 	 * batch is still in flight, so checking overlaps I/O; its non-zero
@@ -75,6 +82,7 @@ struct ssd_io {
 	void *arg;                /* for check */
 	int result;               /* 0 or -errno, set by ssd_submit() */
 	uint32_t done;            /* bytes transferred so far (internal) */
+	struct iovec iov[2];      /* internal */
 };
 
 /**

@@ -62,7 +62,8 @@ struct kv_ctx {
 	_Atomic int shared;       /* read-only for every user (kv_ctx_set_shared()) */
 	uint32_t B;
 	size_t block_bytes;       /* 2 * B * d * elem: what the kernels read */
-	uint32_t slot_bytes;      /* block + trailer, 4 KiB aligned: what RAM and SSD hold */
+	uint32_t slot_bytes;      /* the block, 4 KiB aligned: what RAM and SSD hold */
+	bool trailer;             /* the slot has room for a trailer past the block */
 	_Atomic uint64_t bytes;
 	struct layer *layers;
 	struct ssd_file *file;
@@ -153,6 +154,18 @@ static int res_alloc(struct store *s, struct blk *dst, uint32_t bytes)
 
 /* ---- store ---- */
 
+/*
+ * Whether a slot carries a trailer: when the padding past the block has room
+ * for one. A block that fills its slot (any head_dim that is a multiple of
+ * 16 at the default 64 tokens) is checked by an identity-seeded checksum
+ * instead: the trailer would cost a whole 4 KiB page per block, 25% of the
+ * writes at head_dim 64.
+ */
+static bool slot_has_trailer(uint32_t slot_bytes, size_t block_bytes)
+{
+	return slot_bytes >= block_bytes + RECORD_TRAILER_SIZE;
+}
+
 static int ctx_new(struct store *s, const char *name, size_t name_len, const struct kv_geometry *g,
 		   uint32_t owner, struct kv_ctx **out)
 {
@@ -180,6 +193,7 @@ static int ctx_new(struct store *s, const char *name, size_t name_len, const str
 	/* with an SSD tier the RAM copy is also the I/O buffer: a whole slot */
 	c->slot_bytes = s->cfg.ssd ? ssd_slot_bytes(c->block_bytes) :
 				     (uint32_t)((c->block_bytes + 63) / 64 * 64);
+	c->trailer = s->cfg.ssd && slot_has_trailer(c->slot_bytes, c->block_bytes);
 	pthread_rwlock_init(&c->lock, NULL);
 	atomic_store(&c->refs, 1);
 	*out = c;
@@ -312,11 +326,16 @@ static int load_ctx(void *arg, const struct ctx_record *r)
 	c->id = r->id;
 	c->sealed = r->state == 2;
 	c->recovered = !c->sealed;
-	if (c->slot_bytes != r->slot_bytes) {
+	/* contexts written before slots lost their trailer (2026-11-25) keep
+	 * theirs: a slot past the block, rounded up */
+	const uint32_t legacy = ssd_slot_bytes(c->block_bytes + RECORD_TRAILER_SIZE);
+	if (r->slot_bytes != c->slot_bytes && r->slot_bytes != legacy) {
 		ctx_free(c);
 		st->why = "a stored context's slot size does not match its geometry";
 		return -EINVAL;
 	}
+	c->slot_bytes = r->slot_bytes;
+	c->trailer = slot_has_trailer(c->slot_bytes, c->block_bytes);
 	for (uint32_t l = 0; l < g.n_layers; l++) {
 		c->layers[l].tokens = c->layers[l].durable_tokens = r->layer_tokens[l];
 		uint64_t nb = (r->layer_tokens[l] + c->B - 1) / c->B;
@@ -753,6 +772,8 @@ struct pending {
 	uint64_t block;
 	uint32_t tokens;
 	struct blk *k;
+	/* a streamed block: written from the request (keys, values), not from RAM */
+	const uint8_t *src_k, *src_v;
 };
 
 /*
@@ -776,13 +797,26 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 						"cannot allocate an SSD slot";
 			goto undo;
 		}
-		struct block_trailer tr = {
-			.ctx_id = c->id, .layer = q->layer, .head = q->head, .block = q->block,
-			.tokens = q->tokens, .data_bytes = (uint32_t)c->block_bytes,
-			.checksum = record_checksum(q->k->mem, c->block_bytes),
-		};
-		q->k->checksum = tr.checksum;
-		record_trailer_encode(q->k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr);
+		if (q->src_k) {
+			const size_t half = c->block_bytes / 2;
+			q->k->checksum = record_block_checksum2(q->src_k, half, q->src_v, half, c->id, q->layer,
+								q->head, q->block);
+			ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = (void *)q->src_k,
+						      .buf2 = (void *)q->src_v, .split = (uint32_t)half, .write = true };
+			continue;
+		}
+		if (c->trailer) {
+			struct block_trailer tr = {
+				.ctx_id = c->id, .layer = q->layer, .head = q->head, .block = q->block,
+				.tokens = q->tokens, .data_bytes = (uint32_t)c->block_bytes,
+				.checksum = record_checksum(q->k->mem, c->block_bytes),
+			};
+			q->k->checksum = tr.checksum;
+			record_trailer_encode(q->k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr);
+		} else {
+			q->k->checksum = record_block_checksum(q->k->mem, c->block_bytes, c->id, q->layer, q->head,
+							       q->block);
+		}
 		ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = q->k->mem, .write = true };
 	}
 	if ((rc = ssd_submit(s->cfg.ssd, ios, (unsigned)n)) || (n && (rc = ssd_sync(c->file)))) {
@@ -824,7 +858,8 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 	pthread_mutex_lock(&s->res_mu);
 	for (size_t i = 0; i < n; i++) {
 		p[i].k->durable = true;
-		lru_push(s, p[i].k);
+		if (!p[i].src_k)
+			lru_push(s, p[i].k);     /* a streamed block is on SSD only */
 	}
 	pthread_mutex_unlock(&s->res_mu);
 	return 0;
@@ -838,6 +873,14 @@ undo:
 int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		  uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len,
 		  uint64_t *layer_tokens, uint64_t *context_tokens, const char **why)
+{
+	return kv_ctx_append_ex(c, layer_begin, layer_count, token_begin, n_tokens, data, len, 0, layer_tokens,
+				context_tokens, why);
+}
+
+int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
+		     uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len, unsigned flags,
+		     uint64_t *layer_tokens, uint64_t *context_tokens, const char **why)
 {
 	const struct kv_geometry *g = &c->geom;
 	struct store *s = c->store;
@@ -886,6 +929,13 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 	const uint64_t old_blocks = (token_begin + B - 1) / B;
 	const uint64_t new_blocks = (token_begin + n_tokens + B - 1) / B;
 	const uint64_t per_layer = (new_blocks - old_blocks) * H;
+	/* Streamed: every new block is whole and goes from the request to its
+	 * slot with O_DIRECT, so keys and values must sit at 4 KiB boundaries
+	 * and fill the slot; anything else is served the usual way. */
+	const bool stream = (flags & KV_APPEND_STREAM) && s->cfg.ssd && !c->trailer &&
+			    c->slot_bytes == c->block_bytes && token_begin % B == 0 && n_tokens % B == 0 &&
+			    (uintptr_t)data % SSD_ALIGN == 0 && (B * row) % SSD_ALIGN == 0 &&
+			    ((uint64_t)n_tokens * row) % SSD_ALIGN == 0;
 	uint32_t done_layers = 0;
 	uint64_t done_in_layer = 0;
 	pthread_mutex_lock(&s->res_mu);
@@ -899,6 +949,14 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		for (; done_in_layer < per_layer; done_in_layer++) {
 			uint64_t idx = old_blocks * H + done_in_layer;
 			struct blk *k = blk_at(ly, H, idx / H, (uint32_t)(idx % H));
+			if (stream) {
+				k->mem = NULL;
+				k->state = BLK_ABSENT;
+				k->durable = false;
+				k->bad = false;
+				k->pins = 0;
+				continue;
+			}
 			if ((rc = res_alloc(s, k, c->slot_bytes))) {
 				*why = "host memory budget exhausted by blocks in use (raise --host-mem)";
 				break;
@@ -932,7 +990,7 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 	/* Copy: a head's tokens are contiguous in the request, so each block
 	 * takes at most two memcpy runs (keys and values). */
 	const uint8_t *src = data;
-	for (uint32_t i = 0; i < layer_count; i++) {
+	for (uint32_t i = 0; i < layer_count && !stream; i++) {
 		struct layer *ly = &c->layers[layer_begin + i];
 		for (uint32_t kvsel = 0; kvsel < 2; kvsel++) {
 			for (uint32_t h = 0; h < H; h++) {
@@ -975,9 +1033,19 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 			struct layer *ly = &c->layers[l];
 			uint64_t full = (token_begin + n_tokens) / B;
 			for (uint64_t b = ly->durable_tokens / B; b < full; b++)
-				for (uint32_t h = 0; h < H; h++)
-					p[n++] = (struct pending){ .layer = l, .head = h, .block = b,
-								   .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h) };
+				for (uint32_t h = 0; h < H; h++) {
+					p[n] = (struct pending){ .layer = l, .head = h, .block = b,
+								 .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h) };
+					if (stream) {
+						/* [layer][2][head][token][d]: this block's keys and values */
+						const uint8_t *base = (const uint8_t *)data +
+								      (size_t)i * 2 * H * n_tokens * row +
+								      (b * B - token_begin) * row;
+						p[n].src_k = base + (size_t)h * n_tokens * row;
+						p[n].src_v = base + ((size_t)H + h) * n_tokens * row;
+					}
+					n++;
+				}
 			durable[l] = full * B;
 		}
 		rc = make_durable(c, p, n, durable, false, why);
@@ -1083,10 +1151,12 @@ void kv_ctx_unpin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, 
 	pthread_mutex_unlock(&s->res_mu);
 }
 
-/* Check a block read from SSD against its trailer and the catalog. */
+/* Check a block read from SSD against its trailer, or its identity, and the catalog. */
 static bool block_ok(const struct kv_ctx *c, const struct blk *k, uint32_t layer, uint32_t head,
 		     uint64_t b)
 {
+	if (!c->trailer)
+		return record_block_checksum(k->mem, c->block_bytes, c->id, layer, head, b) == k->checksum;
 	struct block_trailer tr;
 	if (record_trailer_decode(k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr))
 		return false;

@@ -154,6 +154,20 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		  uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len,
 		  uint64_t *layer_tokens, uint64_t *context_tokens, const char **why);
 
+/*
+ * KV_APPEND_STREAM: whole blocks go from @p data straight to the SSD tier and
+ * are not kept in RAM (preloading data larger than RAM). Taken when the
+ * context has an SSD tier, its blocks fill their slots, token_begin and
+ * n_tokens are whole blocks and @p data and every block's keys and values in
+ * it are SSD_ALIGN-aligned; otherwise the append is served as without it.
+ * @p data must stay unchanged until the call returns.
+ */
+#define KV_APPEND_STREAM 1u
+/** kv_ctx_append() with KV_APPEND_* @p flags. */
+int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
+		     uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len, unsigned flags,
+		     uint64_t *layer_tokens, uint64_t *context_tokens, const char **why);
+
 /** Seal: all layers must have the same length (-EINVAL otherwise); with an
  * SSD tier the last partial blocks become durable. */
 int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens);

@@ -337,8 +337,10 @@ int main(int argc, char **argv)
 					p += n * row;
 				}
 			}
-		if ((rc = mnemo_submit_append(c, ctx, 0, (uint32_t)L, t, (uint32_t)n, (uint8_t *)arena + k * slot,
-					      n * tok_bytes, &pending[k]))) {
+		/* streamed: the daemon writes whole blocks from the arena to its SSD
+		 * tier without keeping them in RAM */
+		if ((rc = mnemo_submit_append_ex(c, ctx, 0, (uint32_t)L, t, (uint32_t)n, (uint8_t *)arena + k * slot,
+						 n * tok_bytes, MNEMO_APPEND_STREAM, &pending[k]))) {
 			fprintf(stderr, "\nmnemo-preload: APPEND: %s\n", mnemo_last_error(c));
 			goto out;
 		}

@@ -357,6 +357,22 @@ int mnemo_shm_attach(mnemo_client *c, size_t size, void **base);
 int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
 			uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
 			const void *data, size_t len, uint64_t *req_id);
+/**
+ * APPEND flags.
+ * MNEMO_APPEND_STREAM: for preloading data larger than RAM. With an SSD
+ * tier, the request's whole blocks are written from the request's bytes
+ * straight to the tier and are not kept in RAM (a later read loads them);
+ * that takes blocks that fill their 4 KiB-aligned slots (head_dim a multiple
+ * of 16 at 64-token blocks), a token_begin on a block boundary and data in
+ * the shared-memory arena at a 4 KiB-aligned offset with n_tokens a multiple
+ * of the block size. Otherwise the request is served as without the flag.
+ */
+#define MNEMO_APPEND_STREAM 0x100u
+
+/** mnemo_submit_append() with MNEMO_APPEND_* @p flags. */
+int mnemo_submit_append_ex(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
+			   uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
+			   const void *data, size_t len, uint32_t flags, uint64_t *req_id);
 /** Wait for the reply of APPEND @p req_id. */
 int mnemo_wait_append(mnemo_client *c, uint64_t req_id, uint64_t *context_tokens);
 

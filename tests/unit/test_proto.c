@@ -174,6 +174,17 @@ static void test_append(void)
 	CHECK(msg_append_req_decode(b.data, b.len, &d) != 0, "unknown source accepted");
 	wbuf_free(&b);
 
+	/* flags ride above the source's low byte; unknown ones are refused */
+	m.flags = PROTO_APPEND_STREAM;
+	wbuf_init(&b);
+	msg_append_req_encode(&b, &m);
+	CHECK(msg_append_req_decode(b.data, b.len, &d) == 0 && d.source == PROTO_SRC_SHM &&
+	      d.flags == PROTO_APPEND_STREAM, "stream flag round trip");
+	b.data[30] = 0x01;  /* bit 16 */
+	CHECK(msg_append_req_decode(b.data, b.len, &d) == -EPROTO, "unknown append flag accepted");
+	wbuf_free(&b);
+	m.flags = 0;
+
 	m.source = PROTO_SRC_SHM;
 	m.layer_count = 0;
 	wbuf_init(&b);

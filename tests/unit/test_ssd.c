@@ -71,6 +71,14 @@ static void test_records(void)
 		CHECK(record_trailer_decode(tr, &u) == -EBADMSG, "flipped trailer bit %d accepted", bit);
 		tr[bit / 8] ^= (uint8_t)(1 << (bit % 8));
 	}
+	/* the same bytes under another identity: another checksum */
+	uint64_t id0 = record_block_checksum(data, 4096, 7, 1, 2, 3);
+	CHECK(id0 == record_block_checksum(data, 4096, 7, 1, 2, 3), "identity checksum not deterministic");
+	CHECK(id0 != record_block_checksum(data, 4096, 8, 1, 2, 3) &&
+	      id0 != record_block_checksum(data, 4096, 7, 0, 2, 3) &&
+	      id0 != record_block_checksum(data, 4096, 7, 1, 3, 3) &&
+	      id0 != record_block_checksum(data, 4096, 7, 1, 2, 4) && id0 != record_checksum(data, 4096),
+	      "a block's identity does not enter its checksum");
 	uint64_t sum = record_checksum(data, 4096);
 	for (int i = 0; i < 4096 * 8; i += 997) {
 		data[i / 8] ^= (uint8_t)(1 << (i % 8));
@@ -117,12 +125,19 @@ static uint8_t pattern(uint32_t layer, uint32_t kv, uint32_t head, uint64_t tok,
 	return (uint8_t)(layer * 131 + kv * 71 + head * 37 + tok * 11 + b * 3 + 1);
 }
 
-static const uint32_t L = 2, H = 2, D = 32, B = 16;
+static const uint32_t L = 2, H = 2, B = 16;
+/* head_dim: 32 gives 2 KiB blocks in 4 KiB slots with a trailer, 64 gives
+ * 4 KiB blocks that fill their slots and carry an identity-seeded checksum */
+static uint32_t D = 32;
 
-static void append_one(struct kv_ctx *c, uint64_t t0, uint32_t n, int expect)
+/* @p flags KV_APPEND_*; @p misalign shifts the request's bytes off a 4 KiB boundary */
+static void append_one_ex(struct kv_ctx *c, uint64_t t0, uint32_t n, int expect, unsigned flags, size_t misalign)
 {
 	size_t row = D * 2, len = (size_t)L * 2 * H * n * row;
-	uint8_t *buf = malloc(len), *p = buf;
+	uint8_t *mem = NULL;
+	if (posix_memalign((void **)&mem, SSD_ALIGN, len + misalign))
+		abort();
+	uint8_t *buf = mem + misalign, *p = buf;
 	for (uint32_t l = 0; l < L; l++)
 		for (uint32_t kv = 0; kv < 2; kv++)
 			for (uint32_t h = 0; h < H; h++)
@@ -131,10 +146,15 @@ static void append_one(struct kv_ctx *c, uint64_t t0, uint32_t n, int expect)
 						*p++ = pattern(l, kv, h, t0 + t, b);
 	uint64_t lt, ct;
 	const char *why = "";
-	int rc = kv_ctx_append(c, 0, L, t0, n, buf, len, &lt, &ct, &why);
+	int rc = kv_ctx_append_ex(c, 0, L, t0, n, buf, len, flags, &lt, &ct, &why);
 	CHECK(rc == expect, "append [%llu,+%u): %d (%s), wanted %d", (unsigned long long)t0, n, rc,
 	      why ? why : "", expect);
-	free(buf);
+	free(mem);
+}
+
+static void append_one(struct kv_ctx *c, uint64_t t0, uint32_t n, int expect)
+{
+	append_one_ex(c, t0, n, expect, 0, 0);
 }
 
 /* An APPEND's new blocks must fit in RAM at once: feed in pieces of up to 37 tokens. */
@@ -225,6 +245,7 @@ static void test_store(void)
 	struct kv_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = 2 * H, .head_dim = D,
 				 .dtype = 2, .elem_size = 2 };
 	const uint32_t slot = ssd_slot_bytes(2ull * B * D * 2);
+	printf("head_dim %u: %llu-byte blocks in %u-byte slots\n", D, 2ull * B * D * 2, slot);
 	struct world w;
 	/* RAM for 40 blocks; the contexts below hold hundreds */
 	if (world_open(&w, 40ull * slot, 0))
@@ -293,21 +314,26 @@ static void test_store(void)
 	CHECK(pread(fd, &byte, 1, at) == 1, "read byte");
 	byte ^= 0x10;
 	CHECK(pwrite(fd, &byte, 1, at) == 1, "flip byte");
+	/* and a misdirected write: slot 9's bytes land in slot 10 too */
+	uint8_t *copy = malloc(slot);
+	CHECK(pread(fd, copy, slot, (off_t)slot * 9) == (ssize_t)slot &&
+	      pwrite(fd, copy, slot, (off_t)slot * 10) == (ssize_t)slot, "copy slot 9 over 10");
+	free(copy);
 	close(fd);
 	if (world_open(&w, 40ull * slot, 0))
 		return;
 	CHECK(store_ctx_find(w.st, id_a, NULL, 0, &a) == 0, "a after corruption");
-	CHECK(verify(a, 1008, &bad) == 0 && bad == 1, "exactly one block fails its check (%llu)",
+	CHECK(verify(a, 1008, &bad) == 0 && bad == 2, "exactly the flipped and the misdirected block fail (%llu)",
 	      (unsigned long long)bad);
 	store_stats(w.st, &ss);
-	CHECK(ss.bad_blocks == 1, "bad_blocks %llu", (unsigned long long)ss.bad_blocks);
+	CHECK(ss.bad_blocks == 2, "bad_blocks %llu", (unsigned long long)ss.bad_blocks);
 	kv_ctx_put(a);
 	world_close(&w);
 	/* the mark survives a restart: the block is refused without reading it again */
 	if (world_open(&w, 40ull * slot, 0))
 		return;
 	CHECK(store_ctx_find(w.st, id_a, NULL, 0, &a) == 0, "a again");
-	CHECK(verify(a, 1008, &bad) == 0 && bad == 1, "still one bad block");
+	CHECK(verify(a, 1008, &bad) == 0 && bad == 2, "still two bad blocks");
 	store_stats(w.st, &ss);
 	CHECK(ss.misses > 0 && ss.bad_blocks == 0, "refused from the catalog mark, not a new read");
 	kv_ctx_put(a);
@@ -337,6 +363,59 @@ static void test_store(void)
 	world_close(&w);
 }
 
+/*
+ * KV_APPEND_STREAM: whole blocks go from the request to SSD without taking
+ * host memory, read back identical (also after a restart); a request the
+ * stream path cannot take (misaligned bytes, a partial block) is served the
+ * usual way, into RAM.
+ */
+static void test_stream(void)
+{
+	D = 128;     /* 8 KiB blocks: keys and values 4 KiB each, O_DIRECT-able in place */
+	snprintf(ssd_path, sizeof(ssd_path), "%s/ssd-stream", dir);
+	snprintf(cat_dir, sizeof(cat_dir), "%s/catalog-stream", dir);
+	mkdir(ssd_path, 0700);
+	struct kv_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = 2 * H, .head_dim = D,
+				 .dtype = 2, .elem_size = 2 };
+	const uint32_t slot = ssd_slot_bytes(2ull * B * D * 2);
+	struct world w;
+	if (world_open(&w, 64ull * slot, 0))
+		return;
+	struct kv_ctx *c;
+	CHECK(store_ctx_create(w.st, "streamed", 8, &g, 1000, &c) == 0, "create");
+	/* 4 x 64 tokens: 16 blocks of each of 4 (layer, head), as many as the RAM budget holds */
+	for (uint64_t t = 0; t < 256; t += 64)
+		append_one_ex(c, t, 64, 0, KV_APPEND_STREAM, 0);
+	struct tier_stats ts;
+	tier_host_ops.stats(w.host, &ts);
+	CHECK(ts.used_bytes == 0, "streamed blocks took %llu bytes of RAM", (unsigned long long)ts.used_bytes);
+	struct ssd_stats sd;
+	ssd_stats(w.ssd, &sd);
+	CHECK(sd.write_bytes == 4ull * 4 * L * H * slot, "SSD wrote %llu bytes", (unsigned long long)sd.write_bytes);
+	/* misaligned: into RAM */
+	append_one_ex(c, 256, 32, 0, KV_APPEND_STREAM, 64);
+	tier_host_ops.stats(w.host, &ts);
+	CHECK(ts.used_bytes == 2ull * L * H * slot, "a misaligned request should go through RAM: %llu bytes",
+	      (unsigned long long)ts.used_bytes);
+	/* a partial block: into RAM, then a streamed request that starts mid-block falls back too */
+	append_one_ex(c, 288, 8, 0, KV_APPEND_STREAM, 0);
+	append_one_ex(c, 296, 24, 0, KV_APPEND_STREAM, 0);
+	uint64_t bad;
+	CHECK(verify(c, 320, &bad) == 0 && bad == 0, "streamed context reads back");
+	uint64_t id = kv_ctx_id(c);
+	kv_ctx_put(c);
+	world_close(&w);
+	if (world_open(&w, 64ull * slot, 0))
+		return;
+	CHECK(store_ctx_find(w.st, id, NULL, 0, &c) == 0, "after restart");
+	struct kv_ctx_info ci;
+	kv_ctx_info(c, &ci);
+	CHECK(ci.tokens == 320, "tokens after restart %llu", (unsigned long long)ci.tokens);
+	CHECK(verify(c, 320, &bad) == 0 && bad == 0, "streamed context identical after restart");
+	kv_ctx_put(c);
+	world_close(&w);
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "%s/mnemo-ssd-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");
@@ -356,6 +435,13 @@ int main(void)
 	test_slots();
 	test_records();
 	test_store();
+	/* again, on fresh folders, with blocks that fill their slots */
+	D = 64;
+	snprintf(ssd_path, sizeof(ssd_path), "%s/ssd64", dir);
+	snprintf(cat_dir, sizeof(cat_dir), "%s/catalog64", dir);
+	mkdir(ssd_path, 0700);
+	test_store();
+	test_stream();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
