@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <math.h>
@@ -28,6 +29,23 @@
 #include "kernels.h"
 #include "mnemo.h"
 #include "safetensors.h"
+
+/* pread() all of [off, off + len) into @p dst: 0, or -1 when the file cannot
+ * give it (the caller then reads through the mapping). */
+static int read_full(int fd, uint8_t *dst, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t r = pread(fd, dst, len, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		dst += r;
+		len -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
 
 static void usage(FILE *f)
 {
@@ -313,6 +331,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnemo-preload: shared memory of %zu bytes: %s\n", 2 * slot, mnemo_last_error(c));
 		goto out;
 	}
+	/* The source is read with pread() straight into the arena: through the
+	 * mapping, a trace larger than the page cache is faulted in 4 KiB at a
+	 * time from 256 places per chunk, which readahead cannot follow. */
+	uint64_t off_k = 0, off_v = 0;
+	int src_fd = -1;
+	if (st_file_offset(f, tk, &off_k) == 0 && st_file_offset(f, tv, &off_v) == 0)
+		src_fd = open(file, O_RDONLY | O_CLOEXEC);
 	uint64_t pending[2] = { 0, 0 };
 	int busy[2] = { 0, 0 };
 	double t0 = now_s(), last = 0;
@@ -333,7 +358,9 @@ int main(int argc, char **argv)
 			for (int kv = 0; kv < 2; kv++) {
 				const uint8_t *src = (const uint8_t *)(kv ? tv->data : tk->data);
 				for (uint64_t h = 0; h < H; h++) {
-					memcpy(p, src + ((l * H + h) * N + t) * row, n * row);
+					const uint64_t at = ((l * H + h) * N + t) * row;
+					if (src_fd < 0 || read_full(src_fd, p, n * row, (kv ? off_v : off_k) + at))
+						memcpy(p, src + at, n * row);
 					p += n * row;
 				}
 			}
@@ -358,6 +385,8 @@ int main(int argc, char **argv)
 			}
 			busy[k] = 0;
 		}
+	if (src_fd >= 0)
+		close(src_fd);
 	double stream_s = now_s() - t0;
 	if (!quiet && !json && start < N)
 		progress(N, N, start, t0, tok_bytes, 1);

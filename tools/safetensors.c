@@ -488,6 +488,14 @@ void st_close(struct st_file *f)
 	free(f);
 }
 
+int st_file_offset(const struct st_file *f, const struct st_tensor *t, uint64_t *off)
+{
+	if (!f->map)
+		return -ENOTSUP;
+	*off = (uint64_t)((const uint8_t *)t->data - (const uint8_t *)f->map);
+	return 0;
+}
+
 size_t st_tensor_count(const struct st_file *f)
 {
 	return f->nt;

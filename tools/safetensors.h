@@ -116,6 +116,13 @@ int st_open_mem(const void *buf, size_t len, const char *label,
 /** Unmap and free. NULL is allowed. */
 void st_close(struct st_file *f);
 
+/**
+ * Where tensor @p t's data starts in the file, for reading it with pread()
+ * instead of through the mapping.
+ * @return 0; -ENOTSUP for a file opened with st_open_mem().
+ */
+int st_file_offset(const struct st_file *f, const struct st_tensor *t, uint64_t *off);
+
 /** Tensors in the file, in data order. */
 size_t st_tensor_count(const struct st_file *f);
 
