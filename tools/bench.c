@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -43,6 +44,7 @@ static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem;
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
+static bool opt_tokens_given;
 static const char *opt_dir;
 static uint64_t opt_tier_bytes = 1ull << 30;
 static unsigned opt_tier_seconds = 3, opt_rounds = 5;
@@ -768,6 +770,55 @@ void bench_find_preload(char *out, size_t cap)
  * system (io_uring, O_DIRECT, 1 MiB blocks, queue depth 4, fsync at the
  * end) and its file is removed. Medians of the rounds, and their ratio.
  */
+/*
+ * One preload of @p N generated tokens of a 1B model's geometry (16 layers,
+ * 8 KV heads, head_dim 64, bf16) through @p c, as mnemo-preload streams a
+ * trace: 16K-token chunks in two halves of an shm arena, two APPENDs in
+ * flight, each STREAM and durable before its reply. The values are random
+ * bf16 in +-[1, 2), generated in the arena (about 10 GB/s here, so the disk
+ * sets the pace). For contexts whose trace would not fit on the disk beside
+ * the tier's copy. Returns the seconds from the first fill to the last reply.
+ */
+static double preload_synthetic(mnemo_client *c, const char *name, uint64_t N, uint64_t *bytes)
+{
+	enum { L = 16, H = 8, QH = 32, D = 64 };
+	const uint64_t chunk = 16384, tok_bytes = (uint64_t)L * 2 * H * D * 2, half = chunk * tok_bytes;
+	struct mnemo_geometry g = { L, H, QH, D, MNEMO_BF16, 500000.f };
+	uint64_t ctx;
+	int rc = mnemo_create(c, name, &g, &ctx);
+	if (rc)
+		die("create", c, rc);
+	void *arena;
+	if ((rc = mnemo_shm_attach(c, 2 * half, &arena)))
+		die("shm attach", c, rc);
+	uint64_t pending[2] = { 0, 0 }, r = 0x9e3779b97f4a7c15ull ^ N;
+	int busy[2] = { 0, 0 };
+	unsigned k = 0;
+	double t0 = now_s();
+	for (uint64_t t = 0; t < N; t += chunk, k ^= 1) {
+		const uint64_t n = N - t < chunk ? N - t : chunk;
+		if (busy[k] && (rc = mnemo_wait_append(c, pending[k], NULL)))
+			die("APPEND", c, rc);
+		uint64_t *w = (uint64_t *)((uint8_t *)arena + k * half);
+		for (uint64_t i = 0; i < n * tok_bytes / 8; i++) {
+			r ^= r << 13;
+			r ^= r >> 7;
+			r ^= r << 17;
+			w[i] = (r & 0x807f807f807f807full) | 0x3f803f803f803f80ull;
+		}
+		if ((rc = mnemo_submit_append_ex(c, ctx, 0, L, t, (uint32_t)n, w, n * tok_bytes, MNEMO_APPEND_STREAM,
+						 &pending[k])))
+			die("APPEND", c, rc);
+		busy[k] = 1;
+	}
+	for (unsigned i = 0; i < 2; i++, k ^= 1)
+		if (busy[k] && (rc = mnemo_wait_append(c, pending[k], NULL)))
+			die("APPEND", c, rc);
+	const double s = now_s() - t0;
+	*bytes = N * tok_bytes;
+	return s;
+}
+
 static void bench_preload(const char *argv0, const char *trace)
 {
 	const char *base = opt_dir ? opt_dir : "/var/tmp";
@@ -784,6 +835,11 @@ static void bench_preload(const char *argv0, const char *trace)
 	for (unsigned round = 0; round < opt_rounds; round++) {
 		char name[32];
 		snprintf(name, sizeof(name), "bench-preload-%u", round);
+		if (!trace) {
+			const double s = preload_synthetic(c, name, opt_tokens[0], &bytes);
+			ours[round] = (double)bytes / s / 1e9;
+			goto dropped;
+		}
 		snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --name %s --json --quiet --chunk 16384 '%s'", bin, sock_path,
 			 name, trace);
 		FILE *p = popen(cmd, "r");
@@ -801,6 +857,7 @@ static void bench_preload(const char *argv0, const char *trace)
 		}
 		json_object_put(root);
 		ours[round] = (double)bytes / s / 1e9;
+dropped:;
 		int rc = mnemo_drop(c, 0, name);
 		if (rc)
 			die("drop", c, rc);
@@ -819,11 +876,13 @@ static void bench_preload(const char *argv0, const char *trace)
 	if (opt_json)
 		printf("{\"suite\":\"preload\",\"metric\":\"stream\",\"bytes\":%llu,\"gbps\":%.3f,\"fio_gbps\":%.3f,"
 		       "\"ratio\":%.3f,\"ratio_of\":\"gbps\",\"rounds\":%u,\"trace\":\"%s\",\"dir\":\"%s\"}\n",
-		       (unsigned long long)bytes, a, b, a / b, opt_rounds, trace, base);
+		       (unsigned long long)bytes, a, b, a / b, opt_rounds, trace ? trace : "generated", base);
 	else
 		printf("preload        %s: %.2f GiB of K/V, %.2f GB/s | fio seqwrite %.2f GB/s | ratio %.2f (medians of %u rounds)\n",
-		       trace, (double)bytes / (1ull << 30), a, b, a / b, opt_rounds);
+		       trace ? trace : "generated", (double)bytes / (1ull << 30), a, b, a / b, opt_rounds);
 	fflush(stdout);
+	if (!trace)
+		goto done;   /* restart needs indexes over real keys: a trace's */
 
 	/*
 	 * Restart to first ATTEND: preloaded and indexed once, then per policy a
@@ -894,6 +953,7 @@ static void bench_preload(const char *argv0, const char *trace)
 			       dropped ? "dropped" : "kept (not permitted to drop)");
 		fflush(stdout);
 	}
+done:
 	mnemo_close(c);
 	stop_daemon();
 	opt_ssd = NULL;
@@ -925,7 +985,10 @@ static void usage(FILE *f)
 		"            conductance before and after, tokens per minute on one thread\n"
 		"  preload   mnemo-preload of a trace (--trace FILE) into a mnemod whose SSD tier is\n"
 		"            in --dir, against fio's sequential write of as many bytes there\n"
-		"            (io_uring, O_DIRECT, 1 MiB, queue depth 4), rounds alternating\n"
+		"            (io_uring, O_DIRECT, 1 MiB, queue depth 4), rounds alternating; then\n"
+		"            the time from a daemon restart to the first ATTEND. With --tokens N\n"
+		"            instead of a trace, the bench generates the K/V itself and streams\n"
+		"            it as mnemo-preload does (no restart part)\n"
 		"  decode    decode steps over every layer of a trace (--trace FILE) preloaded into\n"
 		"            a mnemod with its SSD tier in --dir and --host-mem: step latency,\n"
 		"            SSD bytes per step, mass recall against exact ATTEND of --exact-layers\n"
@@ -939,7 +1002,9 @@ static void usage(FILE *f)
 		"  --socket PATH     measure a running mnemod instead of starting one\n"
 		"  --mnemod PATH     the mnemod binary to start (default: the one in this build tree)\n"
 		"  --workers N       worker threads of the started mnemod (default: one per core)\n"
-		"  --tokens N[,N..]  context lengths for attend (default 131072,1048576)\n"
+		"  --tokens N[,N..]  context lengths for attend (default 131072,1048576); preload\n"
+		"                    without --trace: generate N tokens of a 1B model's geometry\n"
+		"                    (16 layers, 8 KV heads, head_dim 64, bf16) in the bench\n"
 		"  --iters N         timed repetitions per point (default 20)\n"
 		"  --dir PATH        tier, preload: the file system to measure (default /var/tmp)\n"
 		"  --tier-bytes SIZE tier: bytes written and then read at random (default 1G)\n"
@@ -1101,6 +1166,7 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--tokens") && v) {
 			opt_n_tokens = 0;
+			opt_tokens_given = true;
 			char *dup = strdup(v), *save, *tok;
 			for (tok = strtok_r(dup, ",", &save); tok && opt_n_tokens < 8; tok = strtok_r(NULL, ",", &save)) {
 				char *end;
@@ -1143,8 +1209,8 @@ int main(int argc, char **argv)
 		return bench_decode(argv[0], &dopt) ? 1 : 0;
 	}
 	if (!strcmp(suite, "preload")) {
-		if (!ropt.trace) {
-			fprintf(stderr, "mnemo-bench: preload needs --trace FILE\n");
+		if (!ropt.trace && !opt_tokens_given) {
+			fprintf(stderr, "mnemo-bench: preload needs --trace FILE, or --tokens N to generate its data\n");
 			return 2;
 		}
 		bench_preload(argv[0], ropt.trace);
