@@ -319,6 +319,14 @@ static int read_saved(struct kv_ctx *c, const struct policy_ops *po, uint32_t po
 		      uint32_t head, uint64_t n, void **buf, size_t *len, uint64_t *covered)
 {
 	char name[96];
+	/* the other heads of the layer are loaded next, by this ATTEND's other
+	 * tasks: their files are read at the same time, not one after another */
+	const uint32_t H = kv_ctx_geometry(c)->n_kv_heads;
+	for (uint32_t h = 0; h < H; h++)
+		if (h != head) {
+			side_name(name, sizeof(name), po, layer, h);
+			(void)kv_ctx_side_prefetch(c, name);
+		}
 	side_name(name, sizeof(name), po, layer, head);
 	int rc = kv_ctx_side_load(c, name, buf, len);
 	if (rc)

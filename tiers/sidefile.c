@@ -124,6 +124,9 @@ int sidefile_read(const char *dir, uint64_t ctx, const char *name, void **buf, s
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	/* the whole file at once: read() alone pulls a cold file in readahead
+	 * windows, one after the other */
+	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
 	struct stat st;
 	uint8_t h[SF_HEADER];
 	uint8_t *body = NULL;
@@ -174,6 +177,24 @@ out:
 	free(body);
 	close(fd);
 	return rc;
+}
+
+int sidefile_prefetch(const char *dir, uint64_t ctx, const char *name)
+{
+	if (!dir || !name_ok(name))
+		return -EINVAL;
+	char cdir[PATH_MAX], path[PATH_MAX];
+	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	if (rc)
+		return rc;
+	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	rc = posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+	close(fd);
+	return -rc;
 }
 
 int sidefile_remove(const char *dir, uint64_t ctx, const char *name)

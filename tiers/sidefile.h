@@ -30,6 +30,13 @@ int sidefile_write(const char *dir, uint64_t ctx, const char *name, const void *
  */
 int sidefile_read(const char *dir, uint64_t ctx, const char *name, void **buf, size_t *len);
 
+/**
+ * Start reading NAME of context @p ctx into the page cache without waiting,
+ * so that several files needed together are read at once.
+ * @return 0, -ENOENT, or another -errno (a hint: callers may ignore it)
+ */
+int sidefile_prefetch(const char *dir, uint64_t ctx, const char *name);
+
 /** Remove NAME of context @p ctx (-ENOENT is not an error). */
 int sidefile_remove(const char *dir, uint64_t ctx, const char *name);
 

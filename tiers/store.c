@@ -702,6 +702,13 @@ int kv_ctx_side_load(struct kv_ctx *c, const char *name, void **buf, size_t *len
 	return sidefile_read(c->store->cfg.side_dir, c->id, name, buf, len);
 }
 
+int kv_ctx_side_prefetch(struct kv_ctx *c, const char *name)
+{
+	if (!c->store->cfg.side_dir)
+		return -ENOTSUP;
+	return sidefile_prefetch(c->store->cfg.side_dir, c->id, name);
+}
+
 void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), void *arg)
 {
 	pthread_mutex_lock(&s->mu);

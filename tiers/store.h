@@ -231,6 +231,8 @@ int kv_ctx_shared(const struct kv_ctx *c);
  */
 int kv_ctx_side_save(struct kv_ctx *c, const char *name, const void *buf, size_t len);
 int kv_ctx_side_load(struct kv_ctx *c, const char *name, void **buf, size_t *len);
+/** Start reading side file @p name into the page cache (a hint; see sidefile_prefetch()). */
+int kv_ctx_side_prefetch(struct kv_ctx *c, const char *name);
 
 /**
  * Copy K/V of @p n token positions of @p layer into @p out laid out
