@@ -11,10 +11,15 @@
  *                   over the last max_prefill positions and the group's heads
  *                   of softmax over the whole segment
  *
- * Blob body (format 1): n u64, d u32, block u32, reps u32, rule u32
- * (0 medoids, 1 received attention), then blocks x reps x d f32.
+ * Blob body (format 2): n u64, d u32, block u32, reps u32, rule u32
+ * (0 medoids, 1 received attention), dtype u32 (0 f32, 1 bf16), then
+ * blocks x reps x d values of that dtype. Representatives are keys, so for
+ * a bf16 context they are bf16 values and are saved as such: half the bytes
+ * a restart reads before its first ATTEND. Format 1 (no dtype, f32) still
+ * loads.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +27,8 @@
 #include "ix.h"
 #include "reps.h"
 
-#define BLOCKS_VERSION 1
+#define BLOCKS_VERSION 2
+#define BLOCKS_VERSION_F32 1    /* before the dtype field */
 #define BLOCKS_TOKENS 128
 #define BLOCKS_REPS 4
 #define BLOCKS_PREFILL 16
@@ -170,13 +176,18 @@ static int blocks_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	size_t nf = bx->nb * bx->reps * bx->d;
-	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 40 + nf * sizeof(float));
+	const bool half = ix_bf16_exact(bx->rep, nf);
+	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 44 + nf * (half ? 2 : 4));
 	ix_wr_u64(&w, bx->n);
 	ix_wr_u32(&w, bx->d);
 	ix_wr_u32(&w, bx->block);
 	ix_wr_u32(&w, bx->reps);
 	ix_wr_u32(&w, bx->rule);
-	ix_wr_f32s(&w, bx->rep, nf);
+	ix_wr_u32(&w, half);
+	if (half)
+		ix_wr_bf16s(&w, bx->rep, nf);
+	else
+		ix_wr_f32s(&w, bx->rep, nf);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -185,14 +196,15 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 	struct ix_rd r;
 	if (!out)
 		return -EINVAL;
-	int rc = ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION);
+	const bool v1 = ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION) != 0;
+	int rc = v1 ? ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION_F32) : 0;
 	if (rc)
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), block = ix_rd_u32(&r), reps = ix_rd_u32(&r);
-	uint32_t rule = ix_rd_u32(&r);
+	uint32_t rule = ix_rd_u32(&r), dtype = v1 ? 0 : ix_rd_u32(&r);
 	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !block || block > BLOCKS_MAX_TOKENS ||
-	    reps != BLOCKS_REPS || rule > RULE_RECEIVED)
+	    reps != BLOCKS_REPS || rule > RULE_RECEIVED || dtype > 1)
 		return -EBADMSG;
 	if (keys && (keys->n != n || keys->d != d))
 		return -EINVAL;
@@ -200,7 +212,8 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 	if ((rc = blocks_alloc(n, d, block, reps, &bx)))
 		return rc;
 	bx->rule = rule;
-	if ((rc = ix_rd_f32s(&r, bx->nb * reps * d, &bx->rep)) || (rc = ix_rd_end(&r))) {
+	const size_t nf = bx->nb * reps * d;
+	if ((rc = dtype ? ix_rd_bf16s(&r, nf, &bx->rep) : ix_rd_f32s(&r, nf, &bx->rep)) || (rc = ix_rd_end(&r))) {
 		blocks_free(&bx->base);
 		return rc;
 	}

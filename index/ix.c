@@ -91,6 +91,33 @@ void ix_wr_f32s(struct ix_wr *w, const float *v, size_t n)
 #endif
 }
 
+bool ix_bf16_exact(const float *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u;
+		memcpy(&u, &v[i], 4);
+		if (u & 0xffffu)
+			return false;
+	}
+	return true;
+}
+
+void ix_wr_bf16s(struct ix_wr *w, const float *v, size_t n)
+{
+	if (n > SIZE_MAX / 2) {
+		w->err = -ENOMEM;
+		return;
+	}
+	wr_reserve(w, n * 2);
+	if (w->err)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		const uint16_t h = htole16(ix_f32_bf16(v[i]));
+		memcpy(w->buf + w->len + 2 * i, &h, 2);
+	}
+	w->len += n * 2;
+}
+
 void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n)
 {
 	if (n > SIZE_MAX / 4) {
@@ -208,6 +235,32 @@ float ix_rd_f32(struct ix_rd *r)
 		return 0;
 	}
 	return f;
+}
+
+int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out)
+{
+	*out = NULL;
+	if (r->err || n > r->left / 2) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	float *v = malloc(n ? n * 4 : 1);
+	if (!v)
+		return -ENOMEM;
+	const uint8_t *p = ix_rd_bytes(r, n * 2);
+	for (size_t i = 0; i < n; i++) {
+		uint16_t h;
+		memcpy(&h, p + 2 * i, 2);
+		const uint32_t u = (uint32_t)le16toh(h) << 16;
+		memcpy(&v[i], &u, 4);
+		if (!isfinite(v[i])) {
+			free(v);
+			r->err = -EBADMSG;
+			return r->err;
+		}
+	}
+	*out = v;
+	return 0;
 }
 
 int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)

@@ -20,6 +20,7 @@
 #define MNEMO_INDEX_IX_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "policy.h"
@@ -64,6 +65,10 @@ void ix_wr_u64(struct ix_wr *w, uint64_t v);
 void ix_wr_f32(struct ix_wr *w, float v);
 void ix_wr_f32s(struct ix_wr *w, const float *v, size_t n);
 void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n);
+/** Whether every float of @p v is a bf16 value (its low 16 bits zero): then ix_wr_bf16s() loses nothing. */
+bool ix_bf16_exact(const float *v, size_t n);
+/** Floats as bf16 (rounded to nearest even), 2 bytes each. */
+void ix_wr_bf16s(struct ix_wr *w, const float *v, size_t n);
 /**
  * Patch the body length and hand the buffer out (caller frees with free()).
  * @return 0, or the first error (-ENOMEM); on error nothing is handed out.
@@ -94,6 +99,8 @@ const uint8_t *ix_rd_bytes(struct ix_rd *r, size_t n);
  * still holds them. @return 0, -EBADMSG, -ENOMEM.
  */
 int ix_rd_f32s(struct ix_rd *r, size_t n, float **out);
+/** ix_rd_f32s() of @p n bf16 values, widened to fp32. */
+int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out);
 /** Allocate and read @p n u32, each < @p below. @return 0, -EBADMSG, -ENOMEM. */
 int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out);
 /** 0 when the body was consumed exactly and nothing failed, else -EBADMSG. */

@@ -620,6 +620,73 @@ static void estimates(void)
 	}
 }
 
+/*
+ * blocks' blob formats: over bf16 keys the representatives are saved as bf16
+ * (exactly nb x reps x d x 2 bytes fewer than over fp32 keys), over fp32 keys
+ * as fp32; both load to an index that searches as the built one, and so does
+ * format 1 (no dtype field), rebuilt here from the documented layout.
+ */
+static void blocks_formats(void)
+{
+	const struct policy_ops *po = policy_ops_get(POLICY_BLOCKS);
+	static float kb[N * D];
+	for (size_t i = 0; i < (size_t)N * D; i++) {
+		uint32_t u;
+		memcpy(&u, &keys[i], 4);
+		u &= 0xffff0000u;             /* truncation: a bf16 value, whatever the rounding */
+		memcpy(&kb[i], &u, 4);
+	}
+	const struct index_keys k32 = { .k = keys, .n = N, .d = D }, k16 = { .k = kb, .n = N, .d = D };
+	struct index *ix32 = NULL, *ix16 = NULL, *back = NULL;
+	CHECK(po->build(&k32, NULL, &ix32) == 0 && po->build(&k16, NULL, &ix16) == 0, "blocks builds");
+	if (!ix32 || !ix16)
+		return;
+	uint8_t *b32 = NULL, *b16 = NULL;
+	size_t l32 = 0, l16 = 0;
+	CHECK(po->save(ix32, &b32, &l32) == 0 && po->save(ix16, &b16, &l16) == 0, "blocks saves");
+	const size_t nf = (size_t)(N + 127) / 128 * 4 * D;
+	CHECK(l32 - l16 == nf * 2, "bf16 representatives: %zu bytes saved, want %zu", l32 - l16, nf * 2);
+	/* format 1: version 1, no dtype word (body offset 24), fp32 */
+	uint8_t *v1 = malloc(l32 - 4);
+	memcpy(v1, b32, 16 + 24);
+	memcpy(v1 + 16 + 24, b32 + 16 + 28, l32 - 16 - 28);
+	const uint16_t one = 1;
+	const uint64_t body = l32 - 4 - 16;
+	memcpy(v1 + 6, &one, 2);
+	memcpy(v1 + 8, &body, 8);
+	const struct {
+		const uint8_t *blob;
+		size_t len;
+		const struct index *built;
+		const struct index_keys *k;
+		const char *what;
+	} cases[3] = { { b32, l32, ix32, &k32, "fp32" }, { b16, l16, ix16, &k16, "bf16" },
+		       { v1, l32 - 4, ix32, &k32, "format 1" } };
+	for (unsigned c = 0; c < 3; c++) {
+		int rc = po->load(cases[c].blob, cases[c].len, cases[c].k, &back);
+		CHECK(rc == 0, "blocks %s blob: load %d", cases[c].what, rc);
+		if (rc)
+			continue;
+		int same = 1;
+		for (unsigned t = 0; t < NQ; t++) {
+			struct index_result a = result(toks, 0), b = result(toks2, 1);
+			same &= po->search(cases[c].built, cases[c].k, qd + t * G * D, G, N / 50, &a) == 0 &&
+				po->search(back, cases[c].k, qd + t * G * D, G, N / 50, &b) == 0 &&
+				a.n_tokens == b.n_tokens && !memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
+		}
+		CHECK(same, "blocks %s blob searches differently once loaded", cases[c].what);
+		po->free(back);
+		back = NULL;
+	}
+	b16[16 + 24] = 2;   /* dtype 2 */
+	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "blocks blob with dtype 2 loaded");
+	free(v1);
+	free(b32);
+	free(b16);
+	po->free(ix32);
+	po->free(ix16);
+}
+
 int main(void)
 {
 	/* the data and the builds are fixed, so the floors are regressions, not luck;
@@ -642,5 +709,6 @@ int main(void)
 
 	hierarchy();
 	estimates();
+	blocks_formats();
 	return check_exit();
 }
