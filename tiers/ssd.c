@@ -9,6 +9,7 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,38 +285,131 @@ int ssd_submit(struct ssd *s, struct ssd_io *ios, unsigned n)
 	return ssd_submit_qd(s, ios, n, RING_DEPTH);
 }
 
+/*
+ * A run of I/Os of a batch on consecutive slots of one file, in one
+ * direction, sent as one readv/writev: the disk sees one large request
+ * where the store made one per block. A run that fails or comes back short
+ * is split and its I/Os resubmitted one by one, so errors and checks stay
+ * per block.
+ */
+struct run {
+	unsigned first, count;
+	uint64_t bytes;
+	struct iovec *iov;
+	unsigned n_iov;
+};
+
+#define RUN_MAX_BYTES (1u << 20)
+#define RUN_MAX_IOS 64u
+#define TAG_RUN 1u
+
+/* How many I/Os from @p i on can share one request. */
+static unsigned run_length(const struct ssd_io *ios, unsigned n, unsigned i)
+{
+	const uint32_t sb = ios[i].f->slot_bytes;
+	unsigned k = 1;
+	while (i + k < n && k < RUN_MAX_IOS && (uint64_t)(k + 1) * sb <= RUN_MAX_BYTES &&
+	       ios[i + k].f == ios[i].f && ios[i + k].write == ios[i].write &&
+	       ios[i + k].slot == ios[i].slot + k)
+		k++;
+	return k;
+}
+
+static void prep_run(struct io_uring_sqe *sqe, struct run *g, struct ssd_io *ios)
+{
+	struct ssd_io *io0 = &ios[g->first];
+	const uint64_t off = io0->slot * io0->f->slot_bytes;
+	g->n_iov = 0;
+	g->bytes = 0;
+	for (unsigned k = 0; k < g->count; k++) {
+		struct ssd_io *io = &ios[g->first + k];
+		const uint32_t sb = io->f->slot_bytes;
+		if (io->buf2) {
+			g->iov[g->n_iov++] = (struct iovec){ io->buf, io->split };
+			g->iov[g->n_iov++] = (struct iovec){ io->buf2, sb - io->split };
+		} else {
+			g->iov[g->n_iov++] = (struct iovec){ io->buf, sb };
+		}
+		g->bytes += sb;
+	}
+	if (io0->write)
+		io_uring_prep_writev(sqe, io0->f->fd, g->iov, g->n_iov, off);
+	else
+		io_uring_prep_readv(sqe, io0->f->fd, g->iov, g->n_iov, off);
+	io_uring_sqe_set_data(sqe, (void *)((uintptr_t)g | TAG_RUN));
+}
+
+/* One I/O's transfer is complete: count it, and queue its check. */
+static void io_complete(struct ssd *s, struct ssd_io *io, struct ssd_io **tocheck, unsigned *n_check)
+{
+	io->done = io->f->slot_bytes;
+	if (io->write) {
+		atomic_fetch_add(&s->writes, 1);
+		atomic_fetch_add(&s->write_bytes, io->f->slot_bytes);
+	} else {
+		atomic_fetch_add(&s->reads, 1);
+		atomic_fetch_add(&s->read_bytes, io->f->slot_bytes);
+		if (io->check)
+			tocheck[(*n_check)++] = io;
+	}
+}
+
 int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 {
 	struct io_uring *r;
 	int rc = get_ring(&r);
 	if (rc)
 		return rc;
-	unsigned next = 0, inflight = 0;
-	struct ssd_io *retry[RING_DEPTH], *tocheck[RING_DEPTH];
-	unsigned n_retry = 0, n_check = 0;
+	if (!n)
+		return 0;
+	/* every I/O is at most once in each list; a run needs two iovecs per I/O */
+	struct ssd_io **retry = malloc(n * sizeof(*retry)), **tocheck = malloc(n * sizeof(*tocheck));
+	struct run *runs = malloc(n * sizeof(*runs));
+	struct iovec *iovs = malloc(2 * (size_t)n * sizeof(*iovs));
+	if (!retry || !tocheck || !runs || !iovs) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	unsigned next = 0, inflight = 0, n_runs = 0, n_retry = 0, n_check = 0;
 	int first = 0;
 	for (unsigned i = 0; i < n; i++) {
 		ios[i].result = 0;
 		ios[i].done = 0;
 	}
+	if (qd < 1 || qd > RING_DEPTH)
+		qd = RING_DEPTH;
+	rc = 0;
 	while (next < n || inflight || n_retry || n_check) {
 		/* keep the ring full: resubmissions first, then new I/Os; each
 		 * completion frees a place at once, so the queue never drains
 		 * between groups */
 		unsigned queued = 0;
-		if (qd < 1 || qd > RING_DEPTH)
-			qd = RING_DEPTH;
 		while (inflight + queued < qd && (n_retry || next < n)) {
 			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
 			if (!sqe)
 				break;
-			prep(sqe, n_retry ? retry[--n_retry] : &ios[next++]);
+			if (n_retry) {
+				prep(sqe, retry[--n_retry]);
+			} else {
+				const unsigned k = run_length(ios, n, next);
+				if (k == 1) {
+					prep(sqe, &ios[next]);
+				} else {
+					struct run *g = &runs[n_runs];
+					*g = (struct run){ .first = next, .count = k, .iov = iovs + 2 * (size_t)next };
+					n_runs++;
+					prep_run(sqe, g, ios);
+				}
+				next += k;
+			}
 			queued++;
 		}
 		if (queued) {
 			int sub = io_uring_submit(r);
-			if (sub < 0)
-				return sub;
+			if (sub < 0) {
+				rc = sub;
+				goto out;
+			}
 			inflight += queued;
 		}
 		/* checks run after the ring is refilled, so the device stays busy */
@@ -330,13 +424,26 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 		if (rc == -EINTR)
 			continue;
 		if (rc < 0)
-			return rc;
+			goto out;
 		/* reap everything that is ready */
 		do {
-			struct ssd_io *io = io_uring_cqe_get_data(cqe);
+			const uintptr_t tag = (uintptr_t)io_uring_cqe_get_data(cqe);
 			int res = cqe->res;
 			io_uring_cqe_seen(r, cqe);
 			inflight--;
+			if (tag & TAG_RUN) {
+				struct run *g = (struct run *)(tag & ~(uintptr_t)TAG_RUN);
+				const bool whole = res >= 0 && (uint64_t)res == g->bytes;
+				for (unsigned k = 0; k < g->count; k++) {
+					struct ssd_io *io = &ios[g->first + k];
+					if (whole)
+						io_complete(s, io, tocheck, &n_check);
+					else
+						retry[n_retry++] = io;   /* one by one, from its start */
+				}
+				continue;
+			}
+			struct ssd_io *io = (struct ssd_io *)tag;
 			if (res == -EAGAIN || res == -EINTR) {
 				retry[n_retry++] = io;
 				continue;
@@ -361,18 +468,16 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 				retry[n_retry++] = io;          /* short transfer: the rest */
 				continue;
 			}
-			if (io->write) {
-				atomic_fetch_add(&s->writes, 1);
-				atomic_fetch_add(&s->write_bytes, io->f->slot_bytes);
-			} else {
-				atomic_fetch_add(&s->reads, 1);
-				atomic_fetch_add(&s->read_bytes, io->f->slot_bytes);
-				if (io->check)
-					tocheck[n_check++] = io;
-			}
+			io_complete(s, io, tocheck, &n_check);
 		} while (io_uring_peek_cqe(r, &cqe) == 0);
 	}
-	return first;
+	rc = first;
+out:
+	free(retry);
+	free(tocheck);
+	free(runs);
+	free(iovs);
+	return rc;
 }
 
 int ssd_sync(struct ssd_file *f)

@@ -1039,8 +1039,11 @@ int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_coun
 			uint32_t l = layer_begin + i;
 			struct layer *ly = &c->layers[l];
 			uint64_t full = (token_begin + n_tokens) / B;
-			for (uint64_t b = ly->durable_tokens / B; b < full; b++)
-				for (uint32_t h = 0; h < H; h++) {
+			/* head by head: slots are taken in this order, so a head's
+			 * consecutive blocks lie side by side on SSD and a read of
+			 * neighbouring blocks is one request */
+			for (uint32_t h = 0; h < H; h++)
+				for (uint64_t b = ly->durable_tokens / B; b < full; b++) {
 					p[n] = (struct pending){ .layer = l, .head = h, .block = b,
 								 .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h) };
 					if (stream) {

@@ -236,15 +236,16 @@ static void crash_and_corrupt(struct daemon *d)
 	mnemo_close(c);
 	CHECK(daemon_stop(d, SIGTERM) == 0, "stop");
 
-	/* flip a byte inside block 3 of head 0 (the slot of the 13th block written: 4 heads per block row) */
+	/* flip a byte inside block 3 of head 0: slots are taken head by head within an APPEND, and
+	 * the first APPEND (1000 tokens) filled blocks 0..14 of head 0 into slots 0..14 */
 	char path[400];
 	snprintf(path, sizeof(path), "%s/data/ssd/ctx-%016llx.blk", d->dir, (unsigned long long)ctx);
 	int fd = open(path, O_RDWR);
 	CHECK(fd >= 0, "block file %s", path);
 	struct stat st;
 	fstat(fd, &st);
-	const off_t slot = (off_t)(((size_t)2 * B * D * 2 + 64 + 4095) / 4096 * 4096);
-	off_t at = slot * 12 + 777;
+	const off_t slot = (off_t)2 * B * D * 2;   /* a block that fills its slot: no trailer */
+	off_t at = slot * 3 + 777;
 	uint8_t byte;
 	CHECK(pread(fd, &byte, 1, at) == 1, "read");
 	byte ^= 0x01;
@@ -255,7 +256,6 @@ static void crash_and_corrupt(struct daemon *d)
 		CHECK(0, "connect");
 		return;
 	}
-	/* slots are taken in append order: block b, head h is slot b*H + h */
 	uint64_t in_bad = 3 * B + 5, good = 9 * B + 1;
 	uint16_t kvb[2 * H * D];
 	int rc = mnemo_fetch(c, ctx, 0, &in_bad, 1, kvb, sizeof(kvb));

@@ -171,6 +171,51 @@ static void append_tokens(struct kv_ctx *c, uint64_t t0, uint32_t n, int expect)
 	}
 }
 
+/*
+ * Pin the blocks of every layer and head in ranges of @p span (cold blocks of
+ * a range are read together, neighbours in one request) and compare with the
+ * pattern. A range refused for a bad block counts in *bad_ranges and names
+ * it in *bad_block.
+ */
+static int verify_ranges(struct kv_ctx *c, uint64_t tokens, uint32_t span, uint64_t *bad_ranges, uint64_t *bad_block)
+{
+	int wrong = 0;
+	const size_t row = D * 2;
+	const uint64_t nb = (tokens + B - 1) / B;
+	*bad_ranges = 0;
+	for (uint32_t l = 0; l < L; l++)
+		for (uint32_t h = 0; h < H; h++)
+			for (uint64_t b0 = 0; b0 < nb; b0 += span) {
+				const uint32_t n = (uint32_t)(nb - b0 < span ? nb - b0 : span);
+				const uint8_t *blk[64];
+				uint64_t err = UINT64_MAX;
+				kv_ctx_read_begin(c);
+				int rc = kv_ctx_pin(c, l, h, b0, n, blk, &err);
+				if (rc == -EBADMSG) {
+					(*bad_ranges)++;
+					*bad_block = err;
+					kv_ctx_read_end(c);
+					continue;
+				}
+				if (rc) {
+					wrong++;
+					kv_ctx_read_end(c);
+					continue;
+				}
+				for (uint32_t i = 0; i < n; i++) {
+					const uint64_t b = b0 + i;
+					for (uint64_t t = b * B; t < tokens && t < (b + 1) * B; t++)
+						for (uint32_t kv = 0; kv < 2; kv++)
+							for (size_t x = 0; x < row; x++)
+								wrong += blk[i][kv * B * row + (t - b * B) * row + x] !=
+									 pattern(l, kv, h, t, x);
+				}
+				kv_ctx_unpin(c, l, h, b0, n);
+				kv_ctx_read_end(c);
+			}
+	return wrong;
+}
+
 /* Pin every block of every layer and head and compare with the pattern. */
 static int verify(struct kv_ctx *c, uint64_t tokens, uint64_t *bad_seen)
 {
@@ -290,6 +335,9 @@ static void test_store(void)
 	CHECK(!ib.sealed && ib.recovered && ib.tokens == 544, "b: recovered at 544 tokens (%llu)",
 	      (unsigned long long)ib.tokens);
 	CHECK(kv_ctx_owner(a) == 1000 && kv_ctx_geometry(a)->head_dim == D, "a's owner and geometry");
+	uint64_t bad_ranges = 0, bad_block = 0;
+	CHECK(verify_ranges(a, 1008, 16, &bad_ranges, &bad_block) == 0 && bad_ranges == 0,
+	      "a identical after restart, read 16 blocks at a time");
 	CHECK(verify(a, 1008, &bad) == 0 && bad == 0, "a identical after restart");
 	CHECK(verify(b, 544, &bad) == 0 && bad == 0, "b identical after restart");
 	/* b goes on from its durable length */
@@ -323,6 +371,10 @@ static void test_store(void)
 	if (world_open(&w, 40ull * slot, 0))
 		return;
 	CHECK(store_ctx_find(w.st, id_a, NULL, 0, &a) == 0, "a after corruption");
+	/* neighbours are read in one request, and a bad block in it is still found alone */
+	CHECK(verify_ranges(a, 1008, 16, &bad_ranges, &bad_block) == 0 && bad_ranges == 2,
+	      "read 16 blocks at a time, exactly the ranges with the flipped and the misdirected block fail (%llu)",
+	      (unsigned long long)bad_ranges);
 	CHECK(verify(a, 1008, &bad) == 0 && bad == 2, "exactly the flipped and the misdirected block fail (%llu)",
 	      (unsigned long long)bad);
 	store_stats(w.st, &ss);
