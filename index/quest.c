@@ -8,16 +8,22 @@
  *          q+ = max(q, 0) and q- = min(q, 0): one dot product of the page
  *          row [max | min] (2d floats) with the query row [q+ | q-]
  *
- * Blob body (format 1): n u64, d u32, page u32, then pages x [max | min] f32.
+ * Blob body (format 2): n u64, d u32, page u32, dtype u32 (0 f32, 1 bf16),
+ * then pages x [max | min] of that dtype. The bounds are elementwise maxima
+ * and minima of keys, so over a bf16 context they are bf16 values and are
+ * saved as such: half the bytes a restart reads. Format 1 (no dtype, f32)
+ * still loads.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ix.h"
 
-#define QUEST_VERSION 1
+#define QUEST_VERSION 2
+#define QUEST_VERSION_F32 1     /* before the dtype field */
 #define QUEST_PAGE 16
 #define QUEST_MIN_PAGES 3
 #define QUEST_MAX_PAGE 65536u
@@ -197,11 +203,17 @@ static int quest_save(const struct index *ix, uint8_t **buf, size_t *len)
 	if (!qx || !buf || !len)
 		return -EINVAL;
 	struct ix_wr w;
-	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 32 + qx->pages * 2 * qx->d * sizeof(float));
+	const size_t nf = qx->pages * 2 * qx->d;
+	const bool half = ix_bf16_exact(qx->rows, nf);
+	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 36 + nf * (half ? 2 : 4));
 	ix_wr_u64(&w, qx->n);
 	ix_wr_u32(&w, qx->d);
 	ix_wr_u32(&w, qx->page);
-	ix_wr_f32s(&w, qx->rows, qx->pages * 2 * qx->d);
+	ix_wr_u32(&w, half);
+	if (half)
+		ix_wr_bf16s(&w, qx->rows, nf);
+	else
+		ix_wr_f32s(&w, qx->rows, nf);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -210,19 +222,22 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	struct ix_rd r;
 	if (!out)
 		return -EINVAL;
-	int rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION);
+	const bool v1 = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION) != 0;
+	int rc = v1 ? ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_F32) : 0;
 	if (rc)
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), page = ix_rd_u32(&r);
-	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE)
+	const uint32_t dtype = v1 ? 0 : ix_rd_u32(&r);
+	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE || dtype > 1)
 		return -EBADMSG;
 	if (keys && (keys->n != n || keys->d != d))
 		return -EINVAL;
 	struct quest *qx;
 	if ((rc = quest_alloc(n, d, page, &qx)))
 		return rc;
-	if ((rc = ix_rd_f32s(&r, qx->pages * 2 * d, &qx->rows)) || (rc = ix_rd_end(&r)))
+	const size_t nf = qx->pages * 2 * d;
+	if ((rc = dtype ? ix_rd_bf16s(&r, nf, &qx->rows) : ix_rd_f32s(&r, nf, &qx->rows)) || (rc = ix_rd_end(&r)))
 		goto fail;
 	for (uint64_t p = 0; p < qx->pages; p++)
 		for (unsigned i = 0; i < d; i++)

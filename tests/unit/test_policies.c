@@ -621,14 +621,15 @@ static void estimates(void)
 }
 
 /*
- * blocks' blob formats: over bf16 keys the representatives are saved as bf16
- * (exactly nb x reps x d x 2 bytes fewer than over fp32 keys), over fp32 keys
- * as fp32; both load to an index that searches as the built one, and so does
- * format 1 (no dtype field), rebuilt here from the documented layout.
+ * blocks' and quest's blob formats: over bf16 keys the representatives or
+ * page bounds are saved as bf16 (exactly @p nf x 2 bytes fewer than over fp32
+ * keys), over fp32 keys as fp32; both load to an index that searches as the
+ * built one, and so does format 1 (no dtype word at body offset @p dtype_at),
+ * rebuilt here from the documented layout.
  */
-static void blocks_formats(void)
+static void blob_formats(unsigned policy, size_t nf, size_t dtype_at)
 {
-	const struct policy_ops *po = policy_ops_get(POLICY_BLOCKS);
+	const struct policy_ops *po = policy_ops_get(policy);
 	static float kb[N * D];
 	for (size_t i = 0; i < (size_t)N * D; i++) {
 		uint32_t u;
@@ -638,18 +639,17 @@ static void blocks_formats(void)
 	}
 	const struct index_keys k32 = { .k = keys, .n = N, .d = D }, k16 = { .k = kb, .n = N, .d = D };
 	struct index *ix32 = NULL, *ix16 = NULL, *back = NULL;
-	CHECK(po->build(&k32, NULL, &ix32) == 0 && po->build(&k16, NULL, &ix16) == 0, "blocks builds");
+	CHECK(po->build(&k32, NULL, &ix32) == 0 && po->build(&k16, NULL, &ix16) == 0, "%s builds", po->name);
 	if (!ix32 || !ix16)
 		return;
 	uint8_t *b32 = NULL, *b16 = NULL;
 	size_t l32 = 0, l16 = 0;
-	CHECK(po->save(ix32, &b32, &l32) == 0 && po->save(ix16, &b16, &l16) == 0, "blocks saves");
-	const size_t nf = (size_t)(N + 127) / 128 * 4 * D;
-	CHECK(l32 - l16 == nf * 2, "bf16 representatives: %zu bytes saved, want %zu", l32 - l16, nf * 2);
-	/* format 1: version 1, no dtype word (body offset 24), fp32 */
+	CHECK(po->save(ix32, &b32, &l32) == 0 && po->save(ix16, &b16, &l16) == 0, "%s saves", po->name);
+	CHECK(l32 - l16 == nf * 2, "%s bf16: %zu bytes saved, want %zu", po->name, l32 - l16, nf * 2);
+	/* format 1: version 1, no dtype word, fp32 */
 	uint8_t *v1 = malloc(l32 - 4);
-	memcpy(v1, b32, 16 + 24);
-	memcpy(v1 + 16 + 24, b32 + 16 + 28, l32 - 16 - 28);
+	memcpy(v1, b32, 16 + dtype_at);
+	memcpy(v1 + 16 + dtype_at, b32 + 16 + dtype_at + 4, l32 - 16 - dtype_at - 4);
 	const uint16_t one = 1;
 	const uint64_t body = l32 - 4 - 16;
 	memcpy(v1 + 6, &one, 2);
@@ -664,7 +664,7 @@ static void blocks_formats(void)
 		       { v1, l32 - 4, ix32, &k32, "format 1" } };
 	for (unsigned c = 0; c < 3; c++) {
 		int rc = po->load(cases[c].blob, cases[c].len, cases[c].k, &back);
-		CHECK(rc == 0, "blocks %s blob: load %d", cases[c].what, rc);
+		CHECK(rc == 0, "%s %s blob: load %d", po->name, cases[c].what, rc);
 		if (rc)
 			continue;
 		int same = 1;
@@ -674,12 +674,12 @@ static void blocks_formats(void)
 				po->search(back, cases[c].k, qd + t * G * D, G, N / 50, &b) == 0 &&
 				a.n_tokens == b.n_tokens && !memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
 		}
-		CHECK(same, "blocks %s blob searches differently once loaded", cases[c].what);
+		CHECK(same, "%s %s blob searches differently once loaded", po->name, cases[c].what);
 		po->free(back);
 		back = NULL;
 	}
-	b16[16 + 24] = 2;   /* dtype 2 */
-	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "blocks blob with dtype 2 loaded");
+	b16[16 + dtype_at] = 2;   /* dtype 2 */
+	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "%s blob with dtype 2 loaded", po->name);
 	free(v1);
 	free(b32);
 	free(b16);
@@ -709,6 +709,7 @@ int main(void)
 
 	hierarchy();
 	estimates();
-	blocks_formats();
+	blob_formats(POLICY_BLOCKS, (size_t)(N + 127) / 128 * 4 * D, 24);
+	blob_formats(POLICY_QUEST, (size_t)(N + 15) / 16 * 2 * D, 16);
 	return check_exit();
 }
