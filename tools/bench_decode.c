@@ -39,12 +39,16 @@
 #include "kernels.h"
 #include "safetensors.h"
 
-static int stat_reads(mnemo_client *c, uint64_t *bytes, uint64_t *reads)
+/* The daemon's SSD reads and host-cache block pins so far. */
+struct io_counts {
+	uint64_t bytes, reads, hits, misses;
+};
+
+static int stat_reads(mnemo_client *c, struct io_counts *n)
 {
 	struct mnemo_daemon_info di;
 	int rc = mnemo_stat_daemon(c, &di);
-	*bytes = di.ssd_read_bytes;
-	*reads = di.ssd_reads;
+	*n = (struct io_counts){ di.ssd_read_bytes, di.ssd_reads, di.hits, di.misses };
 	return rc;
 }
 
@@ -213,7 +217,9 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 	float *o_exact = malloc(steps * n_exact * nq * sizeof(float));
 	double *step_ms = malloc(steps * sizeof(double)), *exact_ms = malloc(steps * n_exact * sizeof(double));
 	uint64_t *step_bytes = malloc(steps * sizeof(uint64_t)), *step_reads = malloc(steps * sizeof(uint64_t));
-	if (!q || !o_ || !lse_exact || !l_ || !o_exact || !step_ms || !exact_ms || !step_bytes || !step_reads) {
+	uint64_t *step_hits = malloc(steps * sizeof(uint64_t)), *step_pins = malloc(steps * sizeof(uint64_t));
+	if (!q || !o_ || !lse_exact || !l_ || !o_exact || !step_ms || !exact_ms || !step_bytes || !step_reads ||
+	    !step_hits || !step_pins) {
 		rc = -ENOMEM;
 		goto out_free;
 	}
@@ -280,8 +286,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			double mass = 0, mass_min = 1, out_err = 0, orel = 0, orel_min = 1;
 			uint64_t mass_n = 0, orel_n = 0;
 			for (uint64_t t = 0; t < steps; t++) {
-				uint64_t b0, r0, b1, r1;
-				stat_reads(c, &b0, &r0);
+				struct io_counts c0, c1;
+				stat_reads(c, &c0);
 				double a = now_s();
 				for (uint64_t l = 0; l < L; l++) {
 					LOAD_Q(l, t);
@@ -326,16 +332,25 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 							}
 				}
 				step_ms[t] = (now_s() - a) * 1e3;
-				stat_reads(c, &b1, &r1);
-				step_bytes[t] = b1 - b0;
-				step_reads[t] = r1 - r0;
+				stat_reads(c, &c1);
+				step_bytes[t] = c1.bytes - c0.bytes;
+				step_reads[t] = c1.reads - c0.reads;
+				step_hits[t] = c1.hits - c0.hits;
+				step_pins[t] = c1.hits - c0.hits + c1.misses - c0.misses;
 			}
 			/* after the first step: what a warm decode reads */
-			double after = 0, ios = 0;
+			double after = 0, ios = 0, hits = 0, pins = 0;
 			for (uint64_t t = 1; t < steps; t++) {
 				after += (double)step_bytes[t];
 				ios += (double)step_reads[t];
+				hits += (double)step_hits[t];
+				pins += (double)step_pins[t];
 			}
+			if (steps == 1) {
+				hits = (double)step_hits[0];
+				pins = (double)step_pins[0];
+			}
+			const double hit_rate = pins > 0 ? hits / pins : 0;
 			after = steps > 1 ? after / (double)(steps - 1) : (double)step_bytes[0];
 			ios = steps > 1 ? ios / (double)(steps - 1) : (double)step_reads[0];
 			double first = step_ms[0];
@@ -362,21 +377,21 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				       "\"tokens\":%" PRIu64 ",\"layers\":%" PRIu64 ",\"steps\":%" PRIu64 ",\"step_p50_ms\":%.2f,"
 				       "\"step_p99_ms\":%.2f,\"first_step_ms\":%.2f,\"exact_step_ms\":%.1f,\"ratio\":%.2f,"
 				       "\"ratio_of\":\"exact_step_ms/step_p50_ms\",\"ssd_bytes_per_step\":%.0f,"
-				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"mass_recall\":%s,"
+				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"host_hit_rate\":%.4f,\"mass_recall\":%s,"
 				       "\"mass_recall_min\":%s,\"oracle_mass_recall\":%s,\"oracle_mass_recall_min\":%s,"
 				       "\"out_rel_err\":%.4f,\"step_ms\":[",
 				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
-				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, mr, mrmin, om,
+				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, hit_rate, mr, mrmin, om,
 				       ommin, mass_n ? out_err / (double)mass_n : NAN);
 				for (uint64_t t = 0; t < steps; t++)
 					printf("%s%.2f", t ? "," : "", step_ms[t]);
 				printf("]}\n");
 			} else {
 				printf("%-10s %6.3f %7" PRIu64 " | step p50 %7.1f ms p99 %7.1f (first %7.1f) | exact step "
-				       "%7.0f ms, %5.1fx | SSD %.1f MiB/step (%.3f%% of KV, %.0f reads) | mass recall %s "
+				       "%7.0f ms, %5.1fx | SSD %.1f MiB/step (%.3f%% of KV, %.0f reads), host hits %.1f%% | mass recall %s "
 				       "(min %s), of the group oracle %s (min %s) | out err %.4f\n",
 				       io->name, (double)budget / (double)N, budget, p50, p99, first, exact_step_ms,
-				       exact_step_ms / p50, after / (1 << 20), 100 * after / (double)kv_bytes, ios,
+				       exact_step_ms / p50, after / (1 << 20), 100 * after / (double)kv_bytes, ios, 100 * hit_rate,
 				       estimates ? "-" : mr, estimates ? "-" : mrmin, estimates ? "-" : om,
 				       estimates ? "-" : ommin, mass_n ? out_err / (double)mass_n : NAN);
 			}
@@ -386,8 +401,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 	/* one whole exact step, measured: the layer estimate above flatters exact when the
 	 * layers it repeats stay in the host cache */
 	if (o->exact_step) {
-		uint64_t b0, r0, b1, r1;
-		stat_reads(c, &b0, &r0);
+		struct io_counts c0, c1;
+		stat_reads(c, &c0);
 		double a = now_s();
 		for (uint64_t l = 0; l < L; l++) {
 			LOAD_Q(l, 0);
@@ -397,7 +412,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			}
 		}
 		const double ms = (now_s() - a) * 1e3;
-		stat_reads(c, &b1, &r1);
+		stat_reads(c, &c1);
+		const uint64_t b0 = c0.bytes, b1 = c1.bytes, r0 = c0.reads, r1 = c1.reads;
 		if (o->json)
 			printf("{\"suite\":\"decode\",\"policy\":\"exact\",\"metric\":\"whole_step\",\"step_ms\":%.1f,"
 			       "\"ssd_bytes\":%" PRIu64 ",\"ssd_ios\":%" PRIu64 ",\"layer_estimate_ms\":%.1f}\n",
@@ -418,6 +434,8 @@ out_free:
 	free(exact_ms);
 	free(step_bytes);
 	free(step_reads);
+	free(step_hits);
+	free(step_pins);
 out_daemon:
 	mnemo_close(c);
 	bench_daemon_stop();
