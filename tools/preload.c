@@ -371,6 +371,21 @@ int main(int argc, char **argv)
 			fprintf(stderr, "\nmnemo-preload: APPEND: %s\n", mnemo_last_error(c));
 			goto out;
 		}
+		/* the next chunk is read by the kernel while the daemon writes this
+		 * one, and what was copied leaves the page cache */
+		if (src_fd >= 0)
+			for (uint64_t l = 0; l < L; l++)
+				for (int kv = 0; kv < 2; kv++)
+					for (uint64_t h = 0; h < H; h++) {
+						const uint64_t run0 = (kv ? off_v : off_k) + (l * H + h) * N * row;
+						(void)posix_fadvise(src_fd, (off_t)(run0 + t * row), (off_t)(n * row),
+								    POSIX_FADV_DONTNEED);
+						if (t + chunk < N) {
+							const uint64_t m = N - t - chunk < chunk ? N - t - chunk : chunk;
+							(void)posix_fadvise(src_fd, (off_t)(run0 + (t + chunk) * row),
+									    (off_t)(m * row), POSIX_FADV_WILLNEED);
+						}
+					}
 		busy[k] = 1;
 		if (!quiet && !json && now_s() - last > 0.5) {
 			last = now_s();
