@@ -774,6 +774,15 @@ void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out)
 /* ---- durability ---- */
 
 /* One block on its way to SSD. */
+/*
+ * Writes in flight while blocks are made durable. An APPEND's blocks lie in
+ * runs of adjacent slots that go out as requests of up to 1 MiB, and this
+ * disk writes those fastest a few at a time, as fio's sequential write
+ * does: 6 rounds of 4 GiB of STREAM APPENDs against fio gave a median
+ * ratio of 0.66 at depth 4 and 0.51 at 128.
+ */
+#define WRITE_QD 4
+
 struct pending {
 	uint32_t layer, head;
 	uint64_t block;
@@ -826,7 +835,7 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 		}
 		ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = q->k->mem, .write = true };
 	}
-	if ((rc = ssd_submit(s->cfg.ssd, ios, (unsigned)n)) || (n && (rc = ssd_sync(c->file)))) {
+	if ((rc = ssd_submit_qd(s->cfg.ssd, ios, (unsigned)n, WRITE_QD)) || (n && (rc = ssd_sync(c->file)))) {
 		*why = rc == -ENOSPC ? "the SSD file system is full" : "SSD write failed";
 		goto undo;
 	}
