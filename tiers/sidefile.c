@@ -70,16 +70,28 @@ static int fsync_dir(const char *path)
 	return rc;
 }
 
-int sidefile_write(const char *dir, uint64_t ctx, const char *name, const void *buf, size_t len)
+/* DIR/ctx-<id>/NAME into @p path (PATH_MAX), its folder into @p cdir (PATH_MAX). */
+static int file_path(const char *dir, uint64_t ctx, const char *name, char *cdir, char *path)
 {
-	if (!dir || !name_ok(name) || (!buf && len))
+	if (!dir || !name_ok(name))
 		return -EINVAL;
-	char cdir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX];
-	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	int rc = ctx_dir(dir, ctx, cdir, PATH_MAX);
 	if (rc)
 		return rc;
-	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path) ||
-	    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", cdir, name) >= (int)sizeof(tmp))
+	if (snprintf(path, PATH_MAX, "%s/%s", cdir, name) >= PATH_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int sidefile_write(const char *dir, uint64_t ctx, const char *name, const void *buf, size_t len)
+{
+	if (!buf && len)
+		return -EINVAL;
+	char cdir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX];
+	int rc = file_path(dir, ctx, name, cdir, path);
+	if (rc)
+		return rc;
+	if (snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", cdir, name) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
 	if ((rc = mkdir_one(dir)) || (rc = mkdir_one(cdir)))
 		return rc;
@@ -113,14 +125,12 @@ int sidefile_write(const char *dir, uint64_t ctx, const char *name, const void *
 
 int sidefile_read(const char *dir, uint64_t ctx, const char *name, void **buf, size_t *len)
 {
-	if (!dir || !name_ok(name) || !buf || !len)
+	if (!buf || !len)
 		return -EINVAL;
 	char cdir[PATH_MAX], path[PATH_MAX];
-	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	int rc = file_path(dir, ctx, name, cdir, path);
 	if (rc)
 		return rc;
-	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path))
-		return -ENAMETOOLONG;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -181,14 +191,10 @@ out:
 
 int sidefile_prefetch(const char *dir, uint64_t ctx, const char *name)
 {
-	if (!dir || !name_ok(name))
-		return -EINVAL;
 	char cdir[PATH_MAX], path[PATH_MAX];
-	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	int rc = file_path(dir, ctx, name, cdir, path);
 	if (rc)
 		return rc;
-	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path))
-		return -ENAMETOOLONG;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -199,14 +205,10 @@ int sidefile_prefetch(const char *dir, uint64_t ctx, const char *name)
 
 int sidefile_remove(const char *dir, uint64_t ctx, const char *name)
 {
-	if (!dir || !name_ok(name))
-		return -EINVAL;
 	char cdir[PATH_MAX], path[PATH_MAX];
-	int rc = ctx_dir(dir, ctx, cdir, sizeof(cdir));
+	int rc = file_path(dir, ctx, name, cdir, path);
 	if (rc)
 		return rc;
-	if (snprintf(path, sizeof(path), "%s/%s", cdir, name) >= (int)sizeof(path))
-		return -ENAMETOOLONG;
 	if (unlink(path))
 		return errno == ENOENT ? 0 : -errno;
 	return fsync_dir(cdir);
