@@ -237,21 +237,28 @@ float ix_rd_f32(struct ix_rd *r)
 	return f;
 }
 
-int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out)
+/* @p n finite floats stored as fp32 (@p width 4) or bf16 (2), widened to fp32. */
+static int rd_floats(struct ix_rd *r, size_t n, unsigned width, float **out)
 {
 	*out = NULL;
-	if (r->err || n > r->left / 2) {
+	if (r->err || n > r->left / width) {
 		r->err = -EBADMSG;
 		return r->err;
 	}
 	float *v = malloc(n ? n * 4 : 1);
 	if (!v)
 		return -ENOMEM;
-	const uint8_t *p = ix_rd_bytes(r, n * 2);
+	const uint8_t *p = ix_rd_bytes(r, n * width);
 	for (size_t i = 0; i < n; i++) {
-		uint16_t h;
-		memcpy(&h, p + 2 * i, 2);
-		const uint32_t u = (uint32_t)le16toh(h) << 16;
+		uint32_t u;
+		if (width == 2) {
+			uint16_t h;
+			memcpy(&h, p + 2 * i, 2);
+			u = (uint32_t)le16toh(h) << 16;
+		} else {
+			memcpy(&u, p + 4 * i, 4);
+			u = le32toh(u);
+		}
 		memcpy(&v[i], &u, 4);
 		if (!isfinite(v[i])) {
 			free(v);
@@ -263,30 +270,14 @@ int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out)
 	return 0;
 }
 
+int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out)
+{
+	return rd_floats(r, n, 2, out);
+}
+
 int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)
 {
-	*out = NULL;
-	if (r->err || n > r->left / 4) {
-		r->err = -EBADMSG;
-		return r->err;
-	}
-	float *v = malloc(n ? n * 4 : 1);
-	if (!v)
-		return -ENOMEM;
-	const uint8_t *p = ix_rd_bytes(r, n * 4);
-	for (size_t i = 0; i < n; i++) {
-		uint32_t u;
-		memcpy(&u, p + 4 * i, 4);
-		u = le32toh(u);
-		memcpy(&v[i], &u, 4);
-		if (!isfinite(v[i])) {
-			free(v);
-			r->err = -EBADMSG;
-			return r->err;
-		}
-	}
-	*out = v;
-	return 0;
+	return rd_floats(r, n, 4, out);
 }
 
 int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out)
