@@ -16,6 +16,7 @@ struct config {
 	uint64_t host_mem;
 	char ssd_dir[PATH_MAX];
 	uint64_t ssd_max;
+	uint64_t stream_sync;
 	uint32_t block_tokens;
 	uint32_t workers;
 	uint64_t max_frame;

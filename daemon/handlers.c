@@ -174,7 +174,9 @@ static int h_append(struct request *r)
 	const char *why = NULL;
 	uint64_t lt = 0, ct = 0;
 	rc = kv_ctx_append_ex(c, m.layer_begin, m.layer_count, m.token_begin, m.n_tokens, data, len,
-			      m.flags & PROTO_APPEND_STREAM ? KV_APPEND_STREAM : 0, &lt, &ct, &why);
+			      (m.flags & PROTO_APPEND_STREAM ? KV_APPEND_STREAM : 0) |
+				      (m.flags & PROTO_APPEND_SYNC ? KV_APPEND_SYNC : 0),
+			      &lt, &ct, &why);
 	if (rc == -ERANGE)
 		req_error(r, rc, "%s (layer %u has %llu tokens, token_begin %llu)", why, m.layer_begin,
 			  (unsigned long long)kv_ctx_layer_tokens(c, m.layer_begin < kv_ctx_geometry(c)->n_layers ?

@@ -75,7 +75,7 @@ int main(int argc, char **argv)
 	struct store_config sc = { .block_tokens = cfg.block_tokens, .host_ops = &tier_host_ops,
 				   .host = d.host, .ssd = d.ssd, .catalog = cat,
 				   /* retrieval indexes survive a restart with the blocks they index */
-				   .side_dir = d.ssd ? sidedir : NULL };
+				   .side_dir = d.ssd ? sidedir : NULL, .stream_sync_bytes = cfg.stream_sync };
 	const char *why = NULL;
 	if ((rc = store_open(&sc, &d.store, &why))) {
 		log_err("daemon", "store: %s (%s)", why ? why : "cannot open", strerror(-rc));

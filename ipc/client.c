@@ -332,7 +332,8 @@ int mnemo_submit_append_ex(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
 			   uint32_t layer_count, uint64_t token_begin, uint32_t n_tokens,
 			   const void *data, size_t len, uint32_t flags, uint64_t *req_id)
 {
-	_Static_assert(MNEMO_APPEND_STREAM == PROTO_APPEND_STREAM, "flag values are the wire's");
+	_Static_assert(MNEMO_APPEND_STREAM == PROTO_APPEND_STREAM && MNEMO_APPEND_SYNC == PROTO_APPEND_SYNC,
+		       "flag values are the wire's");
 	if (flags & ~PROTO_APPEND_FLAGS)
 		return set_err(c, -EINVAL, "unknown APPEND flags 0x%x", flags & ~PROTO_APPEND_FLAGS);
 	struct msg_append_req m = {

@@ -175,7 +175,8 @@ enum { PROTO_SRC_INLINE = 0, PROTO_SRC_SHM = 1 };
 /* APPEND's u32 source carries the source in its low byte and flags above */
 #define PROTO_SRC_MASK 0xffu
 #define PROTO_APPEND_STREAM 0x100u   /* whole blocks straight to SSD, not kept in RAM */
-#define PROTO_APPEND_FLAGS PROTO_APPEND_STREAM
+#define PROTO_APPEND_SYNC 0x200u     /* everything the context wrote is durable at the reply */
+#define PROTO_APPEND_FLAGS (PROTO_APPEND_STREAM | PROTO_APPEND_SYNC)
 
 struct msg_append_req {
 	uint64_t ctx;

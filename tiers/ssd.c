@@ -46,14 +46,22 @@ struct ssd_file {
 /* One ring per thread: workers submit their own batches without locking. */
 static __thread struct io_uring ring;
 static __thread bool ring_ready;
+static __thread pid_t ring_pid;
 
 static int get_ring(struct io_uring **out)
 {
+	/* a forked child shares its parent's ring memory: using it would
+	 * corrupt both, so the child lets go of its copy and makes its own */
+	if (ring_ready && ring_pid != getpid()) {
+		io_uring_queue_exit(&ring);
+		ring_ready = false;
+	}
 	if (!ring_ready) {
 		int rc = io_uring_queue_init(RING_DEPTH, &ring, 0);
 		if (rc < 0)
 			return rc;
 		ring_ready = true;
+		ring_pid = getpid();
 	}
 	*out = &ring;
 	return 0;
@@ -392,6 +400,9 @@ int ssd_submit_qd(struct ssd *s, struct ssd_io *ios, unsigned n, unsigned qd)
 				prep(sqe, retry[--n_retry]);
 			} else {
 				const unsigned k = run_length(ios, n, next);
+				for (unsigned j = next; j < next + k; j++)
+					if (ios[j].prepare)
+						ios[j].prepare(&ios[j]);
 				if (k == 1) {
 					prep(sqe, &ios[next]);
 				} else {

@@ -79,7 +79,11 @@ struct ssd_io {
 	 * batch is still in flight, so checking overlaps I/O; its non-zero
 	 * return becomes the result. */
 	int (*check)(struct ssd_io *io);
-	void *arg;                /* for check */
+	/* Optional: called once just before this write is submitted, while the
+	 * batch's earlier writes are in flight, so that filling in the slot (a
+	 * checksum, a trailer) overlaps I/O. */
+	void (*prepare)(struct ssd_io *io);
+	void *arg;                /* for check and prepare */
 	int result;               /* 0 or -errno, set by ssd_submit() */
 	uint32_t done;            /* bytes transferred so far (internal) */
 	struct iovec iov[2];      /* internal */

@@ -2,6 +2,15 @@
  * The block store: contexts, block tables, residency (pin, load, evict),
  * durable appends through the SSD tier and the catalog, and recovery.
  *
+ * Durability: an APPEND's filled blocks are written to their slots and, in
+ * one fdatasync and one catalog transaction, named by the catalog before it
+ * is acknowledged. A STREAM append's blocks are written before it is
+ * acknowledged but named at the context's next sync point (a SYNC append,
+ * any other append, SEAL, stream_sync_bytes streamed, store_destroy()): a
+ * flush per request costs this kind of disk as much as the writes
+ * themselves (docs/DESIGN-CHANGES.md §17). Until then a crash loses them,
+ * and the context comes back at its last named block.
+ *
  * Locks, outermost first: a context's rwlock (appends and seals exclusive,
  * readers shared), the store's table mutex, the store's residency mutex
  * (every block's state, pins and LRU links), a block file's slot mutex
@@ -39,11 +48,24 @@ struct blk {
 	struct blk *prev, *next;  /* LRU of resident, durable, unpinned blocks */
 };
 
+/* One block on its way to SSD, or written and not yet named by the catalog. */
+struct pending {
+	uint32_t layer, head;
+	uint64_t block;
+	uint32_t tokens;
+	struct blk *k;
+	/* a streamed block: written from the request (keys, values), not from RAM */
+	const uint8_t *src_k, *src_v;
+	bool streamed;
+	struct kv_ctx *c;         /* while it is written */
+};
+
 #define PAGE_BLKS 1024u       /* block entries per page: their addresses never move */
 
 struct layer {
 	uint64_t tokens;
-	uint64_t durable_tokens;
+	uint64_t durable_tokens;  /* what the catalog names */
+	uint64_t written_tokens;  /* what is in slots: durable_tokens, or more before a sync point */
 	uint64_t n_blocks;        /* rows with memory or a slot */
 	struct blk **pages;
 	uint64_t n_pages;
@@ -73,6 +95,12 @@ struct kv_ctx {
 	struct kv_ctx *parent;
 	uint64_t parent_id, parent_tokens;
 	_Atomic uint32_t children; /* continuations of this context: it cannot be deleted under them */
+	/* blocks written to slots that the catalog does not name yet, oldest first */
+	struct pending *unsynced;
+	size_t n_unsynced, cap_unsynced;
+	uint64_t unsynced_bytes;
+	/* a sync point failed with acknowledged blocks unnamed: appends are refused */
+	int sync_failed;
 };
 
 struct store {
@@ -223,6 +251,7 @@ static void ctx_free(struct kv_ctx *c)
 	}
 	if (c->aux_free)
 		c->aux_free(c->aux);
+	free(c->unsynced);
 	ssd_file_close(c->file);
 	free(c->layers);
 	if (c->parent) {
@@ -337,7 +366,7 @@ static int load_ctx(void *arg, const struct ctx_record *r)
 	c->slot_bytes = r->slot_bytes;
 	c->trailer = slot_has_trailer(c->slot_bytes, c->block_bytes);
 	for (uint32_t l = 0; l < g.n_layers; l++) {
-		c->layers[l].tokens = c->layers[l].durable_tokens = r->layer_tokens[l];
+		c->layers[l].tokens = c->layers[l].durable_tokens = c->layers[l].written_tokens = r->layer_tokens[l];
 		uint64_t nb = (r->layer_tokens[l] + c->B - 1) / c->B;
 		if ((rc = reserve_rows(c, &c->layers[l], nb))) {
 			ctx_free(c);
@@ -476,12 +505,23 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 	return 0;
 }
 
+static int commit_written(struct kv_ctx *c, bool seal, const char **why);
+
 void store_destroy(struct store *s)
 {
 	if (!s)
 		return;
-	for (uint32_t i = 0; i < s->n_ctx; i++)
-		kv_ctx_put(s->ctx[i]);
+	for (uint32_t i = 0; i < s->n_ctx; i++) {
+		struct kv_ctx *c = s->ctx[i];
+		const char *why = NULL;
+		/* streamed blocks not yet named: the clean stop is a sync point */
+		pthread_rwlock_wrlock(&c->lock);
+		if (c->n_unsynced && !c->sync_failed && commit_written(c, false, &why))
+			fprintf(stderr, "mnemo: context %llu: %s; it comes back at its last durable block\n",
+				(unsigned long long)c->id, why ? why : "sync failed");
+		pthread_rwlock_unlock(&c->lock);
+		kv_ctx_put(c);
+	}
 	free(s->ctx);
 	pthread_cond_destroy(&s->res_cv);
 	pthread_mutex_destroy(&s->res_mu);
@@ -773,7 +813,6 @@ void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out)
 
 /* ---- durability ---- */
 
-/* One block on its way to SSD. */
 /*
  * Writes in flight while blocks are made durable. An APPEND's blocks lie in
  * runs of adjacent slots that go out as requests of up to 1 MiB, and this
@@ -783,22 +822,35 @@ void kv_ctx_info(struct kv_ctx *c, struct kv_ctx_info *out)
  */
 #define WRITE_QD 4
 
-struct pending {
-	uint32_t layer, head;
-	uint64_t block;
-	uint32_t tokens;
-	struct blk *k;
-	/* a streamed block: written from the request (keys, values), not from RAM */
-	const uint8_t *src_k, *src_v;
-};
+/* A block's checksum (and trailer), just before its write goes out. */
+static void prepare_block(struct ssd_io *io)
+{
+	struct pending *q = io->arg;
+	const struct kv_ctx *c = q->c;
+	if (q->src_k) {
+		const size_t half = c->block_bytes / 2;
+		q->k->checksum = record_block_checksum2(q->src_k, half, q->src_v, half, c->id, q->layer, q->head,
+							q->block);
+	} else if (c->trailer) {
+		struct block_trailer tr = {
+			.ctx_id = c->id, .layer = q->layer, .head = q->head, .block = q->block,
+			.tokens = q->tokens, .data_bytes = (uint32_t)c->block_bytes,
+			.checksum = record_checksum(q->k->mem, c->block_bytes),
+		};
+		q->k->checksum = tr.checksum;
+		record_trailer_encode(q->k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr);
+	} else {
+		q->k->checksum = record_block_checksum(q->k->mem, c->block_bytes, c->id, q->layer, q->head, q->block);
+	}
+}
 
 /*
- * Write blocks to SSD, sync, and commit them with the context record in one
- * catalog transaction. Context write lock held. On failure nothing is
- * durable and every slot taken is given back.
+ * Take slots for @p p and write the blocks, each checksummed as its write
+ * goes out (while earlier ones are in flight: an APPEND's checksums cost
+ * about a tenth of its writes). Context write lock held. On failure every
+ * slot taken is given back.
  */
-static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uint64_t *new_durable,
-			bool seal, const char **why)
+static int write_blocks(struct kv_ctx *c, struct pending *p, size_t n, const char **why)
 {
 	struct store *s = c->store;
 	int rc = 0;
@@ -813,40 +865,57 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 						"cannot allocate an SSD slot";
 			goto undo;
 		}
-		if (q->src_k) {
-			const size_t half = c->block_bytes / 2;
-			q->k->checksum = record_block_checksum2(q->src_k, half, q->src_v, half, c->id, q->layer,
-								q->head, q->block);
+		q->c = c;
+		if (q->src_k)
 			ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = (void *)q->src_k,
-						      .buf2 = (void *)q->src_v, .split = (uint32_t)half, .write = true };
-			continue;
-		}
-		if (c->trailer) {
-			struct block_trailer tr = {
-				.ctx_id = c->id, .layer = q->layer, .head = q->head, .block = q->block,
-				.tokens = q->tokens, .data_bytes = (uint32_t)c->block_bytes,
-				.checksum = record_checksum(q->k->mem, c->block_bytes),
-			};
-			q->k->checksum = tr.checksum;
-			record_trailer_encode(q->k->mem + c->slot_bytes - RECORD_TRAILER_SIZE, &tr);
-		} else {
-			q->k->checksum = record_block_checksum(q->k->mem, c->block_bytes, c->id, q->layer, q->head,
-							       q->block);
-		}
-		ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = q->k->mem, .write = true };
+						      .buf2 = (void *)q->src_v, .split = (uint32_t)(c->block_bytes / 2),
+						      .write = true, .prepare = prepare_block, .arg = q };
+		else
+			ios[taken] = (struct ssd_io){ .f = c->file, .slot = q->k->slot, .buf = q->k->mem,
+						      .write = true, .prepare = prepare_block, .arg = q };
 	}
-	if ((rc = ssd_submit_qd(s->cfg.ssd, ios, (unsigned)n, WRITE_QD)) || (n && (rc = ssd_sync(c->file)))) {
+	if ((rc = ssd_submit_qd(s->cfg.ssd, ios, (unsigned)n, WRITE_QD))) {
 		*why = rc == -ENOSPC ? "the SSD file system is full" : "SSD write failed";
 		goto undo;
 	}
-	uint64_t *saved = malloc(sizeof(uint64_t) * c->geom.n_layers);
-	if (!saved) {
-		rc = -ENOMEM;
-		goto undo;
+	free(ios);
+	/* streamed blocks are on SSD only: a reader loads them from their slot,
+	 * and once loaded they may leave RAM again (no RAM copy to lose) */
+	pthread_mutex_lock(&s->res_mu);
+	for (size_t i = 0; i < n; i++)
+		if (p[i].src_k)
+			p[i].k->durable = true;
+	pthread_mutex_unlock(&s->res_mu);
+	return 0;
+undo:
+	for (size_t i = 0; i < taken; i++)
+		ssd_slot_free(c->file, p[i].k->slot);
+	free(ios);
+	return rc;
+}
+
+/*
+ * The sync point: one fdatasync of the block file, then one catalog
+ * transaction naming every written block (c->unsynced) with the context
+ * record at its written lengths. Context write lock held. On failure the
+ * catalog is unchanged and the blocks stay unnamed.
+ */
+static int commit_written(struct kv_ctx *c, bool seal, const char **why)
+{
+	struct store *s = c->store;
+	const size_t n = c->n_unsynced;
+	const struct pending *p = c->unsynced;
+	int rc = n ? ssd_sync(c->file) : 0;
+	if (rc) {
+		*why = "SSD sync failed";
+		return rc;
 	}
+	uint64_t *saved = malloc(sizeof(uint64_t) * c->geom.n_layers);
+	if (!saved)
+		return -ENOMEM;
 	for (uint32_t l = 0; l < c->geom.n_layers; l++) {
 		saved[l] = c->layers[l].durable_tokens;
-		c->layers[l].durable_tokens = new_durable[l];
+		c->layers[l].durable_tokens = c->layers[l].written_tokens;
 	}
 	struct catalog_txn *t = NULL;
 	if (!(rc = catalog_begin(s->cfg.catalog, &t))) {
@@ -867,22 +936,65 @@ static int make_durable(struct kv_ctx *c, struct pending *p, size_t n, const uin
 			c->layers[l].durable_tokens = saved[l];
 		free(saved);
 		*why = rc == -ENOSPC ? "the catalog is full" : "catalog commit failed";
-		goto undo;
+		return rc;
 	}
 	free(saved);
-	free(ios);
 	pthread_mutex_lock(&s->res_mu);
 	for (size_t i = 0; i < n; i++) {
 		p[i].k->durable = true;
-		if (!p[i].src_k)
-			lru_push(s, p[i].k);     /* a streamed block is on SSD only */
+		if (!p[i].streamed)
+			lru_push(s, p[i].k);     /* a RAM block may leave RAM now */
 	}
 	pthread_mutex_unlock(&s->res_mu);
+	c->n_unsynced = 0;
+	c->unsynced_bytes = 0;
 	return 0;
-undo:
-	for (size_t i = 0; i < taken; i++)
+}
+
+/*
+ * Write @p p (new blocks of this request) and, when @p now, reach a sync
+ * point. Context write lock held; written_tokens already counts them. On
+ * failure this request's blocks are unnamed and their slots given back;
+ * blocks of earlier, acknowledged requests that a failed sync point could
+ * not name fence the context (sync_failed).
+ */
+static int write_and_sync(struct kv_ctx *c, struct pending *p, size_t n, bool now, bool seal,
+			  const char **why)
+{
+	if (c->n_unsynced + n > c->cap_unsynced) {
+		size_t cap = c->cap_unsynced ? c->cap_unsynced : 256;
+		while (cap < c->n_unsynced + n)
+			cap *= 2;
+		struct pending *q = realloc(c->unsynced, cap * sizeof(*q));
+		if (!q) {
+			*why = "out of memory";
+			return -ENOMEM;
+		}
+		c->unsynced = q;
+		c->cap_unsynced = cap;
+	}
+	int rc = write_blocks(c, p, n, why);
+	if (rc)
+		return rc;
+	const size_t before = c->n_unsynced;
+	for (size_t i = 0; i < n; i++) {
+		c->unsynced[before + i] = p[i];
+		c->unsynced[before + i].src_k = c->unsynced[before + i].src_v = NULL;  /* the request's bytes go */
+	}
+	c->n_unsynced += n;
+	c->unsynced_bytes += n * (uint64_t)c->slot_bytes;
+	if (!now || !(rc = commit_written(c, seal, why)))
+		return 0;
+	c->n_unsynced = before;
+	c->unsynced_bytes -= n * (uint64_t)c->slot_bytes;
+	for (size_t i = 0; i < n; i++)
 		ssd_slot_free(c->file, p[i].k->slot);
-	free(ios);
+	pthread_mutex_lock(&c->store->res_mu);
+	for (size_t i = 0; i < n; i++)
+		p[i].k->durable = false;
+	pthread_mutex_unlock(&c->store->res_mu);
+	if (before)
+		c->sync_failed = rc;
 	return rc;
 }
 
@@ -926,6 +1038,12 @@ int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_coun
 	if (c->sealed) {
 		*why = "context is sealed";
 		rc = -EROFS;
+		goto out;
+	}
+	if (c->sync_failed) {
+		*why = "an earlier sync point of this context failed: it is durable up to its catalog length, "
+		       "and a restart serves it from there";
+		rc = -EIO;
 		goto out;
 	}
 	for (uint32_t l = layer_begin; l < layer_begin + layer_count; l++) {
@@ -1027,23 +1145,24 @@ int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_coun
 	}
 
 	if (s->cfg.ssd) {
-		/* The blocks this append filled become durable before it is acknowledged. */
-		uint64_t *durable = malloc(sizeof(uint64_t) * g->n_layers);
+		/* The blocks this append filled are written before it is
+		 * acknowledged and named by the catalog at a sync point: this
+		 * request, unless it streams and the context has streamed less
+		 * than stream_sync_bytes since the last one. */
 		size_t cap = 0, n = 0;
+		uint64_t *written = malloc(sizeof(uint64_t) * layer_count);
 		for (uint32_t i = 0; i < layer_count; i++) {
 			const struct layer *ly = &c->layers[layer_begin + i];
-			cap += ((token_begin + n_tokens) / B - ly->durable_tokens / B) * H;
+			cap += ((token_begin + n_tokens) / B - ly->written_tokens / B) * H;
 		}
 		struct pending *p = malloc(sizeof(*p) * (cap ? cap : 1));
-		if (!durable || !p) {
-			free(durable);
+		if (!written || !p) {
+			free(written);
 			free(p);
 			*why = "out of memory";
 			rc = -ENOMEM;
 			goto rollback;
 		}
-		for (uint32_t l = 0; l < g->n_layers; l++)
-			durable[l] = c->layers[l].durable_tokens;
 		for (uint32_t i = 0; i < layer_count; i++) {
 			uint32_t l = layer_begin + i;
 			struct layer *ly = &c->layers[l];
@@ -1052,9 +1171,10 @@ int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_coun
 			 * consecutive blocks lie side by side on SSD and a read of
 			 * neighbouring blocks is one request */
 			for (uint32_t h = 0; h < H; h++)
-				for (uint64_t b = ly->durable_tokens / B; b < full; b++) {
+				for (uint64_t b = ly->written_tokens / B; b < full; b++) {
 					p[n] = (struct pending){ .layer = l, .head = h, .block = b,
-								 .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h) };
+								 .tokens = (uint32_t)B, .k = blk_at(ly, H, b, h),
+								 .streamed = stream };
 					if (stream) {
 						/* [layer][2][head][token][d]: this block's keys and values */
 						const uint8_t *base = (const uint8_t *)data +
@@ -1065,11 +1185,18 @@ int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_coun
 					}
 					n++;
 				}
-			durable[l] = full * B;
+			written[i] = ly->written_tokens;
+			ly->written_tokens = full * B;
 		}
-		rc = make_durable(c, p, n, durable, false, why);
+		const uint64_t every = s->cfg.stream_sync_bytes;
+		const bool now = !stream || (flags & KV_APPEND_SYNC) || !every ||
+				 c->unsynced_bytes + n * (uint64_t)c->slot_bytes >= every;
+		rc = write_and_sync(c, p, n, now, false, why);
 		free(p);
-		free(durable);
+		if (rc)
+			for (uint32_t i = 0; i < layer_count; i++)
+				c->layers[layer_begin + i].written_tokens = written[i];
+		free(written);
 		if (rc)
 			goto rollback;
 	}
@@ -1110,18 +1237,22 @@ int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens)
 	for (uint32_t l = 1; l < c->geom.n_layers; l++)
 		if (c->layers[l].tokens != t)
 			rc = -EINVAL;
+	if (!rc && c->sync_failed && !c->sealed)
+		rc = -EIO;
 	if (!rc && c->store->cfg.ssd && !c->sealed) {
-		/* the partial last blocks become durable with the sealed record */
+		/* the partial last blocks and every block not yet named become
+		 * durable with the sealed record */
 		const uint32_t H = c->geom.n_kv_heads;
 		struct pending *p = malloc(sizeof(*p) * c->geom.n_layers * H);
-		uint64_t *durable = malloc(sizeof(uint64_t) * c->geom.n_layers);
+		uint64_t *written = malloc(sizeof(uint64_t) * c->geom.n_layers);
 		size_t n = 0;
-		if (!p || !durable) {
+		if (!p || !written) {
 			rc = -ENOMEM;
 		} else {
 			for (uint32_t l = 0; l < c->geom.n_layers; l++) {
 				struct layer *ly = &c->layers[l];
-				durable[l] = t;
+				written[l] = ly->written_tokens;
+				ly->written_tokens = t;
 				if (t % c->B == 0)
 					continue;
 				for (uint32_t h = 0; h < H; h++)
@@ -1130,10 +1261,12 @@ int kv_ctx_seal(struct kv_ctx *c, uint64_t *tokens)
 								   .k = blk_at(ly, H, t / c->B, h) };
 			}
 			const char *why;
-			rc = make_durable(c, p, n, durable, true, &why);
+			if ((rc = write_and_sync(c, p, n, true, true, &why)))
+				for (uint32_t l = 0; l < c->geom.n_layers; l++)
+					c->layers[l].written_tokens = written[l];
 		}
 		free(p);
-		free(durable);
+		free(written);
 	}
 	if (!rc) {
 		c->sealed = true;

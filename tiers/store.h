@@ -59,6 +59,9 @@ struct store_config {
 	struct catalog *catalog;          /* with ssd: where durable blocks are named */
 	const char *side_dir;             /* with ssd (may be NULL): where side files live
 	                                   * (sidefile.h); borrowed, outlives the store */
+	uint64_t stream_sync_bytes;       /* with ssd: bytes of KV_APPEND_STREAM blocks a
+	                                   * context writes between sync points; 0: every
+	                                   * append is one */
 };
 
 struct store_stats {
@@ -160,9 +163,18 @@ int kv_ctx_append(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
  * context has an SSD tier, its blocks fill their slots, token_begin and
  * n_tokens are whole blocks and @p data and every block's keys and values in
  * it are SSD_ALIGN-aligned; otherwise the append is served as without it.
- * @p data must stay unchanged until the call returns.
+ * @p data must stay unchanged until the call returns. The blocks are written
+ * when it returns and durable at the context's next sync point: an append
+ * with KV_APPEND_SYNC or without STREAM, kv_ctx_seal(), once the context
+ * has streamed stream_sync_bytes since the last one, or store_destroy().
+ * A crash before it loses them: the context comes back at its last durable
+ * block. A failed sync point refuses later appends with -EIO.
+ *
+ * KV_APPEND_SYNC: this append is a sync point (everything the context has
+ * written is durable when it returns).
  */
 #define KV_APPEND_STREAM 1u
+#define KV_APPEND_SYNC 2u
 /** kv_ctx_append() with KV_APPEND_* @p flags. */
 int kv_ctx_append_ex(struct kv_ctx *c, uint32_t layer_begin, uint32_t layer_count,
 		     uint64_t token_begin, uint32_t n_tokens, const void *data, size_t len, unsigned flags,

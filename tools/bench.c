@@ -806,8 +806,9 @@ static double preload_synthetic(mnemo_client *c, const char *name, uint64_t N, u
 			r ^= r << 17;
 			w[i] = (r & 0x807f807f807f807full) | 0x3f803f803f803f80ull;
 		}
-		if ((rc = mnemo_submit_append_ex(c, ctx, 0, L, t, (uint32_t)n, w, n * tok_bytes, MNEMO_APPEND_STREAM,
-						 &pending[k])))
+		/* the last APPEND is a sync point: the time includes durability */
+		if ((rc = mnemo_submit_append_ex(c, ctx, 0, L, t, (uint32_t)n, w, n * tok_bytes,
+						 MNEMO_APPEND_STREAM | (t + n >= N ? MNEMO_APPEND_SYNC : 0), &pending[k])))
 			die("APPEND", c, rc);
 		busy[k] = 1;
 	}

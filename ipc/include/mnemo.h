@@ -366,8 +366,16 @@ int mnemo_submit_append(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,
  * of 16 at 64-token blocks), a token_begin on a block boundary and data in
  * the shared-memory arena at a 4 KiB-aligned offset with n_tokens a multiple
  * of the block size. Otherwise the request is served as without the flag.
+ * Its blocks are written when the reply comes and durable at the context's
+ * next sync point: an APPEND with MNEMO_APPEND_SYNC or without STREAM, SEAL,
+ * every --stream-sync bytes the context streams, or mnemod's clean stop. A
+ * crash before it loses them (a restart serves the context from its last
+ * durable block, where mnemo-preload resumes).
+ * MNEMO_APPEND_SYNC: everything the context has written is durable when
+ * the reply comes (send it with a stream's last APPEND).
  */
 #define MNEMO_APPEND_STREAM 0x100u
+#define MNEMO_APPEND_SYNC 0x200u
 
 /** mnemo_submit_append() with MNEMO_APPEND_* @p flags. */
 int mnemo_submit_append_ex(mnemo_client *c, uint64_t ctx, uint32_t layer_begin,

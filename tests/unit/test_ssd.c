@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../check.h"
@@ -257,6 +258,9 @@ struct world {
 	struct store *st;
 };
 
+/* the store's stream_sync_bytes in the next world_open() */
+static uint64_t stream_sync;
+
 static int world_open(struct world *w, uint64_t host_bytes, uint64_t ssd_max)
 {
 	struct tier_config tc = { .budget_bytes = host_bytes, .align = SSD_ALIGN };
@@ -267,7 +271,7 @@ static int world_open(struct world *w, uint64_t host_bytes, uint64_t ssd_max)
 	if ((rc = catalog_open(cat_dir, &w->cat)))
 		return rc;
 	struct store_config sc = { .block_tokens = B, .host_ops = &tier_host_ops, .host = w->host,
-				   .ssd = w->ssd, .catalog = w->cat };
+				   .ssd = w->ssd, .catalog = w->cat, .stream_sync_bytes = stream_sync };
 	const char *why = NULL;
 	rc = store_open(&sc, &w->st, &why);
 	CHECK(rc == 0, "store_open: %d %s", rc, why ? why : "");
@@ -468,6 +472,103 @@ static void test_stream(void)
 	world_close(&w);
 }
 
+/* How many tokens a context has after a crash: opened in a child that dies
+ * without closing anything, after @p steps of 64-token appends (flags each). */
+static uint64_t tokens_after_crash(uint64_t slot, const unsigned *flags, unsigned steps)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct world w;
+		if (world_open(&w, 64ull * slot, 0))
+			_exit(2);
+		struct kv_ctx *c;
+		if (store_ctx_create(w.st, "crashing", 8, &(struct kv_geometry){ .n_layers = L, .n_kv_heads = H,
+			.n_q_heads = 2 * H, .head_dim = D, .dtype = 2, .elem_size = 2 }, 1000, &c))
+			_exit(3);
+		for (unsigned i = 0; i < steps; i++)
+			append_one_ex(c, 64ull * i, 64, 0, flags[i], 0);
+		_exit(check_exit());   /* a crash: no sync point on the way out */
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the crashing child failed: status %d", st);
+	struct world w;
+	uint64_t t = UINT64_MAX;
+	if (world_open(&w, 64ull * slot, 0))
+		return t;
+	struct kv_ctx *c;
+	if (store_ctx_find(w.st, 0, "crashing", 8, &c) == 0) {
+		struct kv_ctx_info ci;
+		kv_ctx_info(c, &ci);
+		t = ci.tokens;
+		uint64_t bad;
+		CHECK(verify(c, t, &bad) == 0 && bad == 0, "what survived the crash reads back");
+		/* the slots of the blocks lost are free again: appending over them reads back */
+		append_one_ex(c, t, 128, 0, KV_APPEND_STREAM | KV_APPEND_SYNC, 0);
+		CHECK(verify(c, t + 128, &bad) == 0 && bad == 0, "appended after the crash reads back");
+		CHECK(store_ctx_delete(w.st, c) == 0, "delete");
+		kv_ctx_put(c);
+	}
+	world_close(&w);
+	return t;
+}
+
+/*
+ * Sync points: a STREAM append is written at its return and named by the
+ * catalog only at the next sync point (KV_APPEND_SYNC, an append without
+ * STREAM, stream_sync_bytes streamed, SEAL, a clean close); a crash before
+ * it loses the streamed blocks and nothing else.
+ */
+static void test_sync_points(void)
+{
+	const uint32_t slot = ssd_slot_bytes(2ull * B * D * 2);
+	const uint64_t per_append = 64ull / B * L * H * slot;   /* bytes of one 64-token append */
+	const unsigned S = KV_APPEND_STREAM, SS = KV_APPEND_STREAM | KV_APPEND_SYNC;
+	stream_sync = 1ull << 40;
+	CHECK(tokens_after_crash(slot, (const unsigned[]){ S, S, S }, 3) == 0, "nothing named: 0 tokens");
+	CHECK(tokens_after_crash(slot, (const unsigned[]){ S, SS, S, S }, 4) == 128, "SYNC names what came before");
+	CHECK(tokens_after_crash(slot, (const unsigned[]){ S, S, 0, S }, 4) == 192, "an append without STREAM syncs");
+	stream_sync = 2 * per_append;
+	CHECK(tokens_after_crash(slot, (const unsigned[]){ S, S, S, S, S }, 5) == 256,
+	      "every 2 appends' bytes a sync point");
+	stream_sync = 0;
+	CHECK(tokens_after_crash(slot, (const unsigned[]){ S, S, S }, 3) == 192, "stream_sync 0: every append");
+	/* a clean close and SEAL are sync points */
+	stream_sync = 1ull << 40;
+	struct world w;
+	if (world_open(&w, 64ull * slot, 0))
+		return;
+	struct kv_ctx *a, *b;
+	struct kv_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = 2 * H, .head_dim = D, .dtype = 2,
+				 .elem_size = 2 };
+	CHECK(store_ctx_create(w.st, "closed", 6, &g, 1000, &a) == 0 && store_ctx_create(w.st, "sealed", 6, &g, 1000, &b) == 0,
+	      "create");
+	append_one_ex(a, 0, 64, 0, S, 0);
+	append_one_ex(b, 0, 64, 0, S, 0);
+	append_one_ex(b, 64, 64, 0, S, 0);
+	uint64_t t;
+	CHECK(kv_ctx_seal(b, &t) == 0 && t == 128, "seal");
+	kv_ctx_put(a);
+	kv_ctx_put(b);
+	world_close(&w);
+	if (world_open(&w, 64ull * slot, 0))
+		return;
+	struct kv_ctx_info ci;
+	uint64_t bad;
+	CHECK(store_ctx_find(w.st, 0, "closed", 6, &a) == 0, "closed after restart");
+	kv_ctx_info(a, &ci);
+	CHECK(ci.tokens == 64 && verify(a, 64, &bad) == 0 && bad == 0, "closed cleanly: %llu tokens",
+	      (unsigned long long)ci.tokens);
+	CHECK(store_ctx_find(w.st, 0, "sealed", 6, &b) == 0, "sealed after restart");
+	kv_ctx_info(b, &ci);
+	CHECK(ci.sealed && ci.tokens == 128 && verify(b, 128, &bad) == 0 && bad == 0, "sealed: %llu tokens",
+	      (unsigned long long)ci.tokens);
+	kv_ctx_put(a);
+	kv_ctx_put(b);
+	world_close(&w);
+	stream_sync = 0;
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "%s/mnemo-ssd-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");
@@ -494,6 +595,7 @@ int main(void)
 	mkdir(ssd_path, 0700);
 	test_store();
 	test_stream();
+	test_sync_points();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
