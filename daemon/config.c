@@ -57,13 +57,15 @@ static const struct option_def options[] = {
 	{ "ssd-max", OPT_SIZE, OFF(ssd_max), "0", 0, UINT64_MAX,
 	  "Most bytes of block files; an APPEND past it fails with ENOSPC. 0: no cap but\n"
 	  "the file system's." },
-	{ "stream-sync", OPT_SIZE, OFF(stream_sync), "4G", 0, UINT64_MAX,
+	{ "stream-sync", OPT_SIZE, OFF(stream_sync), "16G", 0, UINT64_MAX,
 	  "Bytes a context streams (APPEND with STREAM, as mnemo-preload sends) between\n"
 	  "sync points: its streamed blocks are written before each reply and made\n"
 	  "durable together (one flush, one catalog commit) at the next sync point, an\n"
 	  "APPEND with SYNC, SEAL or a clean stop. A crash loses what came after the\n"
-	  "last one; a preload resumes from there. 0: every APPEND is durable at its\n"
-	  "reply (a flush per request writes half as fast on a write-back cached disk)." },
+	  "last one; a preload resumes from there. 16G is about 30 s of writing on a\n"
+	  "0.5 GB/s disk, the kernel's own window for buffered writes. 0: every APPEND\n"
+	  "is durable at its reply (a flush per request writes half as fast on a\n"
+	  "write-back cached disk)." },
 	{ "block-tokens", OPT_U32, OFF(block_tokens), "64", 1, 256,
 	  "Tokens per block (per layer and KV head), 1..256." },
 	{ "workers", OPT_U32, OFF(workers), "0", 0, 1024,

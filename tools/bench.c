@@ -53,6 +53,7 @@ static double opt_gammas[16] = { 1.0 };
 static unsigned long long opt_steps = 16;
 static unsigned opt_exact_layers = 2;
 static const char *opt_host_mem_arg;
+static const char *opt_stream_sync = "16G";   /* mnemod's --stream-sync in every suite */
 static int policies_given, opt_no_exact_step;
 static unsigned opt_n_gammas = 1;
 static struct bench_retrieval_opts ropt = {
@@ -151,7 +152,7 @@ static mnemo_client *connect_daemon(const char *argv0)
 			 * the tier suite measures the SSD path on its own */
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
 			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
-			       opt_host_mem ? opt_host_mem : "auto", (char *)NULL);
+			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -1054,6 +1055,8 @@ static void usage(FILE *f)
 		"  --steps N         decode: steps (default 16)\n"
 		"  --exact-layers N  decode: layers per step attended exactly too (default 2)\n"
 		"  --host-mem SIZE   decode: mnemod's host-RAM budget (default: its own, half of RAM)\n"
+		"  --stream-sync SIZE  mnemod's bytes streamed between sync points (default 16G;\n"
+		"                    0: every APPEND durable at its reply)\n"
 		"  --no-exact-step   decode: skip the one whole exact step measured at the end\n"
 		"  --gamma LIST      segment: the boundary rule's gamma, comma-separated;\n"
 		"                    retrieval: episodic's, the first of the list (default 1)\n"
@@ -1150,6 +1153,9 @@ int main(int argc, char **argv)
 			opt_no_exact_step = 1;
 		} else if (!strcmp(a, "--host-mem") && v) {
 			opt_host_mem_arg = v;
+			i++;
+		} else if (!strcmp(a, "--stream-sync") && v) {
+			opt_stream_sync = v;
 			i++;
 		} else if (!strcmp(a, "--gamma") && v) {
 			opt_n_gammas = 0;
