@@ -535,6 +535,55 @@ static void indexes_persist(const char *bin)
 	daemon_cleanup(&d);
 }
 
+/*
+ * STREAM APPENDs over the wire: written at each reply, durable at a sync
+ * point. The daemon is killed after streamed chunks, a chunk with SYNC and
+ * more streamed chunks: a restart serves exactly the chunks up to the SYNC.
+ */
+static void stream_sync_points(const char *bin)
+{
+	struct daemon d;
+	daemon_init(&d, bin);
+	CHECK(daemon_start(&d, NULL) == 0, "start");
+	mnemo_client *c;
+	if (mnemo_connect(d.sock, &c)) {
+		CHECK(0, "connect");
+		daemon_cleanup(&d);
+		return;
+	}
+	uint64_t ctx = create(c, "streamed");
+	const uint32_t chunk = 1024;
+	const size_t bytes = (size_t)2 * H * chunk * D * 2;
+	void *arena;
+	CHECK(mnemo_shm_attach(c, bytes, &arena) == 0, "attach");
+	for (uint32_t k = 0; k < 6; k++) {
+		fill(arena, (uint64_t)k * chunk, chunk);
+		uint64_t id, ct = 0;
+		const uint32_t fl = MNEMO_APPEND_STREAM | (k == 3 ? MNEMO_APPEND_SYNC : 0);
+		CHECK(mnemo_submit_append_ex(c, ctx, 0, 1, (uint64_t)k * chunk, chunk, arena, bytes, fl, &id) == 0 &&
+			      mnemo_wait_append(c, id, &ct) == 0 && ct == (k + 1ull) * chunk,
+		      "streamed append %u: %s", k, mnemo_last_error(c));
+	}
+	struct mnemo_daemon_info di;
+	CHECK(mnemo_stat_daemon(c, &di) == 0 && di.host_used == 0, "streamed blocks took %llu bytes of RAM",
+	      (unsigned long long)di.host_used);
+	CHECK(check_fetch(c, ctx, 6 * chunk, 256, NULL) == 0, "streamed, not yet durable, read back");
+	mnemo_close(c);
+	daemon_stop(&d, SIGKILL);
+	CHECK(daemon_start(&d, NULL) == 0, "restart after kill -9");
+	if (mnemo_connect(d.sock, &c)) {
+		CHECK(0, "reconnect");
+		daemon_cleanup(&d);
+		return;
+	}
+	struct mnemo_context_info ci;
+	CHECK(mnemo_stat(c, ctx, NULL, &ci) == 0 && ci.tokens == 4 * chunk,
+	      "after kill -9: %llu tokens, the SYNC append ended at %u", (unsigned long long)ci.tokens, 4 * chunk);
+	CHECK(check_fetch(c, ctx, 4 * chunk, 256, NULL) == 0, "durable streamed blocks read back");
+	mnemo_close(c);
+	daemon_cleanup(&d);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -549,5 +598,6 @@ int main(int argc, char **argv)
 	daemon_cleanup(&d);
 	full_disk(argv[1]);
 	indexes_persist(argv[1]);
+	stream_sync_points(argv[1]);
 	return check_exit();
 }

@@ -175,11 +175,15 @@ static void test_append(void)
 	wbuf_free(&b);
 
 	/* flags ride above the source's low byte; unknown ones are refused */
-	m.flags = PROTO_APPEND_STREAM;
+	m.flags = PROTO_APPEND_STREAM | PROTO_APPEND_SYNC;
 	wbuf_init(&b);
 	msg_append_req_encode(&b, &m);
 	CHECK(msg_append_req_decode(b.data, b.len, &d) == 0 && d.source == PROTO_SRC_SHM &&
-	      d.flags == PROTO_APPEND_STREAM, "stream flag round trip");
+	      d.flags == (PROTO_APPEND_STREAM | PROTO_APPEND_SYNC), "stream and sync flags round trip");
+	CHECK(b.data[29] == 0x03, "stream is bit 8 and sync bit 9 of the source word: 0x%02x", b.data[29]);
+	b.data[29] = 0x04;  /* bit 10 */
+	CHECK(msg_append_req_decode(b.data, b.len, &d) == -EPROTO, "unknown append flag bit 10 accepted");
+	b.data[29] = 0x03;
 	b.data[30] = 0x01;  /* bit 16 */
 	CHECK(msg_append_req_decode(b.data, b.len, &d) == -EPROTO, "unknown append flag accepted");
 	wbuf_free(&b);
