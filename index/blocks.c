@@ -45,7 +45,7 @@ struct blocks {
 	unsigned d, block, reps;
 	uint32_t rule;
 	uint64_t nb;
-	float *rep;               /* [nb][reps][d] */
+	struct ix_mat rep;        /* [nb][reps][d] */
 };
 
 static const struct blocks *to_blocks(const struct index *ix)
@@ -59,7 +59,7 @@ static void blocks_free(struct index *ix)
 	if (!bx)
 		return;
 	IX_ASSERT(ix->policy == POLICY_BLOCKS);
-	free(bx->rep);
+	ix_mat_free(&bx->rep);
 	free(bx);
 }
 
@@ -106,12 +106,15 @@ static int blocks_build(const struct index_keys *keys, const struct index_build_
 		in.rows = (unsigned)(T * p->group);
 		in.pq = p->prefill_q + (p->n_prefill - T) * p->group * keys->d;
 	}
-	bx->rep = malloc(bx->nb * bx->reps * bx->d * sizeof(float));
-	rc = bx->rep ? ix_reps(&in, bx->rep) : -ENOMEM;
+	const size_t nf = bx->nb * bx->reps * bx->d;
+	float *rep = malloc(nf * sizeof(float));
+	rc = rep ? ix_reps(&in, rep) : -ENOMEM;
 	if (rc) {
+		free(rep);
 		blocks_free(&bx->base);
 		return rc;
 	}
+	ix_mat_take(&bx->rep, rep, nf);
 	*out = &bx->base;
 	return 0;
 }
@@ -143,7 +146,7 @@ static int blocks_search(const struct index *ix, const struct index_keys *keys, 
 	uint64_t *bits = (uint64_t *)(sc + off_bits);
 	uint32_t *ids = (uint32_t *)(sc + off_ids);
 
-	ix_dots(bx->rep, nb * R, d, q, G, d, S);
+	ix_mat_dots(&bx->rep, nb * R, d, q, G, d, S);
 	for (uint64_t b = 0; b < nb; b++)
 		for (unsigned g = 0; g < G; g++) {
 			float m = -INFINITY;
@@ -176,18 +179,13 @@ static int blocks_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	size_t nf = bx->nb * bx->reps * bx->d;
-	const bool half = ix_bf16_exact(bx->rep, nf);
-	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 44 + nf * (half ? 2 : 4));
+	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 44 + ix_mat_bytes(&bx->rep, nf));
 	ix_wr_u64(&w, bx->n);
 	ix_wr_u32(&w, bx->d);
 	ix_wr_u32(&w, bx->block);
 	ix_wr_u32(&w, bx->reps);
 	ix_wr_u32(&w, bx->rule);
-	ix_wr_u32(&w, half);
-	if (half)
-		ix_wr_bf16s(&w, bx->rep, nf);
-	else
-		ix_wr_f32s(&w, bx->rep, nf);
+	ix_wr_mat(&w, &bx->rep, nf);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -213,7 +211,7 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 		return rc;
 	bx->rule = rule;
 	const size_t nf = bx->nb * reps * d;
-	if ((rc = dtype ? ix_rd_bf16s(&r, nf, &bx->rep) : ix_rd_f32s(&r, nf, &bx->rep)) || (rc = ix_rd_end(&r))) {
+	if ((rc = ix_rd_mat(&r, dtype, nf, &bx->rep)) || (rc = ix_rd_end(&r))) {
 		blocks_free(&bx->base);
 		return rc;
 	}
@@ -224,7 +222,7 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 static size_t blocks_memory(const struct index *ix)
 {
 	const struct blocks *bx = to_blocks(ix);
-	return bx ? sizeof(*bx) + bx->nb * bx->reps * bx->d * sizeof(float) : 0;
+	return bx ? sizeof(*bx) + ix_mat_bytes(&bx->rep, bx->nb * bx->reps * bx->d) : 0;
 }
 
 const struct policy_ops blocks_policy_ops = {

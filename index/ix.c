@@ -102,22 +102,6 @@ bool ix_bf16_exact(const float *v, size_t n)
 	return true;
 }
 
-void ix_wr_bf16s(struct ix_wr *w, const float *v, size_t n)
-{
-	if (n > SIZE_MAX / 2) {
-		w->err = -ENOMEM;
-		return;
-	}
-	wr_reserve(w, n * 2);
-	if (w->err)
-		return;
-	for (size_t i = 0; i < n; i++) {
-		const uint16_t h = htole16(ix_f32_bf16(v[i]));
-		memcpy(w->buf + w->len + 2 * i, &h, 2);
-	}
-	w->len += n * 2;
-}
-
 void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n)
 {
 	if (n > SIZE_MAX / 4) {
@@ -237,47 +221,126 @@ float ix_rd_f32(struct ix_rd *r)
 	return f;
 }
 
-/* @p n finite floats stored as fp32 (@p width 4) or bf16 (2), widened to fp32. */
-static int rd_floats(struct ix_rd *r, size_t n, unsigned width, float **out)
+int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)
 {
 	*out = NULL;
-	if (r->err || n > r->left / width) {
+	if (r->err || n > r->left / 4) {
 		r->err = -EBADMSG;
 		return r->err;
 	}
-	float *v = malloc(n ? n * 4 : 1);
+	uint32_t *v = malloc(n ? n * 4 : 1);
 	if (!v)
 		return -ENOMEM;
-	const uint8_t *p = ix_rd_bytes(r, n * width);
+	const uint8_t *p = ix_rd_bytes(r, n * 4);
+	memcpy(v, p, n * 4);
+	/* one branch-free pass (it vectorizes): an all-ones exponent is an infinity or a NaN */
+	uint32_t bad = 0;
 	for (size_t i = 0; i < n; i++) {
-		uint32_t u;
-		if (width == 2) {
-			uint16_t h;
-			memcpy(&h, p + 2 * i, 2);
-			u = (uint32_t)le16toh(h) << 16;
-		} else {
-			memcpy(&u, p + 4 * i, 4);
-			u = le32toh(u);
-		}
-		memcpy(&v[i], &u, 4);
-		if (!isfinite(v[i])) {
-			free(v);
-			r->err = -EBADMSG;
-			return r->err;
-		}
+		v[i] = le32toh(v[i]);
+		bad |= (v[i] & 0x7f800000u) == 0x7f800000u;
 	}
-	*out = v;
+	if (bad) {
+		free(v);
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	*out = (float *)v;
 	return 0;
 }
 
-int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out)
+int ix_rd_mat(struct ix_rd *r, uint32_t dtype, size_t n, struct ix_mat *m)
 {
-	return rd_floats(r, n, 2, out);
+	*m = (struct ix_mat){ 0 };
+	if (dtype == 0)
+		return ix_rd_f32s(r, n, &m->f32);
+	if (r->err || dtype != 1 || n > r->left / 2) {
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	uint16_t *v = malloc(n ? n * 2 : 1);
+	if (!v)
+		return -ENOMEM;
+	const uint8_t *p = ix_rd_bytes(r, n * 2);
+	memcpy(v, p, n * 2);
+#if __BYTE_ORDER != __LITTLE_ENDIAN
+	for (size_t i = 0; i < n; i++)
+		v[i] = le16toh(v[i]);
+#endif
+	/*
+	 * Infinities and NaNs have an all-ones exponent. Four values per 64-bit
+	 * word: a lane of (x & E) ^ E is zero exactly when its exponent is all
+	 * ones, and the usual zero-lane test finds it (a restart checks
+	 * megabytes of these before its first ATTEND).
+	 */
+	const uint64_t E = 0x7f807f807f807f80ull, ONE = 0x0001000100010001ull, TOP = 0x8000800080008000ull;
+	uint64_t bad = 0;
+	size_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		uint64_t w;
+		memcpy(&w, v + i, 8);
+		w = (w & E) ^ E;
+		bad |= (w - ONE) & ~w & TOP;
+	}
+	for (; i < n; i++)
+		bad |= (v[i] & 0x7f80u) == 0x7f80u;
+	if (bad) {
+		free(v);
+		r->err = -EBADMSG;
+		return r->err;
+	}
+	m->bf16 = v;
+	return 0;
 }
 
-int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)
+int ix_mat_take(struct ix_mat *m, float *v, size_t n)
 {
-	return rd_floats(r, n, 4, out);
+	*m = (struct ix_mat){ .f32 = v };
+	if (!ix_bf16_exact(v, n))
+		return 0;
+	uint16_t *h = malloc(n ? n * 2 : 1);
+	if (!h)
+		return 0;           /* fp32 serves as well */
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u;
+		memcpy(&u, &v[i], 4);
+		h[i] = (uint16_t)(u >> 16);
+	}
+	free(v);
+	*m = (struct ix_mat){ .bf16 = h };
+	return 0;
+}
+
+void ix_mat_free(struct ix_mat *m)
+{
+	free(m->f32);
+	free(m->bf16);
+	*m = (struct ix_mat){ 0 };
+}
+
+size_t ix_mat_bytes(const struct ix_mat *m, size_t n)
+{
+	return m->f32 ? n * 4 : m->bf16 ? n * 2 : 0;
+}
+
+void ix_wr_mat(struct ix_wr *w, const struct ix_mat *m, size_t n)
+{
+	ix_wr_u32(w, m->bf16 != NULL);
+	if (m->f32) {
+		ix_wr_f32s(w, m->f32, n);
+		return;
+	}
+	if (n > SIZE_MAX / 2) {
+		w->err = -ENOMEM;
+		return;
+	}
+	wr_reserve(w, n * 2);
+	if (w->err)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		const uint16_t h = htole16(m->bf16[i]);
+		memcpy(w->buf + w->len + 2 * i, &h, 2);
+	}
+	w->len += n * 2;
 }
 
 int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out)
@@ -578,6 +641,14 @@ static inline __attribute__((always_inline)) void dots_bf16_body(const uint16_t 
 			out[g] = -INFINITY;
 }
 
+static inline __attribute__((always_inline)) void dots_bf16_rows_body(const uint16_t *rows, size_t n, size_t stride,
+								       const float *q, unsigned G, unsigned d,
+								       float *out)
+{
+	for (size_t i = 0; i < n; i++)
+		dots_bf16_body(rows + i * stride, q, G, d, out + i * G);
+}
+
 /*
  * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
  * baseline, picked once from what the CPU reports (by feature, so AMD and
@@ -617,6 +688,18 @@ static void dots_bf16_base(const uint16_t *row, const float *q, unsigned G, unsi
 	dots_bf16_body(row, q, G, d, out);
 }
 
+__attribute__((target("avx2,fma"))) static void dots_bf16_rows_avx2(const uint16_t *rows, size_t n, size_t stride,
+								    const float *q, unsigned G, unsigned d, float *out)
+{
+	dots_bf16_rows_body(rows, n, stride, q, G, d, out);
+}
+
+static void dots_bf16_rows_base(const uint16_t *rows, size_t n, size_t stride, const float *q, unsigned G,
+				unsigned d, float *out)
+{
+	dots_bf16_rows_body(rows, n, stride, q, G, d, out);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -651,6 +734,14 @@ static void dots_bf16_avx2(const uint16_t *row, const float *q, unsigned G, unsi
 }
 
 #define dots_bf16_base dots_bf16_avx2
+
+static void dots_bf16_rows_avx2(const uint16_t *rows, size_t n, size_t stride, const float *q, unsigned G,
+				unsigned d, float *out)
+{
+	dots_bf16_rows_body(rows, n, stride, q, G, d, out);
+}
+
+#define dots_bf16_rows_base dots_bf16_rows_avx2
 
 static int have_avx2_fma(void)
 {
@@ -713,6 +804,17 @@ void ix_dots_bf16(const uint16_t *row, const float *q, unsigned G, unsigned d, f
 		dots_bf16_avx2(row, q, G, d, out);
 	else
 		dots_bf16_base(row, q, G, d, out);
+}
+
+void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+		 float *out)
+{
+	if (m->f32)
+		ix_dots(m->f32, n, stride, q, G, d, out);
+	else if (have_avx2_fma())
+		dots_bf16_rows_avx2(m->bf16, n, stride, q, G, d, out);
+	else
+		dots_bf16_rows_base(m->bf16, n, stride, q, G, d, out);
 }
 
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)

@@ -65,10 +65,8 @@ void ix_wr_u64(struct ix_wr *w, uint64_t v);
 void ix_wr_f32(struct ix_wr *w, float v);
 void ix_wr_f32s(struct ix_wr *w, const float *v, size_t n);
 void ix_wr_u32s(struct ix_wr *w, const uint32_t *v, size_t n);
-/** Whether every float of @p v is a bf16 value (its low 16 bits zero): then ix_wr_bf16s() loses nothing. */
+/** Whether every float of @p v is a bf16 value (its low 16 bits zero): then bf16 loses nothing. */
 bool ix_bf16_exact(const float *v, size_t n);
-/** Floats as bf16 (rounded to nearest even), 2 bytes each. */
-void ix_wr_bf16s(struct ix_wr *w, const float *v, size_t n);
 /**
  * Patch the body length and hand the buffer out (caller frees with free()).
  * @return 0, or the first error (-ENOMEM); on error nothing is handed out.
@@ -99,8 +97,6 @@ const uint8_t *ix_rd_bytes(struct ix_rd *r, size_t n);
  * still holds them. @return 0, -EBADMSG, -ENOMEM.
  */
 int ix_rd_f32s(struct ix_rd *r, size_t n, float **out);
-/** ix_rd_f32s() of @p n bf16 values, widened to fp32. */
-int ix_rd_bf16s(struct ix_rd *r, size_t n, float **out);
 /** Allocate and read @p n u32, each < @p below. @return 0, -EBADMSG, -ENOMEM. */
 int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out);
 /** 0 when the body was consumed exactly and nothing failed, else -EBADMSG. */
@@ -158,6 +154,41 @@ void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigne
 
 /** The same for one bf16 row (the top 16 bits of an fp32): out[g] = row . q[g]. */
 void ix_dots_bf16(const uint16_t *row, const float *q, unsigned G, unsigned d, float *out);
+
+/**
+ * An index's rows of floats as it keeps them: fp32, or bf16 when every
+ * value is a bf16 value (representatives and bounds drawn from a bf16
+ * context's keys are): half the RAM, and a load from a bf16 side file keeps
+ * the bytes as they are instead of widening them. Exactly one of the two
+ * pointers is set.
+ */
+struct ix_mat {
+	float *f32;
+	uint16_t *bf16;
+};
+
+/** Take @p v (n floats, malloc'ed) into @p m: kept as bf16 when that loses nothing (v is then freed). */
+int ix_mat_take(struct ix_mat *m, float *v, size_t n);
+void ix_mat_free(struct ix_mat *m);
+/** RAM @p m holds for @p n values. */
+size_t ix_mat_bytes(const struct ix_mat *m, size_t n);
+/** Value @p i as fp32. */
+static inline float ix_mat_at(const struct ix_mat *m, size_t i)
+{
+	if (m->f32)
+		return m->f32[i];
+	uint32_t u = (uint32_t)m->bf16[i] << 16;
+	float x;
+	__builtin_memcpy(&x, &u, 4);
+	return x;
+}
+/** ix_dots() over the rows of @p m. */
+void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+		 float *out);
+/** Write dtype u32 (0 f32, 1 bf16), then the @p n values in it. */
+void ix_wr_mat(struct ix_wr *w, const struct ix_mat *m, size_t n);
+/** Read @p n finite values of @p dtype (0 f32, 1 bf16, as ix_wr_mat() wrote them) into @p m. */
+int ix_rd_mat(struct ix_rd *r, uint32_t dtype, size_t n, struct ix_mat *m);
 
 /** fp32 to bf16, rounded to nearest even (NaN stays NaN); exact for values that came from bf16. */
 static inline uint16_t ix_f32_bf16(float x)

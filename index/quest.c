@@ -33,7 +33,7 @@ struct quest {
 	uint64_t n;
 	unsigned d, page;
 	uint64_t pages;
-	float *rows;              /* [pages][2d]: max, then min */
+	struct ix_mat rows;       /* [pages][2d]: max, then min */
 };
 
 static const struct quest *to_quest(const struct index *ix)
@@ -47,7 +47,7 @@ static void quest_free(struct index *ix)
 	if (!qx)
 		return;
 	IX_ASSERT(ix->policy == POLICY_QUEST);
-	free(qx->rows);
+	ix_mat_free(&qx->rows);
 	free(qx);
 }
 
@@ -68,6 +68,7 @@ static int quest_alloc(uint64_t n, unsigned d, unsigned page, struct quest **out
 struct quest_job {
 	struct quest *qx;
 	const float *k;
+	float *rows;
 };
 
 #define QUEST_PAGES_PER_JOB 4096
@@ -81,7 +82,7 @@ static int quest_job(void *ctx, size_t item, unsigned worker)
 	if (p1 > qx->pages)
 		p1 = qx->pages;
 	for (uint64_t p = p0; p < p1; p++) {
-		float *mx = qx->rows + p * 2 * d, *mn = mx + d;
+		float *mx = j->rows + p * 2 * d, *mn = mx + d;
 		uint64_t t0 = p * qx->page, t1 = t0 + qx->page < qx->n ? t0 + qx->page : qx->n;
 		memcpy(mx, j->k + t0 * d, d * sizeof(float));
 		memcpy(mn, j->k + t0 * d, d * sizeof(float));
@@ -107,16 +108,19 @@ static int quest_build(const struct index_keys *keys, const struct index_build_p
 	int rc = quest_alloc(keys->n, keys->d, page, &qx);
 	if (rc)
 		return rc;
-	qx->rows = malloc(qx->pages * 2 * qx->d * sizeof(float));
-	if (!qx->rows) {
+	const size_t nf = qx->pages * 2 * qx->d;
+	struct quest_job job = { .qx = qx, .k = keys->k, .rows = malloc(nf * sizeof(float)) };
+	if (!job.rows) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	struct quest_job job = { .qx = qx, .k = keys->k };
 	rc = ix_parallel(p ? p->threads : 0, (qx->pages + QUEST_PAGES_PER_JOB - 1) / QUEST_PAGES_PER_JOB,
 			 quest_job, &job);
-	if (rc)
+	if (rc) {
+		free(job.rows);
 		goto fail;
+	}
+	ix_mat_take(&qx->rows, job.rows, nf);
 	*out = &qx->base;
 	return 0;
 fail:
@@ -159,7 +163,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 			qr[(size_t)g * 2 * d + i] = x > 0 ? x : 0;
 			qr[(size_t)g * 2 * d + d + i] = x < 0 ? x : 0;
 		}
-	ix_dots(qx->rows, pages, 2 * (size_t)d, qr, G, 2 * d, U);
+	ix_mat_dots(&qx->rows, pages, 2 * (size_t)d, qr, G, 2 * d, U);
 	/* the group's summed softmax over pages of the bounds */
 	float lse[IX_MAX_GROUP];
 	ix_group_softmax(U, NULL, NULL, pages, G, lse, IX_MASS, it);
@@ -193,7 +197,7 @@ int64_t index_quest_bounds(const struct index *ix, const float *q, float *U, uin
 		qr[i] = q[i] > 0 ? q[i] : 0;
 		qr[qx->d + i] = q[i] < 0 ? q[i] : 0;
 	}
-	ix_dots(qx->rows, qx->pages, 2 * (size_t)qx->d, qr, 1, 2 * qx->d, U);
+	ix_mat_dots(&qx->rows, qx->pages, 2 * (size_t)qx->d, qr, 1, 2 * qx->d, U);
 	return (int64_t)qx->pages;
 }
 
@@ -204,16 +208,11 @@ static int quest_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	const size_t nf = qx->pages * 2 * qx->d;
-	const bool half = ix_bf16_exact(qx->rows, nf);
-	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 36 + nf * (half ? 2 : 4));
+	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 36 + ix_mat_bytes(&qx->rows, nf));
 	ix_wr_u64(&w, qx->n);
 	ix_wr_u32(&w, qx->d);
 	ix_wr_u32(&w, qx->page);
-	ix_wr_u32(&w, half);
-	if (half)
-		ix_wr_bf16s(&w, qx->rows, nf);
-	else
-		ix_wr_f32s(&w, qx->rows, nf);
+	ix_wr_mat(&w, &qx->rows, nf);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -237,14 +236,17 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	if ((rc = quest_alloc(n, d, page, &qx)))
 		return rc;
 	const size_t nf = qx->pages * 2 * d;
-	if ((rc = dtype ? ix_rd_bf16s(&r, nf, &qx->rows) : ix_rd_f32s(&r, nf, &qx->rows)) || (rc = ix_rd_end(&r)))
+	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)) || (rc = ix_rd_end(&r)))
 		goto fail;
+	/* a min above its max; one branch-free pass (it vectorizes) */
+	int bad = 0;
 	for (uint64_t p = 0; p < qx->pages; p++)
 		for (unsigned i = 0; i < d; i++)
-			if (qx->rows[p * 2 * d + d + i] > qx->rows[p * 2 * d + i]) {
-				rc = -EBADMSG; /* a min above its max */
-				goto fail;
-			}
+			bad |= ix_mat_at(&qx->rows, p * 2 * d + d + i) > ix_mat_at(&qx->rows, p * 2 * d + i);
+	if (bad) {
+		rc = -EBADMSG;
+		goto fail;
+	}
 	*out = &qx->base;
 	return 0;
 fail:
@@ -255,7 +257,7 @@ fail:
 static size_t quest_memory(const struct index *ix)
 {
 	const struct quest *qx = to_quest(ix);
-	return qx ? sizeof(*qx) + qx->pages * 2 * qx->d * sizeof(float) : 0;
+	return qx ? sizeof(*qx) + ix_mat_bytes(&qx->rows, qx->pages * 2 * qx->d) : 0;
 }
 
 const struct policy_ops quest_policy_ops = {

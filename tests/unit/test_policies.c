@@ -625,7 +625,10 @@ static void estimates(void)
  * page bounds are saved as bf16 (exactly @p nf x 2 bytes fewer than over fp32
  * keys), over fp32 keys as fp32; both load to an index that searches as the
  * built one, and so does format 1 (no dtype word at body offset @p dtype_at),
- * rebuilt here from the documented layout.
+ * rebuilt here from the documented layout. Over bf16 keys the index also
+ * keeps them as bf16 in RAM (memory() is nf x 2 bytes less), built or
+ * loaded; a bf16 value that is an infinity or a NaN, wherever it lies, is
+ * refused.
  */
 static void blob_formats(unsigned policy, size_t nf, size_t dtype_at)
 {
@@ -646,6 +649,8 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at)
 	size_t l32 = 0, l16 = 0;
 	CHECK(po->save(ix32, &b32, &l32) == 0 && po->save(ix16, &b16, &l16) == 0, "%s saves", po->name);
 	CHECK(l32 - l16 == nf * 2, "%s bf16: %zu bytes saved, want %zu", po->name, l32 - l16, nf * 2);
+	CHECK(po->memory(ix32) - po->memory(ix16) == nf * 2, "%s over bf16 keys holds %zu bytes, over fp32 %zu",
+	      po->name, po->memory(ix16), po->memory(ix32));
 	/* format 1: version 1, no dtype word, fp32 */
 	uint8_t *v1 = malloc(l32 - 4);
 	memcpy(v1, b32, 16 + dtype_at);
@@ -675,9 +680,27 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at)
 				a.n_tokens == b.n_tokens && !memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
 		}
 		CHECK(same, "%s %s blob searches differently once loaded", po->name, cases[c].what);
+		CHECK(po->memory(back) == po->memory(cases[c].built), "%s %s blob: %zu bytes loaded, %zu built",
+		      po->name, cases[c].what, po->memory(back), po->memory(cases[c].built));
 		po->free(back);
 		back = NULL;
 	}
+	/* infinities and NaNs at every lane of a 4-value word, the last value and a random one */
+	const size_t at[6] = { 0, 1, 2, 3, nf - 1, check_rand(&seed) % nf };
+	const uint16_t nonfinite[3] = { 0x7f80, 0xff80, 0x7fc1 };
+	int refused = 1;
+	for (unsigned i = 0; i < 6; i++)
+		for (unsigned v = 0; v < 3; v++) {
+			uint8_t *val = b16 + 16 + dtype_at + 4 + 2 * at[i];
+			uint8_t keep[2] = { val[0], val[1] };
+			memcpy(val, &nonfinite[v], 2);
+			refused &= po->load(b16, l16, &k16, &back) == -EBADMSG;
+			memcpy(val, keep, 2);
+		}
+	CHECK(refused, "%s: a bf16 blob with an infinity or a NaN loaded", po->name);
+	CHECK(po->load(b16, l16, &k16, &back) == 0, "%s: the restored blob loads", po->name);
+	po->free(back);
+	back = NULL;
 	b16[16 + dtype_at] = 2;   /* dtype 2 */
 	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "%s blob with dtype 2 loaded", po->name);
 	free(v1);
