@@ -19,6 +19,16 @@
  * list and are reused as they are; a region that empties is unmapped, except
  * one spare per class, so dropping a context gives its memory back.
  *
+ * A fresh region is still first-touch memory: a restarted daemon's first
+ * ATTEND spent about 30 ms of its CPU in the kernel clearing the huge pages
+ * its SSD reads landed in. So each class keeps its spare populated ahead of
+ * need: a warmer thread maps the next spare and faults it in
+ * (MADV_POPULATE_WRITE) whenever a class has none, from the moment the
+ * store announces the class (prepare(): a context loaded from the catalog)
+ * and again each time the spare is taken. Tiers whose budget is under
+ * WARM_MIN_REGIONS regions do not warm: the spare would be a large share of
+ * what they may hold.
+ *
  * Blocks larger than an eighth of a region, and blocks of a seventeenth
  * size, come from posix_memalign.
  */
@@ -43,7 +53,12 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  /* Linux 5.14 */
+#endif
+
 #define REGION_BYTES (32ull << 20)
+#define WARM_MIN_REGIONS 8
 #define HEADER_BYTES 4096u
 #define MAX_CLASSES 16
 
@@ -55,6 +70,7 @@ struct size_class {
 	uint32_t per_region;
 	struct region *partial;    /* regions with a free block, doubly linked */
 	struct region *spare;      /* one empty region kept for the next burst */
+	bool warm_wanted;          /* the warmer should map and populate a spare */
 };
 
 /* Lives in the region's first page. */
@@ -77,6 +93,10 @@ struct tier {
 	pthread_mutex_t mu;
 	struct size_class classes[MAX_CLASSES];
 	unsigned n_classes;
+	/* the warmer: started on the first class that wants a spare; mu guards these */
+	pthread_t warmer;
+	pthread_cond_t warm_cv;
+	bool warmer_on, warm_stop;
 };
 
 static int host_open(const struct tier_config *cfg, struct tier **out)
@@ -91,6 +111,7 @@ static int host_open(const struct tier_config *cfg, struct tier **out)
 		return -EINVAL;
 	}
 	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->warm_cv, NULL);
 	*out = t;
 	return 0;
 }
@@ -109,6 +130,13 @@ static void region_unmap(struct tier *t, struct region *r)
 
 static void host_close(struct tier *t)
 {
+	pthread_mutex_lock(&t->mu);
+	t->warm_stop = true;
+	pthread_cond_signal(&t->warm_cv);
+	const bool join = t->warmer_on;
+	pthread_mutex_unlock(&t->mu);
+	if (join)
+		pthread_join(t->warmer, NULL);
 	/* Blocks still handed out die with their regions: the store frees its
 	 * blocks before the tier closes. */
 	for (unsigned i = 0; i < t->n_classes; i++) {
@@ -121,6 +149,7 @@ static void host_close(struct tier *t)
 			region_unmap(t, r);
 		}
 	}
+	pthread_cond_destroy(&t->warm_cv);
 	pthread_mutex_destroy(&t->mu);
 	free(t);
 }
@@ -165,6 +194,57 @@ static void partial_push(struct size_class *c, struct region *r)
 	c->partial = r;
 }
 
+/* The warmer: map and populate a spare for each class that wants one. */
+static void *warmer_main(void *arg)
+{
+	struct tier *t = arg;
+	pthread_mutex_lock(&t->mu);
+	while (!t->warm_stop) {
+		struct size_class *c = NULL;
+		for (unsigned i = 0; i < t->n_classes && !c; i++)
+			if (t->classes[i].warm_wanted)
+				c = &t->classes[i];
+		if (!c) {
+			pthread_cond_wait(&t->warm_cv, &t->mu);
+			continue;
+		}
+		c->warm_wanted = false;
+		if (c->spare)
+			continue;
+		/* the slow part runs unlocked: allocations go on meanwhile */
+		pthread_mutex_unlock(&t->mu);
+		struct region *r = region_map(t, c);
+		/* advice only: where the kernel lacks it the spare is merely mapped */
+		if (r)
+			(void)madvise((uint8_t *)r + HEADER_BYTES, REGION_BYTES - HEADER_BYTES, MADV_POPULATE_WRITE);
+		pthread_mutex_lock(&t->mu);
+		if (r && !c->spare && !t->warm_stop)
+			c->spare = r;
+		else if (r)
+			region_unmap(t, r);
+	}
+	pthread_mutex_unlock(&t->mu);
+	return NULL;
+}
+
+/* Mutex held: ask the warmer for a populated spare of @p c (started on first use). */
+static void want_warm(struct tier *t, struct size_class *c)
+{
+	if (c->spare || t->warm_stop || t->budget / REGION_BYTES < WARM_MIN_REGIONS)
+		return;
+	if (!t->warmer_on) {
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setstacksize(&a, 64 << 10);
+		t->warmer_on = pthread_create(&t->warmer, &a, warmer_main, t) == 0;
+		pthread_attr_destroy(&a);
+		if (!t->warmer_on)
+			return;         /* regions then fault in on first use, as without it */
+	}
+	c->warm_wanted = true;
+	pthread_cond_signal(&t->warm_cv);
+}
+
 /* Mutex held. NULL when the class table is full. */
 static struct size_class *class_for(struct tier *t, size_t bytes)
 {
@@ -193,6 +273,7 @@ static void *slab_alloc(struct tier *t, size_t bytes)
 		else if (!(r = region_map(t, c)))
 			return NULL;
 		partial_push(c, r);
+		want_warm(t, c);
 	}
 	void *p;
 	if (r->free) {
@@ -288,6 +369,15 @@ static int host_alloc(struct tier *t, size_t bytes, void **out)
 	return 0;
 }
 
+static void host_prepare(struct tier *t, size_t bytes)
+{
+	pthread_mutex_lock(&t->mu);
+	struct size_class *c = slab_sized(bytes) ? class_for(t, bytes) : NULL;
+	if (c)
+		want_warm(t, c);
+	pthread_mutex_unlock(&t->mu);
+}
+
 static void host_free(struct tier *t, void *p, size_t bytes)
 {
 	if (!p)
@@ -312,6 +402,11 @@ static void host_stats(struct tier *t, struct tier_stats *s)
 	s->alloc_failures = atomic_load(&t->failures);
 	s->frees = atomic_load(&t->frees);
 	s->mapped_bytes = atomic_load(&t->mapped);
+	s->spare_bytes = 0;
+	pthread_mutex_lock(&t->mu);
+	for (unsigned i = 0; i < t->n_classes; i++)
+		s->spare_bytes += t->classes[i].spare ? REGION_BYTES : 0;
+	pthread_mutex_unlock(&t->mu);
 }
 
 const struct tier_ops tier_host_ops = {
@@ -321,6 +416,7 @@ const struct tier_ops tier_host_ops = {
 	.close = host_close,
 	.block_alloc = host_alloc,
 	.block_free = host_free,
+	.prepare = host_prepare,
 	.stats = host_stats,
 };
 

@@ -365,6 +365,9 @@ static int load_ctx(void *arg, const struct ctx_record *r)
 	}
 	c->slot_bytes = r->slot_bytes;
 	c->trailer = slot_has_trailer(c->slot_bytes, c->block_bytes);
+	/* its first ATTEND after the restart reads into memory made ready now */
+	if (s->cfg.host_ops->prepare)
+		s->cfg.host_ops->prepare(s->cfg.host, c->slot_bytes);
 	for (uint32_t l = 0; l < g.n_layers; l++) {
 		c->layers[l].tokens = c->layers[l].durable_tokens = c->layers[l].written_tokens = r->layer_tokens[l];
 		uint64_t nb = (r->layer_tokens[l] + c->B - 1) / c->B;

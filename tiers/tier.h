@@ -30,6 +30,7 @@ struct tier_stats {
 	uint64_t alloc_failures;   /* refused for the budget or by the OS */
 	uint64_t frees;
 	uint64_t mapped_bytes;     /* slab regions mapped, spares included (RSS-to-be) */
+	uint64_t spare_bytes;      /* of which empty spares ready for the next blocks */
 };
 
 #define TIER_OPS_VERSION 1
@@ -47,6 +48,12 @@ struct tier_ops {
 	int (*block_alloc)(struct tier *t, size_t bytes, void **out);
 	void (*block_free)(struct tier *t, void *p, size_t bytes);
 	void (*stats)(struct tier *t, struct tier_stats *out);
+	/**
+	 * Blocks of @p bytes will be asked for: get memory for them ready in
+	 * the background (host: a populated spare region), so the first ones
+	 * do not wait for the kernel to clear fresh pages. Optional.
+	 */
+	void (*prepare)(struct tier *t, size_t bytes);
 };
 
 extern const struct tier_ops tier_host_ops;

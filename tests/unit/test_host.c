@@ -6,12 +6,17 @@
  * blocks and frees agree with the model; freed blocks are reused before new
  * memory is mapped; a class that empties keeps at most one spare region, so
  * freeing everything gives the memory back; sizes past the slab's and a
- * seventeenth size still work.
+ * seventeenth size still work. A tier large enough keeps each announced
+ * class's spare populated ahead of need: its blocks are resident (mincore)
+ * before anything writes them.
  */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../check.h"
 #include "tier.h"
@@ -119,7 +124,8 @@ static void randomized(uint64_t *seed)
 /* A freed block is handed out again before the tier maps more memory. */
 static void reuse(void)
 {
-	struct tier_config tc = { .budget_bytes = 1ull << 30, .align = 4096 };
+	/* under eight regions: no warmer, so what is mapped is what blocks took */
+	struct tier_config tc = { .budget_bytes = 200ull << 20, .align = 4096 };
 	struct tier *t;
 	CHECK(tier_host_ops.open(&tc, &t) == 0, "open");
 	enum { N = 3000 };  /* 3000 x 20 KiB: two regions */
@@ -185,11 +191,84 @@ static void outside_slab(void)
 	CHECK(tier_host_ops.open(&odd, &t) == -EINVAL, "an alignment that is not a power of two");
 }
 
+static uint64_t mapped(struct tier *t)
+{
+	struct tier_stats ts;
+	tier_host_ops.stats(t, &ts);
+	return ts.mapped_bytes;
+}
+
+static uint64_t spare(struct tier *t)
+{
+	struct tier_stats ts;
+	tier_host_ops.stats(t, &ts);
+	return ts.spare_bytes;
+}
+
+/* Poll until @p t maps @p want bytes, @p want_spare of them a ready spare, for up to 10 s. */
+static bool wait_mapped(struct tier *t, uint64_t want, uint64_t want_spare)
+{
+	for (int i = 0; i < 1000 && (mapped(t) != want || spare(t) != want_spare); i++)
+		nanosleep(&(struct timespec){ .tv_nsec = 10000000 }, NULL);
+	return mapped(t) == want && spare(t) == want_spare;
+}
+
+static bool resident(const void *p)
+{
+	unsigned char v = 0;
+	const long pg = sysconf(_SC_PAGESIZE);
+	void *page = (void *)((uintptr_t)p & ~(uintptr_t)(pg - 1));
+	return mincore(page, (size_t)pg, &v) == 0 && (v & 1);
+}
+
+/* prepare(): the class's spare is mapped and faulted in before any block is asked for, and again once taken. */
+static void warm_spare(void)
+{
+	struct tier_config tc = { .budget_bytes = 1ull << 30, .align = 4096 };
+	struct tier *t;
+	CHECK(tier_host_ops.open(&tc, &t) == 0, "open");
+	CHECK(tier_host_ops.prepare != NULL, "the host tier prepares");
+	CHECK(mapped(t) == 0, "a new tier maps nothing");
+	tier_host_ops.prepare(t, 20480);
+	CHECK(wait_mapped(t, REGION, REGION), "prepare() mapped no spare: %llu bytes", (unsigned long long)mapped(t));
+	void *p, *q;
+	CHECK(tier_host_ops.block_alloc(t, 20480, &p) == 0, "alloc");
+	/* the region's last page: nothing but the warmer touched it (its header's huge page may hold the first block) */
+	const uint8_t *last = (const uint8_t *)((uintptr_t)p & ~(uintptr_t)(REGION - 1)) + REGION - 4096;
+	CHECK(resident(p) && resident(last), "a warmed spare is not resident");
+	/* the spare was taken: the next one is warmed */
+	CHECK(wait_mapped(t, 2 * REGION, REGION), "no new spare after the first was taken: %llu bytes",
+	      (unsigned long long)mapped(t));
+	memset(p, 7, 20480);
+	CHECK(tier_host_ops.block_alloc(t, 20480, &q) == 0 && resident(q), "a second block");
+	tier_host_ops.block_free(t, q, 20480);
+	tier_host_ops.block_free(t, p, 20480);
+	/* one of the emptied region and the warmed spare is unmapped (which one
+	 * depends on whether the warmer had published its spare yet) */
+	CHECK(wait_mapped(t, REGION, REGION), "after freeing both blocks %llu bytes mapped", (unsigned long long)mapped(t));
+	tier_host_ops.close(t);
+
+	/* a small tier does not warm */
+	struct tier_config small = { .budget_bytes = 64ull << 20, .align = 4096 };
+	CHECK(tier_host_ops.open(&small, &t) == 0, "open small");
+	tier_host_ops.prepare(t, 20480);
+	nanosleep(&(struct timespec){ .tv_nsec = 200000000 }, NULL);
+	CHECK(mapped(t) == 0, "a 64 MiB tier warmed a 32 MiB spare");
+	tier_host_ops.close(t);
+
+	/* closing while the warmer works */
+	CHECK(tier_host_ops.open(&tc, &t) == 0, "open");
+	tier_host_ops.prepare(t, 20480);
+	tier_host_ops.prepare(t, 36864);
+	tier_host_ops.close(t);
+}
+
 int main(void)
 {
 	uint64_t seed = check_seed();
 	randomized(&seed);
 	reuse();
 	outside_slab();
+	warm_spare();
 	return check_exit();
 }
