@@ -172,15 +172,18 @@ int ix_mat_take(struct ix_mat *m, float *v, size_t n);
 void ix_mat_free(struct ix_mat *m);
 /** RAM @p m holds for @p n values. */
 size_t ix_mat_bytes(const struct ix_mat *m, size_t n);
-/** Value @p i as fp32. */
-static inline float ix_mat_at(const struct ix_mat *m, size_t i)
+/** A bf16 value (the top 16 bits of an fp32) as fp32. */
+static inline float ix_bf16_f32(uint16_t h)
 {
-	if (m->f32)
-		return m->f32[i];
-	uint32_t u = (uint32_t)m->bf16[i] << 16;
+	uint32_t u = (uint32_t)h << 16;
 	float x;
 	__builtin_memcpy(&x, &u, 4);
 	return x;
+}
+/** Value @p i as fp32. */
+static inline float ix_mat_at(const struct ix_mat *m, size_t i)
+{
+	return m->f32 ? m->f32[i] : ix_bf16_f32(m->bf16[i]);
 }
 /** ix_dots() over the rows of @p m. */
 void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q, unsigned G, unsigned d,

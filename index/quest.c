@@ -238,11 +238,19 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	const size_t nf = qx->pages * 2 * d;
 	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)) || (rc = ix_rd_end(&r)))
 		goto fail;
-	/* a min above its max; one branch-free pass (it vectorizes) */
+	/* a min above its max; one branch-free pass per dtype (a restart checks megabytes) */
 	int bad = 0;
-	for (uint64_t p = 0; p < qx->pages; p++)
-		for (unsigned i = 0; i < d; i++)
-			bad |= ix_mat_at(&qx->rows, p * 2 * d + d + i) > ix_mat_at(&qx->rows, p * 2 * d + i);
+	const float *f = qx->rows.f32;
+	const uint16_t *h = qx->rows.bf16;
+	for (uint64_t p = 0; p < qx->pages; p++) {
+		const size_t mx = p * 2 * d, mn = mx + d;
+		if (f)
+			for (unsigned i = 0; i < d; i++)
+				bad |= f[mn + i] > f[mx + i];
+		else
+			for (unsigned i = 0; i < d; i++)
+				bad |= ix_bf16_f32(h[mn + i]) > ix_bf16_f32(h[mx + i]);
+	}
 	if (bad) {
 		rc = -EBADMSG;
 		goto fail;
