@@ -292,14 +292,14 @@ int ix_rd_mat(struct ix_rd *r, uint32_t dtype, size_t n, struct ix_mat *m)
 	return 0;
 }
 
-int ix_mat_take(struct ix_mat *m, float *v, size_t n)
+void ix_mat_take(struct ix_mat *m, float *v, size_t n)
 {
 	*m = (struct ix_mat){ .f32 = v };
 	if (!ix_bf16_exact(v, n))
-		return 0;
+		return;
 	uint16_t *h = malloc(n ? n * 2 : 1);
 	if (!h)
-		return 0;           /* fp32 serves as well */
+		return;             /* fp32 serves as well */
 	for (size_t i = 0; i < n; i++) {
 		uint32_t u;
 		memcpy(&u, &v[i], 4);
@@ -307,7 +307,6 @@ int ix_mat_take(struct ix_mat *m, float *v, size_t n)
 	}
 	free(v);
 	*m = (struct ix_mat){ .bf16 = h };
-	return 0;
 }
 
 void ix_mat_free(struct ix_mat *m)

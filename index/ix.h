@@ -168,7 +168,7 @@ struct ix_mat {
 };
 
 /** Take @p v (n floats, malloc'ed) into @p m: kept as bf16 when that loses nothing (v is then freed). */
-int ix_mat_take(struct ix_mat *m, float *v, size_t n);
+void ix_mat_take(struct ix_mat *m, float *v, size_t n);
 void ix_mat_free(struct ix_mat *m);
 /** RAM @p m holds for @p n values. */
 size_t ix_mat_bytes(const struct ix_mat *m, size_t n);
