@@ -45,6 +45,7 @@ struct blk {
 	bool durable;
 	bool bad;
 	bool in_lru;
+	bool ahead;               /* read by kv_ctx_prefetch() and not pinned by a request since */
 	struct blk *prev, *next;  /* LRU of resident, durable, unpinned blocks */
 };
 
@@ -114,6 +115,22 @@ struct store {
 	pthread_cond_t res_cv;    /* a load finished */
 	struct blk lru;           /* sentinel: lru.next is the coldest */
 	_Atomic uint64_t hits, misses, evictions, bad_blocks, recovered;
+
+	/* kv_ctx_prefetch(): one thread reads the queued requests, oldest first */
+	pthread_mutex_t pf_mu;
+	pthread_cond_t pf_cv;
+	struct prefetch_req *pf_head, **pf_tail;
+	pthread_t pf_thread;
+	bool pf_running, pf_stop;
+	_Atomic uint64_t prefetched, prefetch_used;
+};
+
+/* A queued kv_ctx_prefetch(): a reference on the context, its blocks. */
+struct prefetch_req {
+	struct prefetch_req *next;
+	struct kv_ctx *c;
+	uint32_t layer, head, n;
+	uint64_t blocks[];
 };
 
 static struct blk *blk_at(struct layer *ly, uint32_t H, uint64_t b, uint32_t h)
@@ -175,6 +192,7 @@ static int res_alloc(struct store *s, struct blk *dst, uint32_t bytes)
 			ts.used_bytes -= k->size;
 			k->mem = NULL;
 			k->state = BLK_ABSENT;
+			k->ahead = false;   /* read ahead for nothing */
 			atomic_fetch_add(&s->evictions, 1);
 		}
 	}
@@ -434,6 +452,9 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->res_mu, NULL);
 	pthread_cond_init(&s->res_cv, NULL);
+	pthread_mutex_init(&s->pf_mu, NULL);
+	pthread_cond_init(&s->pf_cv, NULL);
+	s->pf_tail = &s->pf_head;
 	if (cfg->catalog) {
 		struct load_state st = { .s = s };
 		int rc = catalog_load(cfg->catalog, load_ctx, load_block, &st);
@@ -509,11 +530,13 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 }
 
 static int commit_written(struct kv_ctx *c, bool seal, const char **why);
+static void prefetch_stop(struct store *s);
 
 void store_destroy(struct store *s)
 {
 	if (!s)
 		return;
+	prefetch_stop(s);
 	for (uint32_t i = 0; i < s->n_ctx; i++) {
 		struct kv_ctx *c = s->ctx[i];
 		const char *why = NULL;
@@ -526,6 +549,8 @@ void store_destroy(struct store *s)
 		kv_ctx_put(c);
 	}
 	free(s->ctx);
+	pthread_cond_destroy(&s->pf_cv);
+	pthread_mutex_destroy(&s->pf_mu);
 	pthread_cond_destroy(&s->res_cv);
 	pthread_mutex_destroy(&s->res_mu);
 	pthread_mutex_destroy(&s->mu);
@@ -539,6 +564,8 @@ void store_stats(struct store *s, struct store_stats *o)
 	o->evictions = atomic_load(&s->evictions);
 	o->bad_blocks = atomic_load(&s->bad_blocks);
 	o->recovered_contexts = atomic_load(&s->recovered);
+	o->prefetched = atomic_load(&s->prefetched);
+	o->prefetch_used = atomic_load(&s->prefetch_used);
 }
 
 /* The context's catalog record as it stands (context write lock held). */
@@ -1348,9 +1375,13 @@ static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head,
 		catalog_commit(t);
 }
 
-/* Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head). */
+/*
+ * Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head).
+ * @p ahead: for kv_ctx_prefetch(), whose reads are counted apart; a request
+ * that then pins a block read ahead counts the miss it would have had.
+ */
 static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *list, uint64_t b0,
-		      uint32_t n, const uint8_t **out, uint64_t *err)
+		      uint32_t n, bool ahead, const uint8_t **out, uint64_t *err)
 {
 #define BLK_OF(i) (list ? list[i] : b0 + (i))
 	struct store *s = c->store;
@@ -1389,10 +1420,19 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem,
 						       .check = check_read, .arg = &checks[n_load] };
 			load_idx[n_load++] = pinned;
-			atomic_fetch_add(&s->misses, 1);
+			k->ahead = ahead;
+			atomic_fetch_add(ahead ? &s->prefetched : &s->misses, 1);
 		} else {
 			lru_remove(s, k);
-			atomic_fetch_add(&s->hits, 1);
+			if (ahead) {
+				/* already here, or on its way: nothing to count */
+			} else if (k->ahead) {
+				k->ahead = false;
+				atomic_fetch_add(&s->misses, 1);
+				atomic_fetch_add(&s->prefetch_used, 1);
+			} else {
+				atomic_fetch_add(&s->hits, 1);
+			}
 		}
 		k->pins++;
 	}
@@ -1415,6 +1455,7 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 		s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
 		k->mem = NULL;
 		k->state = BLK_ABSENT;
+		k->ahead = false;
 		if (ios[i].result == -EBADMSG) {
 			k->bad = true;
 			atomic_fetch_add(&s->bad_blocks, 1);
@@ -1456,13 +1497,13 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
 	       const uint8_t **out, uint64_t *err)
 {
-	return pin_blocks(c, layer, head, NULL, b0, n, out, err);
+	return pin_blocks(c, layer, head, NULL, b0, n, false, out, err);
 }
 
 int kv_ctx_pin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n,
 		    const uint8_t **out, uint64_t *err)
 {
-	return pin_blocks(c, layer, head, blocks, 0, n, out, err);
+	return pin_blocks(c, layer, head, blocks, 0, n, false, out, err);
 }
 
 void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n)
@@ -1473,6 +1514,109 @@ void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
 	for (uint32_t i = 0; i < n; i++)
 		unpin_locked(s, blk_at(ly, c->geom.n_kv_heads, blocks[i], head));
 	pthread_mutex_unlock(&s->res_mu);
+}
+
+/* ---- reading ahead ---- */
+
+/* Blocks one read-ahead batch pins at most: what one submit reads at depth. */
+#define PREFETCH_BATCH 1024u
+
+static void prefetch_run(struct prefetch_req *r)
+{
+	struct kv_ctx *c = r->c;
+	const uint8_t **mem = malloc(PREFETCH_BATCH * sizeof(*mem));
+	kv_ctx_read_begin(c);
+	/* the context may have been dropped or cut since: read only what is still there */
+	const uint64_t n_blocks = r->layer < c->geom.n_layers ? c->layers[r->layer].n_blocks : 0;
+	for (uint32_t i = 0; mem && i < r->n; i += PREFETCH_BATCH) {
+		uint32_t n = r->n - i < PREFETCH_BATCH ? r->n - i : PREFETCH_BATCH, keep = 0;
+		for (uint32_t j = 0; j < n; j++)
+			if (r->blocks[i + j] < n_blocks)
+				r->blocks[i + keep++] = r->blocks[i + j];
+		uint64_t bad;
+		/* errors are the demand pin's to meet and report */
+		if (keep && pin_blocks(c, r->layer, r->head, r->blocks + i, 0, keep, true, mem, &bad) == 0)
+			kv_ctx_unpin_list(c, r->layer, r->head, r->blocks + i, keep);
+	}
+	kv_ctx_read_end(c);
+	free(mem);
+	kv_ctx_put(c);
+	free(r);
+}
+
+static void *prefetch_main(void *arg)
+{
+	struct store *s = arg;
+	pthread_mutex_lock(&s->pf_mu);
+	for (;;) {
+		while (!s->pf_head && !s->pf_stop)
+			pthread_cond_wait(&s->pf_cv, &s->pf_mu);
+		struct prefetch_req *r = s->pf_head;
+		if (!r)
+			break;                  /* stopping, nothing left */
+		if (!(s->pf_head = r->next))
+			s->pf_tail = &s->pf_head;
+		pthread_mutex_unlock(&s->pf_mu);
+		if (s->pf_stop) {
+			kv_ctx_put(r->c);       /* stopping: drop what is queued */
+			free(r);
+		} else {
+			prefetch_run(r);
+		}
+		pthread_mutex_lock(&s->pf_mu);
+	}
+	pthread_mutex_unlock(&s->pf_mu);
+	return NULL;
+}
+
+int kv_ctx_prefetch(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n)
+{
+	struct store *s = c->store;
+	if (!s->cfg.ssd || !n)
+		return 0;                       /* everything is in RAM already */
+	if (layer >= c->geom.n_layers || head >= c->geom.n_kv_heads)
+		return -EINVAL;
+	if (n > (UINT32_MAX - sizeof(struct prefetch_req)) / sizeof(uint64_t))
+		return -EOVERFLOW;
+	struct prefetch_req *r = malloc(sizeof(*r) + (size_t)n * sizeof(uint64_t));
+	if (!r)
+		return -ENOMEM;
+	*r = (struct prefetch_req){ .c = c, .layer = layer, .head = head, .n = n };
+	memcpy(r->blocks, blocks, (size_t)n * sizeof(uint64_t));
+	kv_ctx_get(c);
+	int rc = 0;
+	pthread_mutex_lock(&s->pf_mu);
+	if (!s->pf_running && !s->pf_stop) {
+		/* started on first use: a store that never reads ahead has no thread */
+		if ((rc = -pthread_create(&s->pf_thread, NULL, prefetch_main, s)) == 0)
+			s->pf_running = true;
+	}
+	if (s->pf_running && !s->pf_stop) {
+		*s->pf_tail = r;
+		s->pf_tail = &r->next;
+		pthread_cond_signal(&s->pf_cv);
+		r = NULL;
+	} else if (!rc) {
+		rc = -ESHUTDOWN;
+	}
+	pthread_mutex_unlock(&s->pf_mu);
+	if (r) {
+		kv_ctx_put(c);
+		free(r);
+	}
+	return rc;
+}
+
+/* Stop the read-ahead thread: what is being read finishes, what is queued is dropped. */
+static void prefetch_stop(struct store *s)
+{
+	pthread_mutex_lock(&s->pf_mu);
+	s->pf_stop = true;
+	const bool running = s->pf_running;
+	pthread_cond_broadcast(&s->pf_cv);
+	pthread_mutex_unlock(&s->pf_mu);
+	if (running)
+		pthread_join(s->pf_thread, NULL);
 }
 
 void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux))

@@ -70,6 +70,8 @@ struct store_stats {
 	uint64_t evictions;
 	uint64_t bad_blocks;      /* reads that failed their checksum */
 	uint64_t recovered_contexts;
+	uint64_t prefetched;      /* blocks kv_ctx_prefetch() read from SSD */
+	uint64_t prefetch_used;   /* of those, pinned by a request (each also counts a miss) */
 };
 
 /**
@@ -215,6 +217,23 @@ void kv_ctx_unpin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, 
 int kv_ctx_pin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n,
 		    const uint8_t **out, uint64_t *err);
 void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n);
+
+/**
+ * Read blocks @p blocks[0..n) of (layer, head) into RAM in the background
+ * and return at once: a hint from a request that knows what it (or the
+ * next one) will pin. One store thread reads the queued hints in order,
+ * each in batches of up to 1024 blocks; a kv_ctx_pin() of a block still on
+ * its way waits for that read instead of issuing its own. Blocks in RAM
+ * are skipped, blocks past the layer's end when it runs are ignored, and
+ * errors (a failed checksum, a full budget) are left for the pin that
+ * needs the block. A block read ahead and then pinned counts as a miss
+ * (store_stats.prefetch_used says how many were); one evicted unpinned
+ * was read for nothing. Without an SSD tier it does nothing.
+ * Any thread; with or without the read lock. The hint holds a reference on
+ * the context until it has run.
+ * @return 0 (queued or nothing to do), -EINVAL, -EOVERFLOW, -ENOMEM
+ */
+int kv_ctx_prefetch(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n);
 
 /**
  * One pointer the layers above may hang on a context (retrieval keeps its

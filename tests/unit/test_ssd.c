@@ -8,7 +8,11 @@
  *   every context back (sealed, or recovered up to its durable blocks) with
  *   the same bytes; a flipped byte in a block file fails that block only,
  *   which stays marked bad across a restart; a full SSD (--ssd-max) refuses
- *   an APPEND with ENOSPC and changes nothing.
+ *   an APPEND with ENOSPC and changes nothing;
+ * - reading ahead (kv_ctx_prefetch): blocks arrive in RAM without a pin,
+ *   a pin of one then reads nothing and counts its miss, a pin racing the
+ *   read ahead reads no block twice, a bad block is still refused by the
+ *   pin that needs it, and a store closed with hints queued frees all.
  * Exits 77 where the temporary folder refuses O_DIRECT.
  */
 #define _GNU_SOURCE
@@ -393,6 +397,129 @@ static void test_store(void)
 	world_close(&w);
 }
 
+/* Wait until the store has read @p want blocks ahead (the thread works on its own). */
+static int wait_prefetched(struct store *st, uint64_t want)
+{
+	struct store_stats ss;
+	for (int i = 0; i < 5000; i++) {
+		store_stats(st, &ss);
+		if (ss.prefetched >= want)
+			return 1;
+		usleep(1000);
+	}
+	return 0;
+}
+
+static void test_prefetch(void)
+{
+	struct kv_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = 2 * H, .head_dim = D,
+				 .dtype = 2, .elem_size = 2 };
+	const uint32_t slot = ssd_slot_bytes(2ull * B * D * 2);
+	struct world w;
+	if (world_open(&w, 40ull * slot, 0))
+		return;
+	struct kv_ctx *c;
+	CHECK(store_ctx_create(w.st, "ahead", 5, &g, 1000, &c) == 0, "create");
+	append_tokens(c, 0, 1008, 0);     /* 63 blocks per (layer, head) */
+	uint64_t tokens, id = kv_ctx_id(c);
+	CHECK(kv_ctx_seal(c, &tokens) == 0, "seal");
+	kv_ctx_put(c);
+	world_close(&w);
+
+	/* a restarted store: nothing in RAM */
+	if (world_open(&w, 40ull * slot, 0))
+		return;
+	CHECK(store_ctx_find(w.st, id, NULL, 0, &c) == 0, "find");
+	static const uint64_t some[] = { 3, 4, 5, 10, 62 };
+	struct store_stats s0, s1;
+	struct ssd_stats d0, d1;
+	store_stats(w.st, &s0);
+	CHECK(kv_ctx_prefetch(c, 1, 1, some, 5) == 0, "prefetch queued");
+	CHECK(wait_prefetched(w.st, s0.prefetched + 5), "5 blocks read ahead");
+	ssd_stats(w.ssd, &d0);
+	store_stats(w.st, &s0);
+	kv_ctx_read_begin(c);
+	const uint8_t *mem[64];
+	uint64_t bad = 0;
+	int wrong = 0;
+	CHECK(kv_ctx_pin_list(c, 1, 1, some, 5, mem, &bad) == 0, "pin what was read ahead");
+	const size_t row = D * 2;
+	for (int i = 0; i < 5; i++)
+		for (uint32_t kv = 0; kv < 2; kv++)
+			for (uint64_t t = some[i] * B; t < (some[i] + 1) * B; t++)
+				for (size_t x = 0; x < row; x++)
+					wrong += mem[i][kv * B * row + (t - some[i] * B) * row + x] != pattern(1, kv, 1, t, x);
+	kv_ctx_unpin_list(c, 1, 1, some, 5);
+	kv_ctx_read_end(c);
+	CHECK(wrong == 0, "blocks read ahead hold their data (%d bytes differ)", wrong);
+	ssd_stats(w.ssd, &d1);
+	store_stats(w.st, &s1);
+	CHECK(d1.reads == d0.reads, "the pin read nothing (%llu reads)", (unsigned long long)(d1.reads - d0.reads));
+	CHECK(s1.misses - s0.misses == 5 && s1.hits == s0.hits && s1.prefetch_used - s0.prefetch_used == 5,
+	      "each counts the miss it saved: misses +%llu, hits +%llu, used +%llu",
+	      (unsigned long long)(s1.misses - s0.misses), (unsigned long long)(s1.hits - s0.hits),
+	      (unsigned long long)(s1.prefetch_used - s0.prefetch_used));
+	/* the same blocks again: resident now, nothing to read or count */
+	CHECK(kv_ctx_prefetch(c, 1, 1, some, 5) == 0, "prefetch of resident blocks");
+	/* blocks past the layer's end are ignored; a bad layer or head is refused */
+	static const uint64_t past[] = { 63, 1000 };
+	CHECK(kv_ctx_prefetch(c, 0, 0, past, 2) == 0, "prefetch past the end queued");
+	CHECK(kv_ctx_prefetch(c, L, 0, some, 1) == -EINVAL && kv_ctx_prefetch(c, 0, H, some, 1) == -EINVAL,
+	      "prefetch of a layer or head the context lacks");
+
+	/* a pin racing the read ahead of the same 30 blocks: none is read twice */
+	uint64_t run[30];
+	for (int i = 0; i < 30; i++)
+		run[i] = 20 + i;
+	store_stats(w.st, &s0);
+	CHECK(kv_ctx_prefetch(c, 0, 1, run, 30) == 0, "prefetch 30");
+	kv_ctx_read_begin(c);
+	CHECK(kv_ctx_pin_list(c, 0, 1, run, 30, mem, &bad) == 0, "pin 30 at once");
+	for (int i = 0; i < 30; i++)
+		for (uint32_t kv = 0; kv < 2; kv++)
+			for (uint64_t t = run[i] * B; t < (run[i] + 1) * B; t++)
+				for (size_t x = 0; x < row; x++)
+					wrong += mem[i][kv * B * row + (t - run[i] * B) * row + x] != pattern(0, kv, 1, t, x);
+	kv_ctx_unpin_list(c, 0, 1, run, 30);
+	kv_ctx_read_end(c);
+	CHECK(wrong == 0, "raced blocks hold their data");
+	/* let the hint finish (it may find every block read by the pin) */
+	usleep(50000);
+	store_stats(w.st, &s1);
+	const uint64_t ahead = s1.prefetched - s0.prefetched, used = s1.prefetch_used - s0.prefetch_used;
+	const uint64_t demand = s1.misses - s0.misses - used;
+	CHECK(ahead + demand == 30 && s1.hits == s0.hits, "30 blocks read once: %llu ahead, %llu by the pin",
+	      (unsigned long long)ahead, (unsigned long long)demand);
+	kv_ctx_put(c);
+	world_close(&w);
+
+	/* a bad block read ahead is refused by the pin that needs it */
+	char path[300];
+	snprintf(path, sizeof(path), "%s/ctx-%016llx.blk", ssd_path, (unsigned long long)id);
+	int fd = open(path, O_RDWR);
+	uint8_t byte;
+	CHECK(fd >= 0 && pread(fd, &byte, 1, (off_t)slot * 7 + 9) == 1, "read a byte of slot 7");
+	byte ^= 0x40;
+	CHECK(pwrite(fd, &byte, 1, (off_t)slot * 7 + 9) == 1, "flip it");
+	close(fd);
+	if (world_open(&w, 40ull * slot, 0))
+		return;
+	CHECK(store_ctx_find(w.st, id, NULL, 0, &c) == 0, "find after the flip");
+	uint64_t all[63];
+	for (int i = 0; i < 63; i++)
+		all[i] = (uint64_t)i;
+	for (uint32_t l = 0; l < L; l++)
+		for (uint32_t h = 0; h < H; h++)
+			CHECK(kv_ctx_prefetch(c, l, h, all, 30) == 0, "prefetch (%u, %u)", l, h);
+	CHECK(verify(c, 1008, &bad) == 0 && bad == 1, "exactly the flipped block fails (%llu)",
+	      (unsigned long long)bad);
+	/* hints still queued when the store closes are dropped with their references */
+	for (int i = 0; i < 8; i++)
+		kv_ctx_prefetch(c, (uint32_t)i % L, (uint32_t)(i / L) % H, all, 63);
+	kv_ctx_put(c);
+	world_close(&w);
+}
+
 /*
  * KV_APPEND_STREAM: whole blocks go from the request to SSD without taking
  * host memory, read back identical (also after a restart); a request the
@@ -570,6 +697,7 @@ int main(void)
 	test_store();
 	test_stream();
 	test_sync_points();
+	test_prefetch();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
