@@ -90,6 +90,9 @@ struct slot {
 	float *recent;            /* policies with extend(): [RECENT_QUERIES][G][d], a ring of ATTEND queries */
 	uint32_t recent_n, recent_next;
 	struct index_history *hist; /* episodic: the contiguity FIFO of this (context, layer, KV head) */
+	pthread_mutex_t pick_mu;  /* guards last: never held across a build */
+	uint64_t *last;           /* the blocks the last ATTEND picked (sorted), read ahead for the next */
+	uint32_t n_last;
 };
 
 /* A layer's events as episodic's builds take them. */
@@ -126,7 +129,9 @@ static void indexes_free(void *arg)
 		free(x->slots[i].k);
 		free(x->slots[i].recent);
 		index_history_free(x->slots[i].hist);
+		free(x->slots[i].last);
 		atomic_fetch_sub(&n_bytes, x->slots[i].bytes);
+		pthread_mutex_destroy(&x->slots[i].pick_mu);
 		pthread_mutex_destroy(&x->slots[i].mu);
 		pthread_rwlock_destroy(&x->slots[i].rw);
 	}
@@ -177,6 +182,7 @@ static struct ctx_indexes *indexes_of(struct kv_ctx *c)
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	for (size_t i = 0; i < n; i++) {
 		pthread_mutex_init(&x->slots[i].mu, NULL);
+		pthread_mutex_init(&x->slots[i].pick_mu, NULL);
 		pthread_rwlock_init(&x->slots[i].rw, &ra);
 	}
 	pthread_rwlockattr_destroy(&ra);
@@ -920,6 +926,25 @@ struct policy_job {
 	_Atomic int err;
 	_Atomic uint64_t err_block;
 	_Atomic uint32_t err_head;
+	struct head_work *work;   /* [n_kv_heads]: what the pick pass leaves the fold pass */
+};
+
+/*
+ * One KV head between the two passes of a policy ATTEND. The pick pass
+ * searches every head's index and sends the picked blocks to be read
+ * ahead; the fold pass attends them once the reads are under way for all
+ * heads, so a cold ATTEND's reads overlap its searches and the index loads
+ * of the other heads instead of following each one.
+ */
+struct head_work {
+	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP]; /* online softmax state; the sums are in o */
+	uint64_t *ids, picked;    /* sorted picks inside the range */
+	bool ids_folded;          /* the pick pass folded them from the index's own rows */
+	float *ek, *ec, *ev;      /* the estimated clusters */
+	uint32_t n_est;
+	uint64_t idx_end;         /* the index's part of the range ends here */
+	uint64_t covered;         /* tokens the index covered when searched */
+	uint64_t scanned;
 };
 
 static int cmp_u64(const void *a, const void *b)
@@ -972,37 +997,32 @@ static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint
 }
 
 /*
- * Bring the blocks of sorted token ids into RAM in batches of up to 1024
- * blocks before fold_ids() pins them 64 at a time: a pick's blocks cold on
- * SSD are then read at a depth the disk serves in one round trip, not in
- * one round trip per 64. Errors are left for fold_ids() to meet and report.
+ * The distinct blocks of sorted token ids (NULL when there are none or no
+ * memory: reading ahead is a hint). @p n_out receives their count.
  */
-static void prefetch_ids(struct policy_job *j, uint32_t h, const uint64_t *ids, uint64_t n)
+static uint64_t *blocks_of(const uint64_t *ids, uint64_t n, uint32_t B, uint32_t *n_out)
 {
-	enum { CHUNK = 1024 };
-	uint64_t distinct = 0;
+	*n_out = 0;
+	if (!n || n > UINT32_MAX)
+		return NULL;
+	uint64_t *blocks = malloc(n * sizeof(*blocks));
+	if (!blocks)
+		return NULL;
+	uint32_t nb = 0;
 	for (uint64_t i = 0; i < n; i++)
-		if (!i || ids[i] / j->B != ids[i - 1] / j->B)
-			distinct++;
-	if (distinct <= 64)
-		return;                  /* fold_ids() loads them in one batch anyway */
-	uint64_t *blocks = malloc(CHUNK * sizeof(*blocks));
-	const uint8_t **mem = malloc(CHUNK * sizeof(*mem));
-	if (blocks && mem) {
-		uint32_t nb = 0;
-		for (uint64_t i = 0; i <= n; i++) {
-			if (nb == CHUNK || (i == n && nb)) {
-				uint64_t bad;
-				if (kv_ctx_pin_list(j->c, j->layer, h, blocks, nb, mem, &bad) == 0)
-					kv_ctx_unpin_list(j->c, j->layer, h, blocks, nb);
-				nb = 0;
-			}
-			if (i < n && (!nb || blocks[nb - 1] != ids[i] / j->B))
-				blocks[nb++] = ids[i] / j->B;
-		}
-	}
-	free(blocks);
-	free(mem);
+		if (!nb || blocks[nb - 1] != ids[i] / B)
+			blocks[nb++] = ids[i] / B;
+	*n_out = nb;
+	return blocks;
+}
+
+/* Read the slot's last pick of @p layer ahead: the next ATTEND of that layer will want most of it. */
+static void read_last_ahead(struct kv_ctx *c, struct slot *s, uint32_t layer, uint32_t head)
+{
+	pthread_mutex_lock(&s->pick_mu);
+	if (s->n_last)
+		(void)kv_ctx_prefetch(c, layer, head, s->last, s->n_last);
+	pthread_mutex_unlock(&s->pick_mu);
 }
 
 static int in_sorted(const uint64_t *a, uint64_t n, uint64_t x)
@@ -1083,21 +1103,29 @@ static int fetch_rows(void *arg, const uint32_t *ids, size_t cnt, float *out)
 	return 0;
 }
 
-static void policy_unit(void *arg, unsigned h)
+static void job_fail(struct policy_job *j, unsigned h, int rc, uint64_t bad)
+{
+	int zero = 0;
+	if (atomic_compare_exchange_strong(&j->err, &zero, rc)) {
+		atomic_store(&j->err_block, bad);
+		atomic_store(&j->err_head, h);
+	}
+}
+
+/* Pass 1 for KV head @p h: the index (loaded or built), its search, the picks' blocks sent ahead. */
+static void pick_unit(void *arg, unsigned h)
 {
 	struct policy_job *j = arg;
+	struct head_work *w = &j->work[h];
 	const unsigned G = j->G, d = j->d;
 	const float *q = j->qs + (size_t)h * G * d;
-	float *o = j->o + (size_t)h * G * d, *lse = j->lse + (size_t)h * G;
-	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+	float *o = j->o + (size_t)h * G * d;
 	struct slot *s = &j->x->slots[((size_t)j->policy * j->x->L + j->layer) * j->x->H + h];
-	uint64_t bad = 0, run[4096];
-	int rc;
-	uint64_t *ids = NULL;
+	uint64_t bad = 0;
 	uint32_t *runs = NULL;
-	float *ek = NULL, *ec = NULL, *ev = NULL;
 	enum index_source how;
-	int locked = 0;
+	int rc, locked = 0;
+	attn_state_init(G, d, w->m, w->l, o);
 	if ((rc = ensure_index(j->c, j->x, s, j->po, j->policy, j->layer, h, G, &how)))
 		goto fail;
 	if ((rc = remember_and_extend(j->c, s, j->po, j->policy, j->layer, h, G, q)))
@@ -1105,21 +1133,20 @@ static void policy_unit(void *arg, unsigned h)
 	pthread_rwlock_rdlock(&s->rw);
 	locked = 1;
 	/* the index covers [0, s->n); the request wants [begin, end) */
-	uint64_t idx_end = s->n < j->end ? s->n : j->end;
+	w->covered = s->n;
+	w->idx_end = s->n < j->end ? s->n : j->end;
 	uint64_t budget = j->budget ? j->budget : (s->n / 50 > 64 ? s->n / 50 : 64);
 	if (budget > s->n)
 		budget = s->n;
 	const unsigned est_cap = 256;
-	ids = malloc((budget + 1) * sizeof(uint64_t));
-	ek = malloc((size_t)est_cap * d * sizeof(float));
-	ec = malloc((size_t)est_cap * sizeof(float));
-	ev = malloc((size_t)est_cap * d * sizeof(float));
-	if (!ids || !ek || !ec || !ev) {
+	w->ids = malloc((budget + 1) * sizeof(uint64_t));
+	w->ek = malloc((size_t)est_cap * d * sizeof(float));
+	w->ec = malloc((size_t)est_cap * sizeof(float));
+	w->ev = malloc((size_t)est_cap * d * sizeof(float));
+	if (!w->ids || !w->ek || !w->ec || !w->ev) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	attn_state_init(G, d, m, l, o);
-	uint64_t picked = 0, extra = 0;
 	if (j->policy == POLICY_EPISODIC) {
 		pthread_mutex_lock(&s->mu);
 		if (!s->hist)
@@ -1131,10 +1158,10 @@ static void policy_unit(void *arg, unsigned h)
 			goto fail;
 		}
 	}
-	struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = ek, .est_count = ec,
-				    .est_vsum = ev, .history = s->hist };
+	struct index_result res = { .tokens = w->ids, .est_cap = est_cap, .est_key = w->ek, .est_count = w->ec,
+				    .est_vsum = w->ev, .history = s->hist };
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
-	const int whole = j->begin == 0 && idx_end == s->n;
+	const int whole = j->begin == 0 && w->idx_end == s->n;
 	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;
 	if (own) {
 		runs = malloc((budget + 1) * 2 * sizeof(uint32_t));
@@ -1145,7 +1172,7 @@ static void policy_unit(void *arg, unsigned h)
 		res.runs = runs;
 		res.runs_cap = budget + 1;
 	}
-	if (j->begin < idx_end && s->n) {
+	if (j->begin < w->idx_end && s->n) {
 		struct row_fetch rf = { .c = j->c, .layer = j->layer, .head = h, .B = j->B, .d = d,
 					.dtype = (enum kv_dtype)j->dtype };
 		struct index_keys keys = { .k = s->k, .n = s->n, .d = d };
@@ -1155,68 +1182,82 @@ static void policy_unit(void *arg, unsigned h)
 		}
 		if ((rc = j->po->search(s->ix, s->k || keys.fetch ? &keys : NULL, q, G, budget, &res)))
 			goto fail;
+		w->scanned = res.scanned;
+		/* estimates stand for whole clusters: only when the range is the whole index */
+		w->n_est = whole ? res.n_est : 0;
 		if (own && (res.n_runs || !res.n_tokens)) {
+			/* the rows are the index's: attended while its lock is held */
 			struct kv_rows rows = { .k = own->k, .v = own->v, .stride = own->stride,
 						.dtype = (enum kv_dtype)own->dtype };
-			sparse_fold_runs(j->kern, q, G, d, &rows, runs, res.n_runs, m, l, o);
-			picked = res.n_tokens;
-			/* res.tokens is sorted: the extras are what it lacks */
-			if ((rc = fold_extras(j, h, q, idx_end, ids, picked, m, l, o, &bad, &extra)))
-				goto fail;
+			sparse_fold_runs(j->kern, q, G, d, &rows, runs, res.n_runs, w->m, w->l, o);
+			w->picked = res.n_tokens;   /* sorted: the extras are what it lacks */
+			w->ids_folded = true;
 		} else {
-			qsort(ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
+			qsort(w->ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
 			/* keep what lies in the requested range */
 			for (uint64_t i = 0; i < res.n_tokens; i++)
-				if (ids[i] >= j->begin && ids[i] < idx_end)
-					ids[picked++] = ids[i];
-			prefetch_ids(j, h, ids, picked);
-			if ((rc = fold_ids(j, h, q, ids, picked, m, l, o, &bad)))
-				goto fail;
-			if ((rc = fold_extras(j, h, q, idx_end, ids, picked, m, l, o, &bad, &extra)))
-				goto fail;
+				if (w->ids[i] >= j->begin && w->ids[i] < w->idx_end)
+					w->ids[w->picked++] = w->ids[i];
+			uint32_t nb;
+			uint64_t *blocks = blocks_of(w->ids, w->picked, j->B, &nb);
+			if (blocks) {
+				(void)kv_ctx_prefetch(j->c, j->layer, h, blocks, nb);
+				/* kept for the next ATTEND of this layer, which reads it ahead */
+				pthread_mutex_lock(&s->pick_mu);
+				free(s->last);
+				s->last = blocks;
+				s->n_last = nb;
+				pthread_mutex_unlock(&s->pick_mu);
+			}
 		}
-		/* estimates stand for whole clusters: only when the range is the whole index */
-		if (whole) {
-			struct kv_estimates est = { .n = res.n_est, .key = ek, .count = ec, .vsum = ev };
-			sparse_fold_estimates(q, G, d, &est, m, l, o);
-		}
-	}
-	/* tokens appended after the build: exact */
-	uint64_t tail0 = j->begin > s->n ? j->begin : s->n, tail = 0;
-	for (uint64_t t = tail0; t < j->end;) {
-		uint64_t n = j->end - t < 4096 ? j->end - t : 4096;
-		for (uint64_t i = 0; i < n; i++)
-			run[i] = t + i;
-		if ((rc = fold_ids(j, h, q, run, n, m, l, o, &bad)))
-			goto fail;
-		t += n;
-		tail += n;
 	}
 	pthread_rwlock_unlock(&s->rw);
-	attn_state_finish(G, d, m, l, o, o, lse);
-	atomic_fetch_add(&j->scanned, res.scanned + tail);
-	atomic_fetch_add(&j->loaded, picked + extra + tail);
-	free(ids);
 	free(runs);
-	free(ek);
-	free(ec);
-	free(ev);
 	return;
 fail:
 	if (locked)
 		pthread_rwlock_unlock(&s->rw);
-	{
-		int zero = 0;
-		if (atomic_compare_exchange_strong(&j->err, &zero, rc)) {
-			atomic_store(&j->err_block, bad);
-			atomic_store(&j->err_head, h);
-		}
-	}
-	free(ids);
 	free(runs);
-	free(ek);
-	free(ec);
-	free(ev);
+	job_fail(j, h, rc, bad);
+}
+
+/* Pass 2 for KV head @p h: the picks, the sinks and window, the estimates and the unindexed tail. */
+static void fold_unit(void *arg, unsigned h)
+{
+	struct policy_job *j = arg;
+	struct head_work *w = &j->work[h];
+	const unsigned G = j->G, d = j->d;
+	const float *q = j->qs + (size_t)h * G * d;
+	float *o = j->o + (size_t)h * G * d, *lse = j->lse + (size_t)h * G;
+	uint64_t bad = 0, run[4096], extra = 0;
+	int rc = 0;
+	if (atomic_load(&j->err))
+		return;                         /* a head failed its pick: the ATTEND fails */
+	if (j->begin < w->idx_end && w->covered) {
+		if (!w->ids_folded && (rc = fold_ids(j, h, q, w->ids, w->picked, w->m, w->l, o, &bad)))
+			goto fail;
+		if ((rc = fold_extras(j, h, q, w->idx_end, w->ids, w->picked, w->m, w->l, o, &bad, &extra)))
+			goto fail;
+		struct kv_estimates est = { .n = w->n_est, .key = w->ek, .count = w->ec, .vsum = w->ev };
+		sparse_fold_estimates(q, G, d, &est, w->m, w->l, o);
+	}
+	/* tokens appended after the build: exact */
+	uint64_t tail0 = j->begin > w->covered ? j->begin : w->covered, tail = 0;
+	for (uint64_t t = tail0; t < j->end;) {
+		uint64_t n = j->end - t < 4096 ? j->end - t : 4096;
+		for (uint64_t i = 0; i < n; i++)
+			run[i] = t + i;
+		if ((rc = fold_ids(j, h, q, run, n, w->m, w->l, o, &bad)))
+			goto fail;
+		t += n;
+		tail += n;
+	}
+	attn_state_finish(G, d, w->m, w->l, o, o, lse);
+	atomic_fetch_add(&j->scanned, w->scanned + tail);
+	atomic_fetch_add(&j->loaded, w->picked + extra + tail);
+	return;
+fail:
+	job_fail(j, h, rc, bad);
 }
 
 int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
@@ -1249,13 +1290,32 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 	const float scale = 1.0f / sqrtf((float)d);
 	for (size_t i = 0; i < (size_t)g->n_q_heads * d; i++)
 		qs[i] = req->q[i] * scale;
+	struct head_work *work = calloc(g->n_kv_heads, sizeof(*work));
+	if (!work) {
+		rc = -ENOMEM;
+		goto out;
+	}
 	struct policy_job job = {
 		.c = c, .po = po, .policy = policy, .x = x, .kern = attn_kernels_best(), .layer = req->layer, .G = G, .d = d,
 		.dtype = g->dtype, .B = kv_ctx_block_tokens(c), .begin = req->token_begin, .end = end,
 		.budget = budget, .sinks = req->sinks, .window = req->window, .qs = qs, .o = res->o,
-		.lse = res->lse,
+		.lse = res->lse, .work = work,
 	};
-	ex->parallel(ex->pool, g->n_kv_heads, policy_unit, &job);
+	ex->parallel(ex->pool, g->n_kv_heads, pick_unit, &job);
+	/* a decode step asks for the next layer next: read what it picked last time
+	 * while this layer is attended (queued after this layer's own reads) */
+	if (req->layer + 1 < g->n_layers && !atomic_load(&job.err))
+		for (uint32_t h = 0; h < g->n_kv_heads; h++)
+			read_last_ahead(c, &x->slots[((size_t)policy * x->L + req->layer + 1) * x->H + h],
+					req->layer + 1, h);
+	ex->parallel(ex->pool, g->n_kv_heads, fold_unit, &job);
+	for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+		free(work[h].ids);
+		free(work[h].ek);
+		free(work[h].ec);
+		free(work[h].ev);
+	}
+	free(work);
 	if ((rc = atomic_load(&job.err))) {
 		res->err_block = atomic_load(&job.err_block);
 		res->err_head = atomic_load(&job.err_head);
