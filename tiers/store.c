@@ -123,6 +123,7 @@ struct store {
 	pthread_t pf_thread;
 	bool pf_running, pf_stop;
 	_Atomic uint64_t prefetched, prefetch_used;
+	uint32_t ahead_loading;   /* blocks load_ahead() is reading (under res_mu) */
 };
 
 /* A queued kv_ctx_prefetch(): a reference on the context, its blocks. */
@@ -1376,12 +1377,12 @@ static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head,
 }
 
 /*
- * Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head).
- * @p ahead: for kv_ctx_prefetch(), whose reads are counted apart; a request
- * that then pins a block read ahead counts the miss it would have had.
+ * Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head). A
+ * block read ahead (load_ahead()) and pinned here for the first time counts
+ * the miss it saved.
  */
 static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *list, uint64_t b0,
-		      uint32_t n, bool ahead, const uint8_t **out, uint64_t *err)
+		      uint32_t n, const uint8_t **out, uint64_t *err)
 {
 #define BLK_OF(i) (list ? list[i] : b0 + (i))
 	struct store *s = c->store;
@@ -1412,7 +1413,10 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 					break;
 				}
 			}
-			if ((rc = res_alloc(s, k, c->slot_bytes)))
+			/* RAM full of blocks being read ahead: they are evictable once read */
+			while ((rc = res_alloc(s, k, c->slot_bytes)) == -ENOMEM && s->ahead_loading)
+				pthread_cond_wait(&s->res_cv, &s->res_mu);
+			if (rc)
 				break;
 			k->state = BLK_LOADING;
 			checks[n_load] = (struct read_check){ .c = c, .k = k, .layer = layer, .head = head,
@@ -1420,13 +1424,10 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 			ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem,
 						       .check = check_read, .arg = &checks[n_load] };
 			load_idx[n_load++] = pinned;
-			k->ahead = ahead;
-			atomic_fetch_add(ahead ? &s->prefetched : &s->misses, 1);
+			atomic_fetch_add(&s->misses, 1);
 		} else {
 			lru_remove(s, k);
-			if (ahead) {
-				/* already here, or on its way: nothing to count */
-			} else if (k->ahead) {
+			if (k->ahead) {
 				k->ahead = false;
 				atomic_fetch_add(&s->misses, 1);
 				atomic_fetch_add(&s->prefetch_used, 1);
@@ -1455,7 +1456,6 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 		s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
 		k->mem = NULL;
 		k->state = BLK_ABSENT;
-		k->ahead = false;
 		if (ios[i].result == -EBADMSG) {
 			k->bad = true;
 			atomic_fetch_add(&s->bad_blocks, 1);
@@ -1497,13 +1497,13 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 int kv_ctx_pin(struct kv_ctx *c, uint32_t layer, uint32_t head, uint64_t b0, uint32_t n,
 	       const uint8_t **out, uint64_t *err)
 {
-	return pin_blocks(c, layer, head, NULL, b0, n, false, out, err);
+	return pin_blocks(c, layer, head, NULL, b0, n, out, err);
 }
 
 int kv_ctx_pin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n,
 		    const uint8_t **out, uint64_t *err)
 {
-	return pin_blocks(c, layer, head, blocks, 0, n, false, out, err);
+	return pin_blocks(c, layer, head, blocks, 0, n, out, err);
 }
 
 void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n)
@@ -1521,25 +1521,98 @@ void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
 /* Blocks one read-ahead batch pins at most: what one submit reads at depth. */
 #define PREFETCH_BATCH 1024u
 
+/*
+ * Read the absent blocks among @p list [n] (all below the layer's end) into
+ * RAM, in one batch; refresh the others' place in the LRU. It never waits
+ * for another request's reads, so a pin that waits for RAM held by these
+ * (pin_blocks()) cannot wait on itself. Failures are left for the pin that
+ * needs the block: a block whose read fails goes back to absent (or bad).
+ */
+static void load_ahead(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *list, uint32_t n,
+		       struct ssd_io *ios, struct read_check *checks, struct blk **ks, uint64_t *bs)
+{
+	struct store *s = c->store;
+	struct layer *ly = &c->layers[layer];
+	const uint32_t H = c->geom.n_kv_heads;
+	uint32_t n_load = 0;
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t i = 0; i < n; i++) {
+		struct blk *k = blk_at(ly, H, list[i], head);
+		if (k->bad || k->state == BLK_LOADING)
+			continue;
+		if (k->state == BLK_RESIDENT) {
+			if (k->in_lru) {     /* about to be used: last to leave */
+				lru_remove(s, k);
+				lru_push(s, k);
+			}
+			continue;
+		}
+		if (res_alloc(s, k, c->slot_bytes))
+			break;               /* RAM is full of blocks in use: read no more */
+		k->state = BLK_LOADING;
+		k->ahead = true;             /* a pin that waits for it counts its miss */
+		k->pins++;
+		checks[n_load] = (struct read_check){ .c = c, .k = k, .layer = layer, .head = head, .b = list[i] };
+		ios[n_load] = (struct ssd_io){ .f = c->file, .slot = k->slot, .buf = k->mem, .check = check_read,
+					       .arg = &checks[n_load] };
+		ks[n_load] = k;
+		bs[n_load++] = list[i];
+	}
+	s->ahead_loading += n_load;
+	pthread_mutex_unlock(&s->res_mu);
+	if (!n_load)
+		return;
+	(void)ssd_submit(s->cfg.ssd, ios, n_load);
+	uint64_t bad_at = UINT64_MAX;
+	pthread_mutex_lock(&s->res_mu);
+	for (uint32_t i = 0; i < n_load; i++) {
+		struct blk *k = ks[i];
+		atomic_fetch_add(&s->prefetched, 1);
+		if (ios[i].result == 0) {
+			k->state = BLK_RESIDENT;
+		} else {
+			s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+			k->mem = NULL;
+			k->state = BLK_ABSENT;
+			k->ahead = false;
+			if (ios[i].result == -EBADMSG) {
+				k->bad = true;
+				atomic_fetch_add(&s->bad_blocks, 1);
+				if (bad_at == UINT64_MAX)
+					bad_at = bs[i];
+			}
+		}
+		unpin_locked(s, k);
+	}
+	s->ahead_loading -= n_load;
+	pthread_cond_broadcast(&s->res_cv);
+	pthread_mutex_unlock(&s->res_mu);
+	if (bad_at != UINT64_MAX)
+		mark_bad_in_catalog(c, layer, head, bad_at, blk_at(ly, H, bad_at, head));
+}
+
 static void prefetch_run(struct prefetch_req *r)
 {
 	struct kv_ctx *c = r->c;
-	const uint8_t **mem = malloc(PREFETCH_BATCH * sizeof(*mem));
+	struct ssd_io *ios = calloc(PREFETCH_BATCH, sizeof(*ios));
+	struct read_check *checks = calloc(PREFETCH_BATCH, sizeof(*checks));
+	struct blk **ks = calloc(PREFETCH_BATCH, sizeof(*ks));
+	uint64_t *bs = calloc(PREFETCH_BATCH, sizeof(*bs));
 	kv_ctx_read_begin(c);
 	/* the context may have been dropped or cut since: read only what is still there */
 	const uint64_t n_blocks = r->layer < c->geom.n_layers ? c->layers[r->layer].n_blocks : 0;
-	for (uint32_t i = 0; mem && i < r->n; i += PREFETCH_BATCH) {
+	for (uint32_t i = 0; ios && checks && ks && bs && i < r->n; i += PREFETCH_BATCH) {
 		uint32_t n = r->n - i < PREFETCH_BATCH ? r->n - i : PREFETCH_BATCH, keep = 0;
 		for (uint32_t j = 0; j < n; j++)
 			if (r->blocks[i + j] < n_blocks)
 				r->blocks[i + keep++] = r->blocks[i + j];
-		uint64_t bad;
-		/* errors are the demand pin's to meet and report */
-		if (keep && pin_blocks(c, r->layer, r->head, r->blocks + i, 0, keep, true, mem, &bad) == 0)
-			kv_ctx_unpin_list(c, r->layer, r->head, r->blocks + i, keep);
+		load_ahead(c, r->layer, r->head, r->blocks + i, keep, ios, checks, ks, bs);
 	}
 	kv_ctx_read_end(c);
-	free(mem);
+	free(ios);
+	free(checks);
+	free(ks);
+	free(bs);
 	kv_ctx_put(c);
 	free(r);
 }

@@ -223,8 +223,11 @@ void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
  * and return at once: a hint from a request that knows what it (or the
  * next one) will pin. One store thread reads the queued hints in order,
  * each in batches of up to 1024 blocks; a kv_ctx_pin() of a block still on
- * its way waits for that read instead of issuing its own. Blocks in RAM
- * are skipped, blocks past the layer's end when it runs are ignored, and
+ * its way waits for that read instead of issuing its own, and a pin that
+ * finds RAM full of blocks being read ahead waits for them to land (they
+ * are evictable then) instead of failing. Blocks in RAM are skipped (moved
+ * to the young end of the LRU), blocks past the layer's end when it runs
+ * are ignored, the thread never waits for another request's reads, and
  * errors (a failed checksum, a full budget) are left for the pin that
  * needs the block. A block read ahead and then pinned counts as a miss
  * (store_stats.prefetch_used says how many were); one evicted unpinned

@@ -490,6 +490,21 @@ static void test_prefetch(void)
 	const uint64_t demand = s1.misses - s0.misses - used;
 	CHECK(ahead + demand == 30 && s1.hits == s0.hits, "30 blocks read once: %llu ahead, %llu by the pin",
 	      (unsigned long long)ahead, (unsigned long long)demand);
+	/* RAM (40 blocks) taken by reads ahead: a pin waits for them to land, then evicts them */
+	{
+		uint64_t fill[40], other[30];
+		for (int i = 0; i < 40; i++)
+			fill[i] = 10 + (uint64_t)i;
+		for (int i = 0; i < 30; i++)
+			other[i] = (uint64_t)i;
+		CHECK(kv_ctx_prefetch(c, 1, 0, fill, 40) == 0, "prefetch a budget's worth");
+		kv_ctx_read_begin(c);
+		int rc = kv_ctx_pin_list(c, 0, 0, other, 30, mem, &bad);
+		CHECK(rc == 0, "a pin beside a budget of reads ahead: %d", rc);
+		if (!rc)
+			kv_ctx_unpin_list(c, 0, 0, other, 30);
+		kv_ctx_read_end(c);
+	}
 	kv_ctx_put(c);
 	world_close(&w);
 
