@@ -1377,6 +1377,26 @@ static void mark_bad_in_catalog(struct kv_ctx *c, uint32_t layer, uint32_t head,
 }
 
 /*
+ * Residency mutex held: block @p b's read failed with @p result. It goes back
+ * to absent; one that failed its check is never served: it is marked bad,
+ * and the first such is left in *bad_at for the catalog.
+ */
+static void read_failed(struct kv_ctx *c, struct blk *k, int result, uint64_t b, uint64_t *bad_at)
+{
+	struct store *s = c->store;
+	s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
+	k->mem = NULL;
+	k->state = BLK_ABSENT;
+	k->ahead = false;
+	if (result == -EBADMSG) {
+		k->bad = true;
+		atomic_fetch_add(&s->bad_blocks, 1);
+		if (*bad_at == UINT64_MAX)
+			*bad_at = b;
+	}
+}
+
+/*
  * Pin blocks list[i] (or BLK_OF(i) when list is NULL) of (layer, head). A
  * block read ahead (load_ahead()) and pinned here for the first time counts
  * the miss it saved.
@@ -1452,16 +1472,7 @@ static int pin_blocks(struct kv_ctx *c, uint32_t layer, uint32_t head, const uin
 			k->state = BLK_RESIDENT;
 			continue;
 		}
-		/* a block that fails its check is never served: it is marked bad */
-		s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
-		k->mem = NULL;
-		k->state = BLK_ABSENT;
-		if (ios[i].result == -EBADMSG) {
-			k->bad = true;
-			atomic_fetch_add(&s->bad_blocks, 1);
-			if (bad_at == UINT64_MAX)
-				bad_at = b;
-		}
+		read_failed(c, k, ios[i].result, b, &bad_at);
 	}
 	pthread_cond_broadcast(&s->res_cv);
 	/* blocks another request was loading: wait for them */
@@ -1571,16 +1582,7 @@ static void load_ahead(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
 		if (ios[i].result == 0) {
 			k->state = BLK_RESIDENT;
 		} else {
-			s->cfg.host_ops->block_free(s->cfg.host, k->mem, c->slot_bytes);
-			k->mem = NULL;
-			k->state = BLK_ABSENT;
-			k->ahead = false;
-			if (ios[i].result == -EBADMSG) {
-				k->bad = true;
-				atomic_fetch_add(&s->bad_blocks, 1);
-				if (bad_at == UINT64_MAX)
-					bad_at = bs[i];
-			}
+			read_failed(c, k, ios[i].result, bs[i], &bad_at);
 		}
 		unpin_locked(s, k);
 	}
