@@ -1593,35 +1593,35 @@ static void load_ahead(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
 		mark_bad_in_catalog(c, layer, head, bad_at, blk_at(ly, H, bad_at, head));
 }
 
-static void prefetch_run(struct prefetch_req *r)
+/* What one read-ahead batch is read with; the thread's own, kept across requests. */
+struct ahead_batch {
+	struct ssd_io ios[PREFETCH_BATCH];
+	struct read_check checks[PREFETCH_BATCH];
+	struct blk *ks[PREFETCH_BATCH];
+	uint64_t bs[PREFETCH_BATCH];
+};
+
+static void prefetch_run(struct prefetch_req *r, struct ahead_batch *b)
 {
 	struct kv_ctx *c = r->c;
-	struct ssd_io *ios = calloc(PREFETCH_BATCH, sizeof(*ios));
-	struct read_check *checks = calloc(PREFETCH_BATCH, sizeof(*checks));
-	struct blk **ks = calloc(PREFETCH_BATCH, sizeof(*ks));
-	uint64_t *bs = calloc(PREFETCH_BATCH, sizeof(*bs));
 	kv_ctx_read_begin(c);
 	/* the context may have been dropped or cut since: read only what is still there */
 	const uint64_t n_blocks = r->layer < c->geom.n_layers ? c->layers[r->layer].n_blocks : 0;
-	for (uint32_t i = 0; ios && checks && ks && bs && i < r->n; i += PREFETCH_BATCH) {
+	for (uint32_t i = 0; i < r->n; i += PREFETCH_BATCH) {
 		uint32_t n = r->n - i < PREFETCH_BATCH ? r->n - i : PREFETCH_BATCH, keep = 0;
 		for (uint32_t j = 0; j < n; j++)
 			if (r->blocks[i + j] < n_blocks)
 				r->blocks[i + keep++] = r->blocks[i + j];
-		load_ahead(c, r->layer, r->head, r->blocks + i, keep, ios, checks, ks, bs);
+		load_ahead(c, r->layer, r->head, r->blocks + i, keep, b->ios, b->checks, b->ks, b->bs);
 	}
 	kv_ctx_read_end(c);
-	free(ios);
-	free(checks);
-	free(ks);
-	free(bs);
-	kv_ctx_put(c);
-	free(r);
 }
 
 static void *prefetch_main(void *arg)
 {
 	struct store *s = arg;
+	/* without it the thread drops what it is given: reading ahead is a hint */
+	struct ahead_batch *b = malloc(sizeof(*b));
 	pthread_mutex_lock(&s->pf_mu);
 	for (;;) {
 		while (!s->pf_head && !s->pf_stop)
@@ -1631,16 +1631,17 @@ static void *prefetch_main(void *arg)
 			break;                  /* stopping, nothing left */
 		if (!(s->pf_head = r->next))
 			s->pf_tail = &s->pf_head;
+		const bool stopping = s->pf_stop;
 		pthread_mutex_unlock(&s->pf_mu);
-		if (s->pf_stop) {
-			kv_ctx_put(r->c);       /* stopping: drop what is queued */
-			free(r);
-		} else {
-			prefetch_run(r);
-		}
+		/* stopping: what is queued is dropped */
+		if (!stopping && b)
+			prefetch_run(r, b);
+		kv_ctx_put(r->c);
+		free(r);
 		pthread_mutex_lock(&s->pf_mu);
 	}
 	pthread_mutex_unlock(&s->pf_mu);
+	free(b);
 	return NULL;
 }
 

@@ -234,7 +234,8 @@ void kv_ctx_unpin_list(struct kv_ctx *c, uint32_t layer, uint32_t head, const ui
  * was read for nothing. Without an SSD tier it does nothing.
  * Any thread; with or without the read lock. The hint holds a reference on
  * the context until it has run.
- * @return 0 (queued or nothing to do), -EINVAL, -EOVERFLOW, -ENOMEM
+ * @return 0 (queued or nothing to do), -EINVAL, -EOVERFLOW, -ENOMEM, -ESHUTDOWN
+ *         (the store is closing), pthread_create()'s errors
  */
 int kv_ctx_prefetch(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint64_t *blocks, uint32_t n);
 
