@@ -96,6 +96,8 @@ struct kv_ctx {
 	struct kv_ctx *parent;
 	uint64_t parent_id, parent_tokens;
 	_Atomic uint32_t children; /* continuations of this context: it cannot be deleted under them */
+	/* derived (kv_ctx_derived()): the parent's id; hidden from clients, deleted with it */
+	uint64_t derived_of;
 	/* blocks written to slots that the catalog does not name yet, oldest first */
 	struct pending *unsynced;
 	size_t n_unsynced, cap_unsynced;
@@ -316,11 +318,13 @@ static bool layers_hold(const struct kv_ctx *c, uint64_t n)
 	return true;
 }
 
-static struct kv_ctx *find_locked(struct store *s, uint64_t id, const char *name, size_t n)
+/* By id (any context), or by name among the contexts derived from @p of (0: the clients' own). */
+static struct kv_ctx *find_locked(struct store *s, uint64_t id, const char *name, size_t n, uint64_t of)
 {
 	for (uint32_t i = 0; i < s->n_ctx; i++) {
 		struct kv_ctx *c = s->ctx[i];
-		if (id ? c->id == id : (strlen(c->name) == n && !memcmp(c->name, name, n)))
+		if (id ? c->id == id
+		       : (c->derived_of == of && strlen(c->name) == n && !memcmp(c->name, name, n)))
 			return c;
 	}
 	return NULL;
@@ -415,7 +419,7 @@ static int load_block(void *arg, uint64_t ctx, uint32_t layer, uint32_t head, ui
 	struct load_state *st = arg;
 	struct kv_ctx *c = st->cur;
 	if (!c || c->id != ctx)
-		c = find_locked(st->s, ctx, NULL, 0);
+		c = find_locked(st->s, ctx, NULL, 0, 0);
 	if (!c)
 		return 0;   /* a block of a context whose record is gone: ignored, its file is too */
 	st->cur = c;
@@ -438,6 +442,8 @@ static int load_block(void *arg, uint64_t ctx, uint32_t layer, uint32_t head, ui
 	atomic_fetch_add(&c->bytes, c->block_bytes);
 	return 0;
 }
+
+static int delete_durable(struct store *s, struct kv_ctx *c);
 
 int store_open(const struct store_config *cfg, struct store **out, const char **why)
 {
@@ -484,7 +490,7 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 		size_t n;
 		if (ssd_list_files(cfg->ssd, &ids, &n) == 0) {
 			for (size_t i = 0; i < n; i++)
-				if (!find_locked(s, ids[i], NULL, 0))
+				if (!find_locked(s, ids[i], NULL, 0, 0))
 					ssd_unlink(cfg->ssd, ids[i]);
 			free(ids);
 		}
@@ -510,7 +516,7 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 			free(b);
 			c->parent_id = link[0] ? link[0] : UINT64_MAX;
 			c->parent_tokens = link[1];
-			struct kv_ctx *p = link[0] != c->id ? find_locked(s, link[0], NULL, 0) : NULL;
+			struct kv_ctx *p = link[0] != c->id ? find_locked(s, link[0], NULL, 0, 0) : NULL;
 			/* a parent that is gone, open or shorter than the link leaves the continuation unusable */
 			if (p && p->sealed && link[1] && layers_hold(p, link[1])) {
 				kv_ctx_get(p);
@@ -518,10 +524,34 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 				c->parent = p;
 			}
 		}
+		/* derived contexts find their parents again; those whose parent is gone go too */
+		for (uint32_t i = 0; cfg->side_dir && i < s->n_ctx; i++) {
+			void *b;
+			size_t blen;
+			struct kv_ctx *c = s->ctx[i];
+			if (sidefile_read(cfg->side_dir, c->id, "derived", &b, &blen) != 0)
+				continue;
+			uint64_t of = 0;
+			if (blen == sizeof(of))
+				memcpy(&of, b, sizeof(of));
+			free(b);
+			c->derived_of = of ? of : UINT64_MAX;
+			atomic_fetch_sub(&s->recovered, 1);   /* the clients' contexts are counted */
+		}
+		for (uint32_t i = 0; i < s->n_ctx;) {
+			struct kv_ctx *c = s->ctx[i], *p;
+			if (c->derived_of && (!(p = find_locked(s, c->derived_of, NULL, 0, 0)) || p->derived_of)) {
+				(void)delete_durable(s, c);
+				s->ctx[i] = s->ctx[--s->n_ctx];
+				kv_ctx_put(c);
+				continue;
+			}
+			i++;
+		}
 		/* and side files likewise */
 		if (cfg->side_dir && sidefile_list_ctx(cfg->side_dir, &ids, &n) == 0) {
 			for (size_t i = 0; i < n; i++)
-				if (!find_locked(s, ids[i], NULL, 0))
+				if (!find_locked(s, ids[i], NULL, 0, 0))
 					sidefile_remove_ctx(cfg->side_dir, ids[i]);
 			free(ids);
 		}
@@ -596,15 +626,22 @@ static int put_ctx_record(struct kv_ctx *c, struct catalog_txn *t, bool sealed)
  * between leaves an orphan side file, swept at start.
  */
 static int ctx_add(struct store *s, const char *name, size_t name_len, const struct kv_geometry *g,
-		   uint32_t owner_uid, struct kv_ctx *parent, uint64_t parent_tokens, struct kv_ctx **out)
+		   uint32_t owner_uid, struct kv_ctx *parent, uint64_t parent_tokens, uint64_t derived_of,
+		   struct kv_ctx **out)
 {
 	struct kv_ctx *c;
 	int rc = ctx_new(s, name, name_len, g, owner_uid, &c);
 	if (rc)
 		return rc;
+	c->derived_of = derived_of;
 	pthread_mutex_lock(&s->mu);
-	if (find_locked(s, 0, name, name_len)) {
+	if (find_locked(s, 0, name, name_len, derived_of)) {
 		rc = -EEXIST;
+		goto fail_locked;
+	}
+	/* a context derived from one that was just deleted would outlive it */
+	if (derived_of && !find_locked(s, derived_of, NULL, 0, 0)) {
+		rc = -ENOENT;
 		goto fail_locked;
 	}
 	c->id = s->next_id++;
@@ -612,6 +649,9 @@ static int ctx_add(struct store *s, const char *name, size_t name_len, const str
 		const uint64_t link[2] = { parent ? parent->id : 0, parent_tokens };
 		if (parent && s->cfg.side_dir &&
 		    (rc = sidefile_write(s->cfg.side_dir, c->id, "parent", link, sizeof(link))))
+			goto fail_locked;
+		if (derived_of && (rc = sidefile_write(s->cfg.side_dir, c->id, "derived", &derived_of,
+						       sizeof(derived_of))))
 			goto fail_locked;
 		struct catalog_txn *t = NULL;
 		if ((rc = ssd_file_open(s->cfg.ssd, c->id, c->slot_bytes, true, &c->file)))
@@ -643,7 +683,7 @@ fail_locked:
 		ssd_file_remove(c->file);
 		c->file = NULL;
 	}
-	if (parent && s->cfg.side_dir && c->id)
+	if ((parent || derived_of) && s->cfg.side_dir && c->id)
 		sidefile_remove_ctx(s->cfg.side_dir, c->id);
 	kv_ctx_put(c);
 	return rc;
@@ -652,14 +692,16 @@ fail_locked:
 int store_ctx_create(struct store *s, const char *name, size_t name_len,
 		     const struct kv_geometry *g, uint32_t owner_uid, struct kv_ctx **out)
 {
-	return ctx_add(s, name, name_len, g, owner_uid, NULL, 0, out);
+	return ctx_add(s, name, name_len, g, owner_uid, NULL, 0, 0, out);
 }
 
 int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_len,
 		   struct kv_ctx **out)
 {
 	pthread_mutex_lock(&s->mu);
-	struct kv_ctx *c = find_locked(s, id, name, name_len);
+	struct kv_ctx *c = find_locked(s, id, name, name_len, 0);
+	if (c && c->derived_of)
+		c = NULL;   /* the layers above reach those through kv_ctx_derived() alone */
 	if (c)
 		kv_ctx_get(c);
 	pthread_mutex_unlock(&s->mu);
@@ -698,7 +740,48 @@ int store_ctx_continue(struct store *s, struct kv_ctx *parent, const char *name,
 		P = parent->layers[l].tokens < P ? parent->layers[l].tokens : P;
 	if (!P)
 		return -ENODATA;
-	return ctx_add(s, name, name_len, &parent->geom, owner_uid, parent, P, out);
+	return ctx_add(s, name, name_len, &parent->geom, owner_uid, parent, P, 0, out);
+}
+
+int kv_ctx_derived(struct kv_ctx *parent, const char *tag, const struct kv_geometry *g, bool create,
+		   struct kv_ctx **out)
+{
+	struct store *s = parent->store;
+	const size_t n = tag ? strlen(tag) : 0;
+	if (!n || n > 255 || parent->derived_of || !g || !g->n_layers || !g->n_kv_heads)
+		return -EINVAL;
+	for (int tries = 0; tries < 2; tries++) {
+		pthread_mutex_lock(&s->mu);
+		struct kv_ctx *c = find_locked(s, 0, tag, n, parent->id);
+		if (c)
+			kv_ctx_get(c);
+		pthread_mutex_unlock(&s->mu);
+		if (c) {
+			const struct kv_geometry *h = &c->geom;
+			if (h->n_layers != g->n_layers || h->n_kv_heads != g->n_kv_heads || h->head_dim != g->head_dim ||
+			    h->dtype != g->dtype) {
+				kv_ctx_put(c);
+				return -EEXIST;
+			}
+			*out = c;
+			return 0;
+		}
+		if (!create)
+			return -ENOENT;
+		/* without side files the link would not survive a restart: the copy would turn up as a client's */
+		if (s->cfg.ssd && !s->cfg.side_dir)
+			return -ENOTSUP;
+		int rc = ctx_add(s, tag, n, g, parent->owner, NULL, 0, parent->id, out);
+		if (rc != -EEXIST)
+			return rc;
+		/* another request created it meanwhile: take that one */
+	}
+	return -EEXIST;
+}
+
+bool kv_ctx_on_ssd(const struct kv_ctx *c)
+{
+	return c->store->cfg.ssd != NULL;
 }
 
 struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64_t *tokens)
@@ -710,31 +793,56 @@ struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64
 	return c->parent;
 }
 
+/* Remove a context's catalog record, block file and side files, in that order. */
+static int delete_durable(struct store *s, struct kv_ctx *c)
+{
+	if (!s->cfg.catalog)
+		return 0;
+	/* the catalog first: a crash after it leaves an orphan file, removed at start */
+	struct catalog_txn *t;
+	int rc = catalog_begin(s->cfg.catalog, &t);
+	if (!rc && (rc = catalog_del_ctx(t, c->id)))
+		catalog_abort(t);
+	else if (!rc)
+		rc = catalog_commit(t);
+	if (rc)
+		return rc;
+	pthread_rwlock_wrlock(&c->lock);
+	if (c->file) {
+		ssd_file_remove(c->file);
+		c->file = NULL;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	/* side files after the catalog too: an orphan is swept at start */
+	if (s->cfg.side_dir)
+		sidefile_remove_ctx(s->cfg.side_dir, c->id);
+	return 0;
+}
+
 int store_ctx_delete(struct store *s, struct kv_ctx *c)
 {
 	if (atomic_load(&c->children))
 		return -EBUSY;
-	if (s->cfg.catalog) {
-		/* the catalog first: a crash after it leaves an orphan file, removed at start */
-		struct catalog_txn *t;
-		int rc = catalog_begin(s->cfg.catalog, &t);
-		if (!rc && (rc = catalog_del_ctx(t, c->id)))
-			catalog_abort(t);
-		else if (!rc)
-			rc = catalog_commit(t);
-		if (rc)
-			return rc;
-		pthread_rwlock_wrlock(&c->lock);
-		if (c->file) {
-			ssd_file_remove(c->file);
-			c->file = NULL;
-		}
-		pthread_rwlock_unlock(&c->lock);
-		/* side files after the catalog too: an orphan is swept at start */
-		if (s->cfg.side_dir)
-			sidefile_remove_ctx(s->cfg.side_dir, c->id);
-	}
+	int rc = delete_durable(s, c);
+	if (rc)
+		return rc;
 	store_ctx_drop(s, c);
+	/* then what was derived from it; a crash before leaves orphans, deleted at start */
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		struct kv_ctx *d = NULL;
+		for (uint32_t i = 0; i < s->n_ctx && !d; i++)
+			if (s->ctx[i]->derived_of == c->id)
+				d = s->ctx[i];
+		if (d)
+			kv_ctx_get(d);
+		pthread_mutex_unlock(&s->mu);
+		if (!d)
+			break;
+		(void)delete_durable(s, d);
+		store_ctx_drop(s, d);
+		kv_ctx_put(d);
+	}
 	return 0;
 }
 
@@ -789,10 +897,13 @@ void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), voi
 		pthread_mutex_unlock(&s->mu);
 		return;
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		snap[i] = s->ctx[i];
-		kv_ctx_get(snap[i]);
-	}
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (!s->ctx[i]->derived_of) {
+			snap[m] = s->ctx[i];
+			kv_ctx_get(snap[m++]);
+		}
+	n = m;
 	pthread_mutex_unlock(&s->mu);
 	/* sorted by id so that LIST pages are stable */
 	for (uint32_t i = 1; i < n; i++)
@@ -811,7 +922,9 @@ void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), voi
 uint32_t store_count(struct store *s)
 {
 	pthread_mutex_lock(&s->mu);
-	uint32_t n = s->n_ctx;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < s->n_ctx; i++)
+		n += !s->ctx[i]->derived_of;
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }

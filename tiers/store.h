@@ -111,7 +111,29 @@ int store_ctx_continue(struct store *s, struct kv_ctx *parent, const char *name,
  */
 struct kv_ctx *kv_ctx_parent(const struct kv_ctx *c, uint64_t *parent_id, uint64_t *tokens);
 
-/** Find by id, or by name when @p id is 0. Returns a reference, or -ENOENT. */
+/**
+ * The context derived from @p parent under @p tag: storage the layers above
+ * keep beside a context (retrieval's cluster-ordered copies of its rows),
+ * with geometry @p g, owned by the parent's owner. Derived contexts are
+ * hidden: store_ctx_find(), store_foreach() and store_count() skip them,
+ * and their names (tags) are a namespace of the parent's own. They are
+ * deleted with the parent by store_ctx_delete(); with an SSD tier the link
+ * is the side file "derived" (the parent's id), written before the catalog
+ * names the context, and a derived context whose parent is gone at start
+ * is deleted then. Returns a reference in @p out.
+ * @param create  make it when it is not there
+ * @return 0, -ENOENT (not there and !create, or the parent was deleted),
+ *         -EEXIST (there with another geometry), -EINVAL (empty tag, a
+ *         parent that is itself derived), -ENOTSUP (an SSD tier without
+ *         side files), -ENOMEM, I/O errors
+ */
+int kv_ctx_derived(struct kv_ctx *parent, const char *tag, const struct kv_geometry *g, bool create,
+		   struct kv_ctx **out);
+
+/** Whether the context's blocks live on an SSD tier (and survive a restart). */
+bool kv_ctx_on_ssd(const struct kv_ctx *c);
+
+/** Find by id, or by name when @p id is 0 (derived contexts are not found). Returns a reference, or -ENOENT. */
 int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_len,
 		   struct kv_ctx **out);
 
@@ -121,7 +143,7 @@ int store_ctx_find(struct store *s, uint64_t id, const char *name, size_t name_l
  */
 void store_ctx_drop(struct store *s, struct kv_ctx *c);
 
-/** Call @p fn for every context (a reference held during the call). */
+/** Call @p fn for every context but the derived ones (a reference held during the call). */
 void store_foreach(struct store *s, void (*fn)(struct kv_ctx *c, void *arg), void *arg);
 
 uint32_t store_count(struct store *s);

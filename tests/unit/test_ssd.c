@@ -236,8 +236,9 @@ struct world {
 	struct store *st;
 };
 
-/* the store's stream_sync_bytes in the next world_open() */
+/* the store's stream_sync_bytes and side file folder in the next world_open() */
 static uint64_t stream_sync;
+static const char *side_dir;
 
 static int world_open(struct world *w, uint64_t host_bytes, uint64_t ssd_max)
 {
@@ -249,7 +250,8 @@ static int world_open(struct world *w, uint64_t host_bytes, uint64_t ssd_max)
 	if ((rc = catalog_open(cat_dir, &w->cat)))
 		return rc;
 	struct store_config sc = { .block_tokens = B, .host_ops = &tier_host_ops, .host = w->host,
-				   .ssd = w->ssd, .catalog = w->cat, .stream_sync_bytes = stream_sync };
+				   .ssd = w->ssd, .catalog = w->cat, .stream_sync_bytes = stream_sync,
+				   .side_dir = side_dir };
 	const char *why = NULL;
 	rc = store_open(&sc, &w->st, &why);
 	CHECK(rc == 0, "store_open: %d %s", rc, why ? why : "");
@@ -685,6 +687,149 @@ static void test_sync_points(void)
 	stream_sync = 0;
 }
 
+static void count_one(struct kv_ctx *c, void *arg)
+{
+	(void)c;
+	(*(unsigned *)arg)++;
+}
+
+/* Layer @p layer of a one-head context: @p n tokens of the pattern, as a copy would be written. */
+static int append_layer(struct kv_ctx *c, uint32_t layer, uint32_t n, unsigned flags)
+{
+	const size_t row = D * 2, len = 2 * (size_t)n * row;
+	uint8_t *buf = NULL;
+	if (posix_memalign((void **)&buf, SSD_ALIGN, len))
+		abort();
+	for (uint32_t kv = 0; kv < 2; kv++)
+		for (uint32_t t = 0; t < n; t++)
+			for (size_t b = 0; b < row; b++)
+				buf[((size_t)kv * n + t) * row + b] = pattern(layer, kv, 9, t, b);
+	uint64_t lt, ct;
+	const char *why;
+	int rc = kv_ctx_append_ex(c, layer, 1, 0, n, buf, len, flags, &lt, &ct, &why);
+	free(buf);
+	return rc;
+}
+
+static int layer_matches(struct kv_ctx *c, uint32_t layer, uint32_t n)
+{
+	const size_t row = D * 2;
+	int ok = 1;
+	kv_ctx_read_begin(c);
+	ok &= kv_ctx_layer_tokens(c, layer) == n;
+	for (uint64_t b = 0; ok && b * B < n; b++) {
+		const uint8_t *m;
+		uint64_t bad;
+		if (kv_ctx_pin(c, layer, 0, b, 1, &m, &bad)) {
+			ok = 0;
+			break;
+		}
+		for (uint32_t kv = 0; kv < 2; kv++)
+			for (uint32_t t = 0; t < B && b * B + t < n; t++)
+				for (size_t x = 0; x < row; x++)
+					ok &= m[((size_t)kv * B + t) * row + x] == pattern(layer, kv, 9, b * B + t, x);
+		kv_ctx_unpin(c, layer, 0, b, 1);
+	}
+	kv_ctx_read_end(c);
+	return ok;
+}
+
+/*
+ * Derived contexts (retrieval's copies): hidden from lookups, LIST and the
+ * count, a namespace of their parent's own, back after a restart, deleted
+ * with the parent, and deleted at start when a crash left them without one.
+ */
+static void test_derived(void)
+{
+	struct kv_geometry g = { .n_layers = L, .n_kv_heads = H, .n_q_heads = 2 * H, .head_dim = D,
+				 .dtype = 2, .elem_size = 2 };
+	struct kv_geometry dg = g;
+	dg.n_layers = 3;
+	dg.n_kv_heads = 1;
+	const uint32_t slot = ssd_slot_bytes(2ull * B * D * 2);
+	struct world w;
+	if (world_open(&w, 400ull * slot, 0))
+		return;
+	struct kv_ctx *p, *d, *d2, *x;
+	uint64_t tokens;
+	CHECK(store_ctx_create(w.st, "parent", 6, &g, 1234, &p) == 0, "create");
+	append_tokens(p, 0, 100, 0);
+	CHECK(kv_ctx_seal(p, &tokens) == 0, "seal");
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, false, &d) == -ENOENT, "found before it was made");
+	CHECK(kv_ctx_derived(p, "", &dg, true, &d) == -EINVAL, "an empty tag");
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, true, &d) == 0, "derive");
+	const uint64_t pid = kv_ctx_id(p), did = kv_ctx_id(d);
+	CHECK(kv_ctx_owner(d) == 1234, "owned by %u", kv_ctx_owner(d));
+	CHECK(append_layer(d, 1, 5 * B, KV_APPEND_STREAM | KV_APPEND_SYNC) == 0 && append_layer(d, 2, 3 * B, 0) == 0,
+	      "append to the copy");
+	CHECK(layer_matches(d, 1, 5 * B) && layer_matches(d, 2, 3 * B), "the copy reads back");
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, true, &d2) == 0 && d2 == d, "derive again finds it");
+	kv_ctx_put(d2);
+	dg.head_dim = D * 2;
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, true, &d2) == -EEXIST, "another geometry");
+	dg.head_dim = D;
+	CHECK(kv_ctx_derived(d, "rows.y", &dg, true, &d2) == -EINVAL, "derived from a derived context");
+	/* hidden */
+	unsigned seen = 0;
+	store_foreach(w.st, count_one, &seen);
+	CHECK(store_ctx_find(w.st, did, NULL, 0, &x) == -ENOENT && store_ctx_find(w.st, 0, "rows.x", 6, &x) == -ENOENT,
+	      "a client finds the copy");
+	CHECK(store_count(w.st) == 1 && seen == 1, "count %u, listed %u", store_count(w.st), seen);
+	/* a client's context of the same name is another */
+	CHECK(store_ctx_create(w.st, "rows.x", 6, &g, 1, &x) == 0, "a client's rows.x");
+	CHECK(store_ctx_delete(w.st, x) == 0, "delete the client's");
+	kv_ctx_put(x);
+	kv_ctx_put(d);
+	kv_ctx_put(p);
+	world_close(&w);
+
+	/* after a restart: found again through the parent, the rows intact */
+	if (world_open(&w, 400ull * slot, 0))
+		return;
+	struct store_stats ss;
+	store_stats(w.st, &ss);
+	CHECK(ss.recovered_contexts == 1, "%llu recovered", (unsigned long long)ss.recovered_contexts);
+	CHECK(store_count(w.st) == 1 && store_ctx_find(w.st, did, NULL, 0, &x) == -ENOENT, "hidden after a restart");
+	CHECK(store_ctx_find(w.st, pid, NULL, 0, &p) == 0, "parent");
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, false, &d) == 0 && kv_ctx_id(d) == did, "the copy after a restart");
+	CHECK(layer_matches(d, 1, 5 * B) && layer_matches(d, 2, 3 * B), "the copy reads back after a restart");
+	kv_ctx_put(d);
+	struct ssd_stats before, after;
+	ssd_stats(w.ssd, &before);
+	CHECK(store_ctx_delete(w.st, p) == 0, "delete the parent");
+	ssd_stats(w.ssd, &after);
+	CHECK(before.used_bytes - after.used_bytes == (uint64_t)(2 * 7 * 2 + 8) * slot,
+	      "the parent's and the copy's slots: %llu bytes freed", (unsigned long long)(before.used_bytes - after.used_bytes));
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, true, &d) == -ENOENT, "derived from a deleted context");
+	kv_ctx_put(p);
+
+	/* a crash between the parent's delete and the copy's: the copy goes at start */
+	CHECK(store_ctx_create(w.st, "parent2", 7, &g, 1234, &p) == 0, "create 2");
+	append_tokens(p, 0, 40, 0);
+	CHECK(kv_ctx_seal(p, &tokens) == 0, "seal 2");
+	CHECK(kv_ctx_derived(p, "rows.x", &dg, true, &d) == 0 && append_layer(d, 0, 2 * B, 0) == 0, "derive 2");
+	const uint64_t pid2 = kv_ctx_id(p);
+	kv_ctx_put(d);
+	kv_ctx_put(p);
+	world_close(&w);
+	struct catalog *cat;
+	struct catalog_txn *t;
+	CHECK(catalog_open(cat_dir, &cat) == 0 && catalog_begin(cat, &t) == 0 && catalog_del_ctx(t, pid2) == 0 &&
+	      catalog_commit(t) == 0, "the parent's record alone deleted");
+	catalog_close(cat);
+	if (world_open(&w, 400ull * slot, 0))
+		return;
+	ssd_stats(w.ssd, &after);
+	CHECK(store_count(w.st) == 0 && after.used_bytes == 0, "an orphaned copy kept: %u contexts, %llu bytes",
+	      store_count(w.st), (unsigned long long)after.used_bytes);
+	world_close(&w);
+	if (world_open(&w, 400ull * slot, 0))
+		return;
+	store_stats(w.st, &ss);
+	CHECK(ss.recovered_contexts == 0, "the orphan came back: %llu", (unsigned long long)ss.recovered_contexts);
+	world_close(&w);
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "%s/mnemo-ssd-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");
@@ -713,6 +858,15 @@ int main(void)
 	test_stream();
 	test_sync_points();
 	test_prefetch();
+	/* derived contexts need side files for their link */
+	static char side[200];
+	snprintf(side, sizeof(side), "%s/side", dir);
+	snprintf(ssd_path, sizeof(ssd_path), "%s/ssd-derived", dir);
+	snprintf(cat_dir, sizeof(cat_dir), "%s/catalog-derived", dir);
+	mkdir(ssd_path, 0700);
+	mkdir(side, 0700);
+	side_dir = side;
+	test_derived();
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
