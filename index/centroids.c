@@ -51,6 +51,8 @@ static int centroids_search(const struct index *ix, const struct index_keys *key
 	cl_pick_fine(cl, keys, q, G, lse, &w, thr_mode ? expf(cl->thr_fine) : -INFINITY, bits, tmp, &st, res);
 	res->scanned = nf + st.scanned;
 	res->n_tokens = ix_bits_emit(bits, cl->n, res->tokens);
+	if (st.err)
+		return st.err;
 	cl_runs_finish(cl, &st, res);
 	return 0;
 }
@@ -66,4 +68,5 @@ const struct policy_ops centroids_policy_ops = {
 	.memory = centroids_memory,
 	.attach_rows = centroids_attach_rows,
 	.rows = centroids_rows,
+	.row_order = centroids_row_order,
 };

@@ -104,6 +104,8 @@ static int centroids2_search(const struct index *ix, const struct index_keys *ke
 			break;
 	res->scanned = nc + m + st.scanned;
 	res->n_tokens = ix_bits_emit(bits, cl->n, res->tokens);
+	if (st.err)
+		return st.err;
 	cl_runs_finish(cl, &st, res);
 	return 0;
 }
@@ -119,4 +121,5 @@ const struct policy_ops centroids2_policy_ops = {
 	.memory = centroids2_memory,
 	.attach_rows = centroids2_attach_rows,
 	.rows = centroids2_rows,
+	.row_order = centroids2_row_order,
 };

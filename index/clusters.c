@@ -665,8 +665,9 @@ fail:
 int cl_search_prologue(const struct clusters *cl, const struct index_keys *keys, const float *q, unsigned G,
 		       uint64_t budget, struct index_result *res)
 {
-	int rc = ix_search_prologue(cl->n, cl->d, keys, !cl->rk, q, G, budget, res);
-	if (rc == 1 && res->n_tokens == cl->n && cl->rk && res->runs && res->runs_cap) {
+	const int need_keys = !cl->rk && !(keys && !keys->k && keys->fetch_ordered);
+	int rc = ix_search_prologue(cl->n, cl->d, keys, need_keys, q, G, budget, res);
+	if (rc == 1 && res->n_tokens == cl->n && res->runs && res->runs_cap) {
 		res->runs[0] = 0;
 		res->runs[1] = (uint32_t)cl->n;
 		res->n_runs = 1;
@@ -730,7 +731,8 @@ void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct 
 /*
  * The best @p take members of fine cluster @p j by summed softmax score
  * (sum_g exp(q_g.k - lse[g])), scored from the fp32 keys or, without them,
- * the attached rows. Returns the members scored.
+ * the attached rows or the keys fetch_ordered gives. Returns the members
+ * scored (0 with st->err set when the fetch failed).
  */
 static uint64_t cl_tail_fill(const struct clusters *cl, const struct index_keys *keys, const float *q,
 			     unsigned G, const float *lse, uint32_t j, uint64_t take, uint64_t *bits,
@@ -739,10 +741,21 @@ static uint64_t cl_tail_fill(const struct clusters *cl, const struct index_keys 
 	const uint32_t f = cl->off[j], cnt = cl->off[j + 1] - f;
 	const unsigned d = cl->d;
 	float s[IX_MAX_GROUP], row[CL_MAX_ROW_DIM];
+	const int fetched = !(keys && keys->k) && !cl->rk;
+	if (fetched) {
+		/* the cluster's members are consecutive in the row order: one fetch */
+		int rc = keys && keys->fetch_ordered ? keys->fetch_ordered(keys->fetch_ctx, f, cnt, st->rowbuf) : -EINVAL;
+		if (rc) {
+			st->err = rc;
+			return 0;
+		}
+	}
 	for (uint32_t i = 0; i < cnt; i++) {
 		const uint32_t tok = cl->perm[f + i];
 		if (keys && keys->k) {
 			ix_dots(keys->k + (size_t)tok * d, 1, 0, q, G, d, s);
+		} else if (fetched) {
+			ix_dots(st->rowbuf + (size_t)i * d, 1, 0, q, G, d, s);
 		} else {
 			ix_row_f32(cl->rows.k + (size_t)(f + i) * cl->rows.stride, cl->rows.dtype, d, row);
 			ix_dots(row, 1, 0, q, G, d, s);
@@ -766,14 +779,17 @@ static uint64_t cl_tail_fill(const struct clusters *cl, const struct index_keys 
 size_t cl_scratch_tail(const struct clusters *cl)
 {
 	return 2 * ix_align(ix_bits_words(cl->n) * sizeof(uint64_t)) +
-	       ix_align((size_t)cl->max_members * sizeof(struct ix_item));
+	       ix_align((size_t)cl->max_members * sizeof(struct ix_item)) +
+	       ix_align((size_t)cl->max_members * cl->d * sizeof(float));
 }
 
 void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st,
 		  uint64_t *mbits)
 {
 	st->mbits = NULL;
-	if (cl->rk && res->runs && res->runs_cap) {
+	st->rowbuf = (float *)((uint8_t *)mbits + ix_align(ix_bits_words(cl->n) * sizeof(uint64_t)));
+	st->err = 0;
+	if (res->runs && res->runs_cap) {
 		st->mbits = mbits;
 		memset(mbits, 0, ix_bits_words(cl->n) * sizeof(uint64_t));
 	}

@@ -77,12 +77,15 @@ struct cl_pick {
 	int est_on;               /* estimates wanted and possible */
 	uint64_t est_tokens, est_max;
 	uint64_t *mbits;          /* member positions picked, when runs are wanted; else NULL */
+	float *rowbuf;            /* [max_members][d]: keys a tail fill fetches (index_keys.fetch_ordered) */
+	int err;                  /* a fetch failed: search() returns it */
 };
 
 /**
  * Start a walk: estimates are on when @p res asks and the index has values;
  * runs are recorded in @p mbits (a bitmap of n bits, cleared here) when
- * rows are attached and @p res asks for runs.
+ * @p res asks for runs. @p mbits is the run bitmap of the scratch tail
+ * (cl_scratch_tail()), which the walk's other buffers follow.
  */
 void cl_pick_init(const struct clusters *cl, uint64_t budget, const struct index_result *res, struct cl_pick *st,
 		  uint64_t *mbits);
@@ -104,14 +107,15 @@ int cl_estimate(unsigned d, const float *key, uint32_t count, const float *vsum,
 
 /**
  * Bytes of scratch a search needs for its token bitmap, its tail-fill items
- * (max_members) and its run bitmap, in that order, each ix_align()ed.
+ * (max_members), its run bitmap and the tail fill's fetched keys
+ * (max_members x d floats), in that order, each ix_align()ed.
  */
 size_t cl_scratch_tail(const struct clusters *cl);
 
 /**
  * Search prologue for both policies: keys may be NULL once rows are
- * attached. Returns like ix_search_prologue(); for an everything budget
- * it also sets the single run.
+ * attached, and may hold fetch_ordered alone. Returns like
+ * ix_search_prologue(); for an everything budget it also sets the single run.
  */
 int cl_search_prologue(const struct clusters *cl, const struct index_keys *keys, const float *q, unsigned G,
 		       uint64_t budget, struct index_result *res);
@@ -123,7 +127,7 @@ void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct 
  * What both clustered policies do alike, defined for policy POLICY under the
  * prefix NAME: to_cl() (the index as clusters of that policy, else NULL),
  * NAME_build, NAME_free, NAME_save, NAME_load, NAME_memory,
- * NAME_attach_rows and NAME_rows. Each policy writes its own search.
+ * NAME_attach_rows, NAME_rows and NAME_row_order. Each policy writes its own search.
  */
 #define CLUSTERS_COMMON_OPS(NAME, POLICY)                                                               \
 	static const struct clusters *to_cl(const struct index *ix)                                     \
@@ -174,6 +178,11 @@ void cl_runs_finish(const struct clusters *cl, const struct cl_pick *st, struct 
 	{                                                                                               \
 		const struct clusters *cl = to_cl(ix);                                                  \
 		return cl && cl->rk ? &cl->rows : NULL;                                                 \
+	}                                                                                               \
+	static const uint32_t *NAME##_row_order(const struct index *ix)                                 \
+	{                                                                                               \
+		const struct clusters *cl = to_cl(ix);                                                  \
+		return cl ? cl->perm : NULL;                                                            \
 	}
 
 #endif

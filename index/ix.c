@@ -1116,7 +1116,7 @@ int ix_search_prologue(uint64_t n, unsigned d, const struct index_keys *keys, in
 {
 	if (!res || !q || !G || G > IX_MAX_GROUP)
 		return -EINVAL;
-	if (keys && (keys->n != n || keys->d != d || (!keys->k && !keys->fetch)))
+	if (keys && (keys->n != n || keys->d != d || (!keys->k && !keys->fetch && !keys->fetch_ordered)))
 		return -EINVAL;
 	if (need_keys && !keys)
 		return -EINVAL;

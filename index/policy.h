@@ -182,7 +182,15 @@ struct index_keys {
 	 * which search() returns.
 	 */
 	int (*fetch)(void *ctx, const uint32_t *ids, size_t cnt, float *out);
-	void *fetch_ctx;
+	/*
+	 * Optional, for policies with row_order when k is NULL and no rows are
+	 * attached: the fp32 keys of positions [first, first + cnt) of the
+	 * index's row order into @p out [cnt][d] (a caller keeps the rows in
+	 * that order itself). @return 0 or a negative errno, which search()
+	 * returns.
+	 */
+	int (*fetch_ordered)(void *ctx, uint64_t first, uint32_t cnt, float *out);
+	void *fetch_ctx;          /* the argument of fetch and fetch_ordered */
 };
 
 /** How centroids and centroids2 pick clusters at search time. */
@@ -245,11 +253,12 @@ struct index_result {
 	uint64_t n_tokens;
 	uint64_t scanned;
 	/*
-	 * Optional, for policies with rows attached (attach_rows): the same
+	 * Optional, for policies with a row order (row_order): the same
 	 * tokens as (first, count) pairs of row positions in the index's own
 	 * row order, sorted, disjoint and merged where adjacent, so attention
-	 * reads them as runs of contiguous rows. Caller's memory of runs_cap
-	 * pairs; budget + 1 pairs always suffice. Left at 0 runs otherwise.
+	 * reads them as runs of contiguous rows (attached, or kept in that
+	 * order by the caller). Caller's memory of runs_cap pairs; budget + 1
+	 * pairs always suffice. Left at 0 runs otherwise.
 	 */
 	uint32_t *runs;
 	uint64_t runs_cap, n_runs;
@@ -333,6 +342,15 @@ struct policy_ops {
 	int (*attach_rows)(struct index *ix, const struct index_rows *src);
 	/** The attached rows in the index's order, or NULL. */
 	const struct index_rows *(*rows)(const struct index *ix);
+	/**
+	 * Optional: the index's row order, [tokens()] token ids, position i
+	 * holding token order[i] (centroids*: the members of each cluster in
+	 * turn). A caller may keep the segment's rows in this order itself
+	 * instead of attaching them (retrieval keeps them on the SSD tier):
+	 * search() then fills res->runs all the same and reads the keys it
+	 * tail fills through index_keys.fetch_ordered. Valid while the index is.
+	 */
+	const uint32_t *(*row_order)(const struct index *ix);
 	/**
 	 * Optional (NULL where a policy has none; those are rebuilt): take in
 	 * the tokens appended since the build, [the index's n, keys->n), without

@@ -322,6 +322,76 @@ static void runs_match_tokens(const char *label, const struct policy_ops *po, st
 	CHECK(ok, "%s: runs do not name the result's tokens", label);
 }
 
+/*
+ * Rows kept by the caller in the index's row order (as retrieval keeps them
+ * on the SSD tier): the search takes its keys through fetch_ordered alone
+ * and picks what it picks from the fp32 keys, with the same runs; the runs'
+ * positions are, through row_order, exactly the result's tokens; a failed
+ * fetch is the search's error.
+ */
+struct ordered_rows {
+	const float *k;           /* [N][D] in row order */
+	unsigned calls;
+	int fail;
+};
+
+static int fetch_ordered_rows(void *arg, uint64_t first, uint32_t cnt, float *out)
+{
+	struct ordered_rows *o = arg;
+	o->calls++;
+	if (o->fail)
+		return -EIO;
+	if (first + cnt > N)
+		return -ERANGE;
+	memcpy(out, o->k + first * D, (size_t)cnt * D * sizeof(float));
+	return 0;
+}
+
+static void ordered_fetch(const char *label, const struct policy_ops *po, struct index *ix,
+			  const struct index_keys *k)
+{
+	static float ok_rows[N * D];
+	static uint32_t runs[2 * (N + 1)], runs2[2 * (N + 1)];
+	static uint64_t seen[N];
+	const uint32_t *order = po->row_order(ix);
+	CHECK(order != NULL, "%s: no row order", label);
+	if (!order)
+		return;
+	for (uint64_t i = 0; i < N; i++)
+		memcpy(ok_rows + i * D, keys + (size_t)order[i] * D, D * sizeof(float));
+	struct ordered_rows o = { .k = ok_rows };
+	const struct index_keys kf = { .n = N, .d = D, .fetch_ordered = fetch_ordered_rows, .fetch_ctx = &o };
+	static const uint64_t budgets[] = { 1, 17, 450, 2000, N / 20, N };
+	int ok = 1;
+	for (unsigned b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++)
+		for (unsigned t = 0; t < 3; t++) {
+			struct index_result r = result(toks, 0), r2 = result(toks2, 0);
+			r.runs = runs;
+			r.runs_cap = N + 1;
+			r2.runs = runs2;
+			r2.runs_cap = N + 1;
+			int rc = po->search(ix, k, qd + t * G * D, G, budgets[b], &r);
+			int rc2 = po->search(ix, &kf, qd + t * G * D, G, budgets[b], &r2);
+			ok &= rc == 0 && rc2 == 0 && r.n_tokens == r2.n_tokens && r.scanned == r2.scanned &&
+			      !memcmp(toks, toks2, r.n_tokens * sizeof(uint64_t)) && r.n_runs == r2.n_runs &&
+			      r.n_runs > 0 && !memcmp(runs, runs2, r.n_runs * 2 * sizeof(uint32_t));
+			uint64_t n = 0;
+			for (uint64_t i = 0; i < r2.n_runs; i++)
+				for (uint64_t x = runs2[2 * i]; x < (uint64_t)runs2[2 * i] + runs2[2 * i + 1] && n < N; x++)
+					seen[n++] = order[x];
+			qsort(seen, n, sizeof(uint64_t), cmp_u64);
+			ok &= n == r2.n_tokens && !memcmp(seen, toks2, n * sizeof(uint64_t));
+		}
+	CHECK(ok, "%s: a search through fetch_ordered differs from one over the fp32 keys", label);
+	CHECK(o.calls > 0, "%s: no budget tail filled through fetch_ordered", label);
+	o.fail = 1;
+	struct index_result r = result(toks, 0);
+	r.runs = runs;
+	r.runs_cap = N + 1;
+	int rc = po->search(ix, &kf, qd, G, 17, &r);
+	CHECK(rc == -EIO, "%s: a failed fetch gave %d", label, rc);
+}
+
 /* Two threads at once against one thread alone. */
 static void concurrent(const char *label, const struct policy_ops *po, const struct index *ix)
 {
@@ -420,6 +490,8 @@ static void run(const struct config *cf)
 		CHECK(rc == 0 && r.n_est > 0, "%s: no estimates", cf->label);
 	}
 
+	if (po->row_order)
+		ordered_fetch(cf->label, po, ix, &k);
 	if (po->attach_rows)
 		runs_match_tokens(cf->label, po, ix, &k);
 	concurrent(cf->label, po, ix);
