@@ -8,9 +8,12 @@
  * kept on the context until it is dropped, and saved as the context's side
  * files (kv_ctx_side_save(), name "<policy>-l<layer>-h<head>.idx"): a
  * restarted daemon loads them instead of building. A side file that fails
- * its checks is rebuilt over. Policies that keep their own copy of the rows
- * (attach_rows: centroids*) get it after the build or load and are
- * attended run by run from it; those that read keys only to tail fill
+ * its checks is rebuilt over. Policies with a row order (row_order:
+ * centroids*) are attended run by run from a copy of the rows in that
+ * order: on the SSD tier, as a layer of the context derived from this one
+ * (tier_rows(): written once, read back through the host cache and the
+ * read-ahead like any block, deleted with the context), or, on a RAM-only
+ * store, attached to the index (attach_rows); those that read keys only to tail fill
  * (sparse_keys: quest, blocks, episodic) keep none and fetch the few rows
  * they score from the pinned blocks, so a loaded index serves without
  * reading its layer; the others keep the fp32 keys their search scores.
@@ -38,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "events.h"
 #include "policy.h"
@@ -93,6 +97,10 @@ struct slot {
 	pthread_mutex_t pick_mu;  /* guards last: never held across a build */
 	uint64_t *last;           /* the blocks the last ATTEND picked (sorted), read ahead for the next */
 	uint32_t n_last;
+	/* row_order policies on an SSD tier: the layer's rows in the index's order, as layer
+	 * rows_layer of the context derived for the policy (a reference; see tier_rows()) */
+	struct kv_ctx *rows;
+	uint32_t rows_layer;
 };
 
 /* A layer's events as episodic's builds take them. */
@@ -130,6 +138,7 @@ static void indexes_free(void *arg)
 		free(x->slots[i].recent);
 		index_history_free(x->slots[i].hist);
 		free(x->slots[i].last);
+		kv_ctx_put(x->slots[i].rows);
 		atomic_fetch_sub(&n_bytes, x->slots[i].bytes);
 		pthread_mutex_destroy(&x->slots[i].pick_mu);
 		pthread_mutex_destroy(&x->slots[i].mu);
@@ -312,6 +321,115 @@ static int attach(struct kv_ctx *c, struct slot *s, const struct policy_ops *po,
 	return rc;
 }
 
+/*
+ * Policies with a row order keep their rows on the SSD tier instead of in
+ * RAM: the context derived from c under "rows.<policy>" holds, as its
+ * layer layer * n_kv_heads + head (one KV head per layer), the head's rows
+ * in the index's order, padded to whole blocks. Its side file
+ * "rows-<that layer>.sum" names the order they follow (RS_* below), so a
+ * rebuilt index with another order is not served the old rows. Written
+ * once when the index is first built or loaded, read back after a restart.
+ */
+#define RS_MAGIC 0x53524e4du /* "MNRS" */
+#define RS_VERSION 1u
+
+struct rows_sum {
+	uint32_t magic, version;
+	uint64_t tokens;
+	uint64_t order_hash;      /* XXH3-64 of the order, [tokens] u32 */
+};
+
+static int write_tier_rows(struct kv_ctx *c, struct kv_ctx *dc, uint32_t dl, const uint32_t *order, uint64_t n,
+			   uint32_t layer, uint32_t head)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint64_t B = kv_ctx_block_tokens(dc), np = (n + B - 1) / B * B;
+	const size_t row = (size_t)g->head_dim * g->elem_size;
+	if (np > UINT32_MAX)
+		return -EOVERFLOW;
+	uint8_t *k = malloc(n * row + 1), *v = malloc(n * row + 1), *data = NULL;
+	int rc = k && v ? 0 : -ENOMEM;
+	/* aligned, whole blocks: the append streams them to the SSD without keeping them in RAM */
+	if (!rc && posix_memalign((void **)&data, 4096, 2 * np * row))
+		rc = -ENOMEM;
+	if (!rc)
+		rc = gather_raw(c, layer, head, n, k, v);
+	if (!rc) {
+		for (uint64_t i = 0; i < n; i++) {
+			memcpy(data + i * row, k + (size_t)order[i] * row, row);
+			memcpy(data + (np + i) * row, v + (size_t)order[i] * row, row);
+		}
+		memset(data + n * row, 0, (np - n) * row);
+		memset(data + (np + n) * row, 0, (np - n) * row);
+		const char *why;
+		uint64_t lt, ct;
+		rc = kv_ctx_append_ex(dc, dl, 1, 0, (uint32_t)np, data, 2 * np * row, KV_APPEND_STREAM | KV_APPEND_SYNC,
+				      &lt, &ct, &why);
+	}
+	free(k);
+	free(v);
+	free(data);
+	return rc;
+}
+
+/* The slot's rows on the SSD tier: found, checked against the index's order, or written. mu held. */
+static int tier_rows(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t layer, uint32_t head)
+{
+	const struct kv_geometry *g = kv_ctx_geometry(c);
+	const uint32_t *order = po->row_order(s->ix);
+	if (!order)
+		return -EINVAL;
+	struct kv_geometry dg = *g;
+	dg.n_layers = g->n_layers * g->n_kv_heads;
+	dg.n_kv_heads = 1;
+	dg.n_q_heads = 1;
+	char tag[64], name[64];
+	snprintf(tag, sizeof(tag), "rows.%s", po->name);
+	struct kv_ctx *dc;
+	int rc = kv_ctx_derived(c, tag, &dg, true, &dc);
+	if (rc)
+		return rc;
+	const uint32_t dl = layer * g->n_kv_heads + head;
+	const struct rows_sum want = { .magic = RS_MAGIC, .version = RS_VERSION, .tokens = s->n,
+				       .order_hash = XXH3_64bits(order, s->n * sizeof(uint32_t)) };
+	snprintf(name, sizeof(name), "rows-%u.sum", dl);
+	kv_ctx_read_begin(dc);
+	const uint64_t have = kv_ctx_layer_tokens(dc, dl);
+	kv_ctx_read_end(dc);
+	if (have) {
+		void *b = NULL;
+		size_t len = 0;
+		rc = kv_ctx_side_load(dc, name, &b, &len);
+		/* rows of another order, or written by a daemon that stopped before naming them */
+		if (!rc && !(len == sizeof(want) && !memcmp(b, &want, sizeof(want)) && have >= s->n))
+			rc = -ESTALE;
+		free(b);
+	} else if (!(rc = write_tier_rows(c, dc, dl, order, s->n, layer, head))) {
+		rc = kv_ctx_side_save(dc, name, &want, sizeof(want));
+	}
+	if (rc) {
+		kv_ctx_put(dc);
+		return rc;
+	}
+	s->rows = dc;
+	s->rows_layer = dl;
+	free(s->k);
+	s->k = NULL;
+	return 0;
+}
+
+/*
+ * After a build or load: a policy with a row order keeps its rows on the
+ * SSD tier when the context has one, else (or when that fails: RAM-only
+ * store, rows of another order, no room) attaches them in RAM.
+ */
+static int place_rows(struct kv_ctx *c, struct slot *s, const struct policy_ops *po, uint32_t layer, uint32_t head)
+{
+	if (po->row_order && kv_ctx_on_ssd(c) && tier_rows(c, s, po, layer, head) == 0)
+		return 0;
+	return attach(c, s, po, layer, head);
+}
+
 static void side_name(char *out, size_t cap, const struct policy_ops *po, uint32_t layer, uint32_t head)
 {
 	snprintf(out, cap, "%s-l%u-h%u.idx", po->name, layer, head);
@@ -372,7 +490,7 @@ static int load_index(struct kv_ctx *c, struct slot *s, const struct policy_ops 
 	if (!rc) {
 		s->n = covered;
 		if (po->attach_rows) {
-			rc = attach(c, s, po, layer, head);
+			rc = place_rows(c, s, po, layer, head);
 		} else if (!po->keeps_keys && !po->sparse_keys) {
 			s->k = k;
 			k = NULL;
@@ -823,13 +941,15 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 				k = NULL;
 			}
 			save(c, s, po, policy, layer, head);
-			rc = attach(c, s, po, layer, head);
 		}
 	}
 	free(pq);
 	free(ev);
 	free(k);
 	free(v);
+	/* the build's fp32 copies are gone before the rows are gathered */
+	if (!rc)
+		rc = place_rows(c, s, po, layer, head);
 done:
 	if (rc && s->ix) {
 		po->free(s->ix);
@@ -940,6 +1060,9 @@ struct head_work {
 	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP]; /* online softmax state; the sums are in o */
 	uint64_t *ids, picked;    /* sorted picks inside the range */
 	bool ids_folded;          /* the pick pass folded them from the index's own rows */
+	uint64_t *pos, n_pos;     /* or, with rows on the tier, where they lie there (sorted) */
+	struct kv_ctx *rows;      /* the slot's tier rows (borrowed: the slot holds them) */
+	uint32_t rows_layer;
 	float *ek, *ec, *ev;      /* the estimated clusters */
 	uint32_t n_est;
 	uint64_t idx_end;         /* the index's part of the range ends here */
@@ -953,9 +1076,13 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Fold sorted token ids into the state, pinning their blocks in batches. */
-static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint64_t *ids, uint64_t n,
-		    float *m, float *l, float *acc, uint64_t *bad)
+/*
+ * Fold sorted rows @p ids of (@p c, @p layer, @p head) into the state,
+ * pinning their blocks in batches: the request's own tokens, or the
+ * positions of a slot's tier rows.
+ */
+static int fold_rows_of(struct policy_job *j, struct kv_ctx *c, uint32_t layer, uint32_t h, const float *q,
+			const uint64_t *ids, uint64_t n, float *m, float *l, float *acc, uint64_t *bad)
 {
 	const size_t row = (size_t)j->d * (j->dtype == 0 ? 4 : 2);
 	enum { MAXB = 64 };
@@ -975,7 +1102,7 @@ static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint
 			}
 			e++;
 		}
-		int rc = kv_ctx_pin_list(j->c, j->layer, h, blocks, nb, mem, bad);
+		int rc = kv_ctx_pin_list(c, layer, h, blocks, nb, mem, bad);
 		if (rc)
 			return rc;
 		unsigned bi = 0;
@@ -990,10 +1117,17 @@ static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint
 			}
 			sparse_fold_rows(j->kern, q, j->G, j->d, (enum kv_dtype)j->dtype, kp, vp, cnt, m, l, acc);
 		}
-		kv_ctx_unpin_list(j->c, j->layer, h, blocks, nb);
+		kv_ctx_unpin_list(c, layer, h, blocks, nb);
 		i = e;
 	}
 	return 0;
+}
+
+/* Fold sorted token ids of the request's layer and KV head @p h. */
+static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint64_t *ids, uint64_t n,
+		    float *m, float *l, float *acc, uint64_t *bad)
+{
+	return fold_rows_of(j, j->c, j->layer, h, q, ids, n, m, l, acc, bad);
 }
 
 /*
@@ -1020,7 +1154,10 @@ static uint64_t *blocks_of(const uint64_t *ids, uint64_t n, uint32_t B, uint32_t
 static void read_last_ahead(struct kv_ctx *c, struct slot *s, uint32_t layer, uint32_t head)
 {
 	pthread_mutex_lock(&s->pick_mu);
-	if (s->n_last)
+	/* a pick of tier rows names their blocks (rows is set before any pick is kept) */
+	if (s->n_last && s->rows)
+		(void)kv_ctx_prefetch(s->rows, s->rows_layer, 0, s->last, s->n_last);
+	else if (s->n_last)
 		(void)kv_ctx_prefetch(c, layer, head, s->last, s->n_last);
 	pthread_mutex_unlock(&s->pick_mu);
 }
@@ -1103,6 +1240,28 @@ static int fetch_rows(void *arg, const uint32_t *ids, size_t cnt, float *out)
 	return 0;
 }
 
+/* index_keys.fetch_ordered for tier rows: positions [first, first + cnt) of the slot's layer. */
+static int fetch_tier_rows(void *arg, uint64_t first, uint32_t cnt, float *out)
+{
+	const struct row_fetch *f = arg;
+	const size_t row = (size_t)f->d * (f->dtype == KV_F32 ? 4 : 2);
+	kv_ctx_read_begin(f->c);
+	int rc = 0;
+	for (uint64_t p = first; p < first + cnt && !rc;) {
+		const uint64_t b = p / f->B;
+		const uint8_t *win[1];
+		uint64_t bad;
+		if ((rc = kv_ctx_pin(f->c, f->layer, 0, b, 1, win, &bad)))
+			break;
+		for (; p < first + cnt && p / f->B == b; p++)
+			for (uint32_t i = 0; i < f->d; i++)
+				out[(p - first) * f->d + i] = kv_load(f->dtype, win[0] + (p % f->B) * row, i);
+		kv_ctx_unpin(f->c, f->layer, 0, b, 1);
+	}
+	kv_ctx_read_end(f->c);
+	return rc;
+}
+
 static void job_fail(struct policy_job *j, unsigned h, int rc, uint64_t bad)
 {
 	int zero = 0;
@@ -1163,7 +1322,8 @@ static void pick_unit(void *arg, unsigned h)
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
 	const int whole = j->begin == 0 && w->idx_end == s->n;
 	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;
-	if (own) {
+	const int tiered = whole && s->rows;
+	if (own || tiered) {
 		runs = malloc((budget + 1) * 2 * sizeof(uint32_t));
 		if (!runs) {
 			rc = -ENOMEM;
@@ -1175,12 +1335,18 @@ static void pick_unit(void *arg, unsigned h)
 	if (j->begin < w->idx_end && s->n) {
 		struct row_fetch rf = { .c = j->c, .layer = j->layer, .head = h, .B = j->B, .d = d,
 					.dtype = (enum kv_dtype)j->dtype };
+		struct row_fetch tf = { .c = s->rows, .layer = s->rows_layer, .B = j->B, .d = d,
+					.dtype = (enum kv_dtype)j->dtype };
 		struct index_keys keys = { .k = s->k, .n = s->n, .d = d };
 		if (!s->k && j->po->sparse_keys) {
 			keys.fetch = fetch_rows;
 			keys.fetch_ctx = &rf;
+		} else if (!s->k && s->rows) {
+			keys.fetch_ordered = fetch_tier_rows;
+			keys.fetch_ctx = &tf;
 		}
-		if ((rc = j->po->search(s->ix, s->k || keys.fetch ? &keys : NULL, q, G, budget, &res)))
+		if ((rc = j->po->search(s->ix, s->k || keys.fetch || keys.fetch_ordered ? &keys : NULL, q, G, budget,
+					&res)))
 			goto fail;
 		w->scanned = res.scanned;
 		/* estimates stand for whole clusters: only when the range is the whole index */
@@ -1192,6 +1358,28 @@ static void pick_unit(void *arg, unsigned h)
 			sparse_fold_runs(j->kern, q, G, d, &rows, runs, res.n_runs, w->m, w->l, o);
 			w->picked = res.n_tokens;   /* sorted: the extras are what it lacks */
 			w->ids_folded = true;
+		} else if (tiered && (res.n_runs || !res.n_tokens)) {
+			/* the picks' places among the tier rows, read ahead now and attended in pass 2 */
+			w->picked = res.n_tokens;
+			if (!(w->pos = malloc((res.n_tokens + 1) * sizeof(uint64_t)))) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			for (uint64_t r = 0; r < res.n_runs; r++)
+				for (uint32_t i = 0; i < runs[2 * r + 1]; i++)
+					w->pos[w->n_pos++] = (uint64_t)runs[2 * r] + i;
+			w->rows = s->rows;
+			w->rows_layer = s->rows_layer;
+			uint32_t nb;
+			uint64_t *blocks = blocks_of(w->pos, w->n_pos, j->B, &nb);
+			if (blocks) {
+				(void)kv_ctx_prefetch(s->rows, s->rows_layer, 0, blocks, nb);
+				pthread_mutex_lock(&s->pick_mu);
+				free(s->last);
+				s->last = blocks;
+				s->n_last = nb;
+				pthread_mutex_unlock(&s->pick_mu);
+			}
 		} else {
 			qsort(w->ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
 			/* keep what lies in the requested range */
@@ -1234,8 +1422,15 @@ static void fold_unit(void *arg, unsigned h)
 	if (atomic_load(&j->err))
 		return;                         /* a head failed its pick: the ATTEND fails */
 	if (j->begin < w->idx_end && w->covered) {
-		if (!w->ids_folded && (rc = fold_ids(j, h, q, w->ids, w->picked, w->m, w->l, o, &bad)))
+		if (w->rows) {
+			kv_ctx_read_begin(w->rows);
+			rc = fold_rows_of(j, w->rows, w->rows_layer, 0, q, w->pos, w->n_pos, w->m, w->l, o, &bad);
+			kv_ctx_read_end(w->rows);
+			if (rc)
+				goto fail;
+		} else if (!w->ids_folded && (rc = fold_ids(j, h, q, w->ids, w->picked, w->m, w->l, o, &bad))) {
 			goto fail;
+		}
 		if ((rc = fold_extras(j, h, q, w->idx_end, w->ids, w->picked, w->m, w->l, o, &bad, &extra)))
 			goto fail;
 		struct kv_estimates est = { .n = w->n_est, .key = w->ek, .count = w->ec, .vsum = w->ev };
@@ -1311,6 +1506,7 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 	ex->parallel(ex->pool, g->n_kv_heads, fold_unit, &job);
 	for (uint32_t h = 0; h < g->n_kv_heads; h++) {
 		free(work[h].ids);
+		free(work[h].pos);
 		free(work[h].ek);
 		free(work[h].ec);
 		free(work[h].ev);
