@@ -24,11 +24,12 @@ struct option_def {
 	enum opt_type type;
 	size_t off;
 	const char *def;          /* "auto": resolved at run time, described in help */
-	uint64_t min, max;
+	uint64_t min, max;        /* OPT_STR: max is the field's size */
 	const char *help;
 };
 
 #define OFF(f) offsetof(struct config, f)
+#define SIZE(f) sizeof(((struct config *)0)->f)
 
 static const struct option_def options[] = {
 	{ "socket", OPT_PATH, OFF(socket), "auto", 0, 0,
@@ -77,11 +78,17 @@ static const struct option_def options[] = {
 	  "Connections served at once; more are accepted and closed at once." },
 	{ "drain-seconds", OPT_U32, OFF(drain_seconds), "30", 0, 3600,
 	  "On SIGTERM/SIGINT, how long to wait for in-flight requests before exiting." },
-	{ "episodic-gamma", OPT_STR, OFF(episodic_gamma), "1.0", 0, 0,
+	{ "episodic-gamma", OPT_STR, OFF(episodic_gamma), "1.0", 0, SIZE(episodic_gamma),
 	  "The episodic policy's boundary rule (EM-LLM): token t starts an event when its\n"
 	  "surprise exceeds mean + GAMMA * std of the 4096 before it; larger GAMMA, fewer\n"
 	  "and longer events (8 to 128 tokens). A number > 0; 1.0 is EM-LLM's default." },
-	{ "log-level", OPT_STR, OFF(log_level), "info", 0, 0,
+	{ "estimates", OPT_STR, OFF(estimates), "on", 0, SIZE(estimates),
+	  "on or off. On: centroids and centroids2 add the clusters they rank next but do\n"
+	  "not attend as estimates to each ATTEND's partial (RetroInfer: a cluster stands in\n"
+	  "for its members by its centroid, size and value sum). Off: the partial is exact\n"
+	  "attention over the picked tokens alone (Squeezed Attention), so exp(lse) is the\n"
+	  "softmax mass they hold." },
+	{ "log-level", OPT_STR, OFF(log_level), "info", 0, SIZE(log_level),
 	  "error, warn, info or debug, optionally per subsystem:\n"
 	  "\"info,ipc=debug\" (subsystems: daemon, ipc, store, attend)." },
 };
@@ -132,7 +139,8 @@ static int set_option(struct config *c, const struct option_def *o, const char *
 	switch (o->type) {
 	case OPT_PATH:
 	case OPT_STR: {
-		size_t cap = o->type == OPT_PATH ? PATH_MAX : sizeof(c->log_level);
+		/* each string field has its own size: a value must fit the one it goes to */
+		size_t cap = o->type == OPT_PATH ? PATH_MAX : o->max;
 		if (strlen(val) >= cap) {
 			fprintf(stderr, "mnemod: %s: %s is too long\n", where, o->name);
 			return -EINVAL;

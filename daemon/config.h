@@ -24,6 +24,7 @@ struct config {
 	uint32_t drain_seconds;
 	char log_level[128];
 	char episodic_gamma[32];  /* a float, checked by main (the table has no float type) */
+	char estimates[8];        /* on or off, checked by main */
 };
 
 enum config_action { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERR };

@@ -31,7 +31,12 @@ int main(int argc, char **argv)
 	{
 		char *end;
 		double gamma = strtod(cfg.episodic_gamma, &end);
-		struct attend_policy_config pc = { .gamma = (float)gamma };
+		const int est_on = !strcmp(cfg.estimates, "on"), est_off = !strcmp(cfg.estimates, "off");
+		if (!est_on && !est_off) {
+			fprintf(stderr, "mnemod: --estimates %s: need on or off\n", cfg.estimates);
+			return 2;
+		}
+		struct attend_policy_config pc = { .gamma = (float)gamma, .no_estimates = est_off };
 		if (end == cfg.episodic_gamma || *end || !(gamma > 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
 			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number > 0\n", cfg.episodic_gamma);
 			return 2;

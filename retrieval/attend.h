@@ -89,6 +89,8 @@ enum attend_segmentation {
 /** Daemon-wide tuning of the policies. */
 struct attend_policy_config {
 	float gamma;               /* episodic's boundary rule, > 0 (0: 1.0, EM-LLM's) */
+	int no_estimates;          /* centroids*: attend the picked tokens alone, no estimated
+				    * clusters (the lse is then a mass recall) */
 };
 
 /** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite). */

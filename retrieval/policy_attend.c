@@ -66,6 +66,7 @@
 
 static _Atomic uint64_t n_builds, n_loads, n_bytes;
 static struct seg_params seg_config; /* zeros: EM-LLM's defaults */
+static int no_estimates;
 
 int attend_policy_configure(const struct attend_policy_config *cfg)
 {
@@ -73,6 +74,7 @@ int attend_policy_configure(const struct attend_policy_config *cfg)
 	if (seg_params_resolve(&p, &r))
 		return -EINVAL;
 	seg_config = p;
+	no_estimates = cfg && cfg->no_estimates;
 	return 0;
 }
 
@@ -1317,7 +1319,8 @@ static void pick_unit(void *arg, unsigned h)
 			goto fail;
 		}
 	}
-	struct index_result res = { .tokens = w->ids, .est_cap = est_cap, .est_key = w->ek, .est_count = w->ec,
+	struct index_result res = { .tokens = w->ids, .est_cap = no_estimates ? 0 : est_cap, .est_key = w->ek,
+				    .est_count = w->ec,
 				    .est_vsum = w->ev, .history = s->hist };
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
 	const int whole = j->begin == 0 && w->idx_end == s->n;

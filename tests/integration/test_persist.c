@@ -601,6 +601,63 @@ static void stream_sync_points(const char *bin)
 	daemon_cleanup(&d);
 }
 
+/*
+ * --estimates off: centroids2's partial is exact attention over its picks
+ * alone, so it never holds more softmax mass than the whole layer (lse at
+ * most the exact one) and loads just the budget; the same index, loaded by
+ * a daemon with estimates on, adds the mass of the clusters it estimates
+ * (a larger lse for every head). A value other than on or off is refused.
+ */
+static void estimates_switch(const char *bin)
+{
+	struct daemon d;
+	daemon_init(&d, bin);
+	enum { N = 16384, BUDGET = N / 50 };
+	float q[H * D], o[2][H * D], l[2][H], oe[H * D], le[H];
+	for (int i = 0; i < H * D; i++)
+		q[i] = 2.0f * check_uniform(&seed);
+	CHECK(daemon_start(&d, "--estimates", "maybe", NULL) != 0, "--estimates maybe accepted");
+	uint64_t ctx = 0;
+	for (int round = 0; round < 2; round++) {
+		if (daemon_start(&d, "--estimates", round ? "on" : "off", NULL)) {
+			CHECK(0, "start with estimates %s", round ? "on" : "off");
+			break;
+		}
+		mnemo_client *c;
+		if (mnemo_connect(d.sock, &c)) {
+			CHECK(0, "connect");
+			break;
+		}
+		if (!round) {
+			ctx = create(c, "estimated");
+			uint16_t *kv = malloc((size_t)2 * H * N * D * 2);
+			fill(kv, 0, N);
+			uint64_t tokens;
+			CHECK(mnemo_append(c, ctx, 0, 1, 0, N, kv, (size_t)2 * H * N * D * 2, NULL) == 0 &&
+			      mnemo_seal(c, ctx, &tokens) == 0, "append: %s", mnemo_last_error(c));
+			free(kv);
+		}
+		struct mnemo_attend_info info;
+		CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_CENTROIDS2, BUDGET, 0, UINT64_MAX, q, o[round], l[round],
+				      &info) == 0 &&
+		      mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, oe, le, NULL) == 0,
+		      "attend: %s", mnemo_last_error(c));
+		CHECK(info.loaded == (uint64_t)BUDGET * H, "round %d: loaded %llu", round,
+		      (unsigned long long)info.loaded);
+		for (int h = 0; h < H; h++) {
+			if (!round)
+				CHECK(l[0][h] <= le[h] + 1e-4f, "head %d: lse %g of the picks over the layer's %g", h,
+				      l[0][h], le[h]);
+			else
+				CHECK(l[1][h] > l[0][h] + 1e-6f, "head %d: estimates on, lse %g, off %g", h, l[1][h],
+				      l[0][h]);
+		}
+		mnemo_close(c);
+		CHECK(daemon_stop(&d, SIGTERM) == 0, "clean stop");
+	}
+	daemon_cleanup(&d);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -616,5 +673,6 @@ int main(int argc, char **argv)
 	full_disk(argv[1]);
 	indexes_persist(argv[1]);
 	stream_sync_points(argv[1]);
+	estimates_switch(argv[1]);
 	return check_exit();
 }
