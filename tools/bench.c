@@ -40,7 +40,7 @@
 #include "ssd.h"
 
 static int opt_json;
-static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem;
+static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem, *opt_estimates;
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
@@ -52,7 +52,7 @@ static enum seg_metric opt_metric = SEG_MODULARITY;
 static double opt_gammas[16] = { 1.0 };
 static unsigned long long opt_steps = 16;
 static unsigned opt_exact_layers = 2;
-static const char *opt_host_mem_arg;
+static const char *opt_host_mem_arg, *opt_estimates_arg = "off";
 static const char *opt_stream_sync = "16G";   /* mnemod's --stream-sync in every suite */
 static int policies_given, opt_no_exact_step;
 static unsigned opt_n_gammas = 1;
@@ -152,7 +152,8 @@ static mnemo_client *connect_daemon(const char *argv0)
 			 * the tier suite measures the SSD path on its own */
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
 			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
-			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, (char *)NULL);
+			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, "--estimates",
+			       opt_estimates ? opt_estimates : "on", (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -738,10 +739,12 @@ static void bench_tier(const char *argv0)
 
 /* ---- preload: mnemo-preload of a trace vs fio's sequential write ---- */
 
-mnemo_client *bench_daemon_start(const char *argv0, const char *ssd_dir, const char *host_mem)
+mnemo_client *bench_daemon_start(const char *argv0, const char *ssd_dir, const char *host_mem,
+				 const char *estimates)
 {
 	opt_ssd = ssd_dir;
 	opt_host_mem = host_mem;
+	opt_estimates = estimates;
 	return connect_daemon(argv0);
 }
 
@@ -750,6 +753,7 @@ void bench_daemon_stop(void)
 	stop_daemon();
 	opt_ssd = NULL;
 	opt_host_mem = NULL;
+	opt_estimates = NULL;
 }
 
 const char *bench_daemon_socket(void)
@@ -1071,6 +1075,9 @@ static void usage(FILE *f)
 		"  --stream-sync SIZE  mnemod's bytes streamed between sync points (default 16G;\n"
 		"                    0: every APPEND durable at its reply)\n"
 		"  --no-exact-step   decode: skip the one whole exact step measured at the end\n"
+		"  --estimates on|off  decode: mnemod's --estimates (default off, so that every\n"
+		"                    policy's mass recall is measured: with estimates the lse of\n"
+		"                    centroids* holds estimated mass, and only the output error is)\n"
 		"  --gamma LIST      segment: the boundary rule's gamma, comma-separated;\n"
 		"                    retrieval: episodic's, the first of the list (default 1)\n"
 		"  -h, --help        this help\n");
@@ -1164,6 +1171,9 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--no-exact-step")) {
 			opt_no_exact_step = 1;
+		} else if (!strcmp(a, "--estimates") && v && (!strcmp(v, "on") || !strcmp(v, "off"))) {
+			opt_estimates_arg = v;
+			i++;
 		} else if (!strcmp(a, "--host-mem") && v) {
 			opt_host_mem_arg = v;
 			i++;
@@ -1242,6 +1252,7 @@ int main(int argc, char **argv)
 						  .n_budgets = ropt.n_budgets, .steps = opt_steps,
 						  .exact_layers = opt_exact_layers, .host_mem = opt_host_mem_arg,
 						  .exact_step = !opt_no_exact_step,
+						  .estimates = !strcmp(opt_estimates_arg, "on"),
 						  .dir = opt_dir };
 		memcpy(dopt.policies, ropt.policies, sizeof(dopt.policies));
 		memcpy(dopt.budgets, ropt.budgets, sizeof(dopt.budgets));

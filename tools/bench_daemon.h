@@ -11,7 +11,8 @@
  * @p ssd_dir (NULL: RAM only) and @p host_mem ("auto" when NULL), and
  * connect; exits with a message on failure.
  */
-mnemo_client *bench_daemon_start(const char *argv0, const char *ssd_dir, const char *host_mem);
+mnemo_client *bench_daemon_start(const char *argv0, const char *ssd_dir, const char *host_mem,
+				 const char *estimates);
 /** Stop the started daemon and remove its folder. */
 void bench_daemon_stop(void);
 /** Its socket path. */

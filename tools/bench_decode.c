@@ -15,9 +15,10 @@
  * the policy's mass recall is exact: a policy that attends exactly over the
  * tokens it picks (no estimates) has lse = log sum over the picks of
  * exp(q.k / sqrt(d)), so exp(lse_policy - lse_exact) is the share of the
- * softmax mass it kept, per query head; centroids* add estimated clusters
- * to their lse, so for them only the output's error against exact is
- * reported. The oracle (DESIGN.md section 9's oracle_mass_recall) is
+ * softmax mass it kept, per query head. The daemon runs with --estimates
+ * off unless asked (--estimates on): with estimates, centroids* add
+ * estimated clusters to their lse, and for them only the output's error
+ * against exact is reported. The oracle (DESIGN.md section 9's oracle_mass_recall) is
  * computed by the bench from the trace's keys on the same layers: one pick
  * per KV head serves its whole query group, so the best pick of |S| tokens
  * is the |S| tokens of highest probability summed over the group, and the
@@ -175,7 +176,7 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 		return -errno;
 	}
 	snprintf(ssd, sizeof(ssd), "%s/ssd", dir);
-	mnemo_client *c = bench_daemon_start(argv0, ssd, o->host_mem);
+	mnemo_client *c = bench_daemon_start(argv0, ssd, o->host_mem, o->estimates ? "on" : "off");
 	bench_find_preload(bin, sizeof(bin));
 	for (unsigned i = 0; i < o->n_policies; i++)
 		snprintf(pols + strlen(pols), sizeof(pols) - strlen(pols), "%s%s", i ? "," : "", o->policies[i]);
@@ -282,7 +283,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			const double bf = o->budgets[bi];
 			uint64_t budget = bf >= 1.0 ? (uint64_t)bf : (uint64_t)(bf * (double)N + 0.5);
 			budget = budget < 1 ? 1 : budget > UINT32_MAX ? UINT32_MAX : budget;
-			const int estimates = io->policy == POLICY_CENTROIDS || io->policy == POLICY_CENTROIDS2;
+			const int estimates =
+				o->estimates && (io->policy == POLICY_CENTROIDS || io->policy == POLICY_CENTROIDS2);
 			double mass = 0, mass_min = 1, out_err = 0, orel = 0, orel_min = 1;
 			uint64_t mass_n = 0, orel_n = 0;
 			for (uint64_t t = 0; t < steps; t++) {
@@ -379,10 +381,10 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				       "\"ratio_of\":\"exact_step_ms/step_p50_ms\",\"ssd_bytes_per_step\":%.0f,"
 				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"host_hit_rate\":%.4f,\"mass_recall\":%s,"
 				       "\"mass_recall_min\":%s,\"oracle_mass_recall\":%s,\"oracle_mass_recall_min\":%s,"
-				       "\"out_rel_err\":%.4f,\"step_ms\":[",
+				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"step_ms\":[",
 				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
 				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, hit_rate, mr, mrmin, om,
-				       ommin, mass_n ? out_err / (double)mass_n : NAN);
+				       ommin, mass_n ? out_err / (double)mass_n : NAN, o->estimates ? "true" : "false");
 				for (uint64_t t = 0; t < steps; t++)
 					printf("%s%.2f", t ? "," : "", step_ms[t]);
 				printf("]}\n");

@@ -13,6 +13,7 @@ struct bench_decode_opts {
 	unsigned exact_layers;         /* layers attended exactly per step (the baseline); 0: 1 */
 	int exact_step;                /* measure one whole exact step too */
 	const char *host_mem;          /* mnemod --host-mem; NULL: its default */
+	int estimates;                 /* mnemod --estimates on (else off) */
 	const char *dir;               /* where the SSD tier lives; NULL: /var/tmp */
 };
 
