@@ -41,7 +41,14 @@
  *   the budget by tail fill; Quest keeps at least 3 pages, so a budget
  *   under 3 pages takes the best tokens of the top min(3, pages) pages.
  *   scanned = pages bounded + tokens scored by tail fill (a bound reads two
- *   vectors, min and max).
+ *   vectors, min and max). With rerank R > 1 (not Quest's own), the build
+ *   also keeps each key as 4-bit codes on its page's [min, max] grid (half a
+ *   byte a channel), and a search pools whole pages in score order until
+ *   they hold R x budget tokens, scores those tokens from the codes
+ *   (sum_g exp(q_g.k^ - lse_g), as tail fill scores) and keeps the best
+ *   budget: no key is fetched. Measured 0.996 of the best mass at 5 % with
+ *   R = 4 on the unit test's data (0.888 without); scanned = pages + pooled
+ *   tokens.
  *
  * blocks (InfLLM): blocks of unit_tokens (128) tokens with 4 representative
  *   keys each. With prefill_q, the representatives are the keys that
@@ -227,6 +234,8 @@ struct index_build_params {
 	float coarse_factor;      /* centroids2: coarse survivors hold at most this many times the budget [2] */
 	unsigned degree;          /* ann: out-edges per key [32] */
 	float beam_factor;        /* ann: beam width as a share of the budget [1] */
+	float rerank;             /* quest: > 1 keeps 4-bit codes of the keys and reranks a pool of
+				   * this many budgets from them (see quest) [0: Quest's own search] */
 	/*
 	 * episodic: the events' starts relative to the segment (ascending,
 	 * [0] == 0, all < n; no event longer than 65536 tokens), as seg_layer()

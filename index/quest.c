@@ -7,23 +7,33 @@
  *   bound  U = sum_i max(q_i*max_i, q_i*min_i) = q+ . max + q- . min, where
  *          q+ = max(q, 0) and q- = min(q, 0): one dot product of the page
  *          row [max | min] (2d floats) with the query row [q+ | q-]
+ *   code   with rerank: each key channel as 4 bits on its page's own
+ *          [min, max] grid, k_i ~ min_i + (max_i - min_i) * c_i / 15
+ *          (two channels a byte, the even one low); d/2 bytes a token
+ *   rerank the search pools the best pages until they hold rerank times
+ *          the budget, scores their tokens from the codes, and keeps the
+ *          best budget of them: no key is read from the blocks
  *
- * Blob body (format 2): n u64, d u32, page u32, dtype u32 (0 f32, 1 bf16),
- * then pages x [max | min] of that dtype. The bounds are elementwise maxima
- * and minima of keys, so over a bf16 context they are bf16 values and are
- * saved as such: half the bytes a restart reads. Format 1 (no dtype, f32)
- * still loads.
+ * Blob body (format 3): n u64, d u32, page u32, rerank f32 (<= 1: none),
+ * dtype u32 (0 f32, 1 bf16), then pages x [max | min] of that dtype, then
+ * with rerank the codes, n x ceil(d/2) bytes. The bounds are elementwise
+ * maxima and minima of keys, so over a bf16 context they are bf16 values
+ * and are saved as such: half the bytes a restart reads. Formats 2 (no
+ * rerank) and 1 (no dtype either, f32) still load.
  */
 #include <errno.h>
 #include <stdbool.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ix.h"
 
-#define QUEST_VERSION 2
+#define QUEST_VERSION 3
+#define QUEST_VERSION_BOUNDS 2  /* before rerank */
 #define QUEST_VERSION_F32 1     /* before the dtype field */
+#define QUEST_MAX_RERANK 1024.0f
 #define QUEST_PAGE 16
 #define QUEST_MIN_PAGES 3
 #define QUEST_MAX_PAGE 65536u
@@ -34,7 +44,106 @@ struct quest {
 	unsigned d, page;
 	uint64_t pages;
 	struct ix_mat rows;       /* [pages][2d]: max, then min */
+	float rerank;             /* > 1: codes are kept and searches rerank */
+	uint8_t *codes;           /* [n][code_bytes] */
+	size_t code_bytes;        /* ceil(d / 2) */
 };
+
+/* 4-bit codes of every key on its page's [min, max] grid (keys [n][d]). */
+static int quest_codes(struct quest *qx, const float *k)
+{
+	const unsigned d = qx->d;
+	qx->code_bytes = (d + 1) / 2;
+	if (!(qx->codes = calloc(qx->n, qx->code_bytes)))
+		return -ENOMEM;
+	for (uint64_t t = 0; t < qx->n; t++) {
+		const size_t row = t / qx->page * 2 * d;
+		uint8_t *c = qx->codes + t * qx->code_bytes;
+		for (unsigned i = 0; i < d; i++) {
+			const float mx = ix_mat_at(&qx->rows, row + i), mn = ix_mat_at(&qx->rows, row + d + i);
+			const float r = mx - mn;
+			long v = r > 0 ? lrintf((k[t * d + i] - mn) / r * 15.0f) : 0;
+			v = v < 0 ? 0 : v > 15 ? 15 : v;
+			c[i / 2] |= (uint8_t)(v << (4 * (i & 1)));
+		}
+	}
+	return 0;
+}
+
+/* Byte -> its two channels' codes as floats (low nibble first). */
+static float nibble_pairs[256][2];
+
+static void nibble_pairs_init(void)
+{
+	for (int b = 0; b < 256; b++) {
+		nibble_pairs[b][0] = (float)(b & 15);
+		nibble_pairs[b][1] = (float)(b >> 4);
+	}
+}
+
+/* The scratch quest_rerank() needs, in floats. */
+static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
+{
+	return (size_t)G * d + 2 * (size_t)d + (size_t)page * d + (size_t)page * G;
+}
+
+/*
+ * Rerank: score the pooled tokens @p ids [cnt] (whole pages, each page's
+ * tokens consecutive) from their codes, per head q_g . k^ = q_g . min +
+ * sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15 made once a page,
+ * a page's codes decoded to one small matrix scored in one ix_dots(), and
+ * keep the best @p take by sum_g exp(s_g - off[g]) (the tail fill's score).
+ * @param w  room for rerank_scratch() floats
+ */
+static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *ids,
+			 size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, nibble_pairs_init);
+	const unsigned d = qx->d, P = qx->page;
+	float base[IX_MAX_GROUP], *mn = w + (size_t)G * d, *range = mn + d, *c = range + d, *s = c + (size_t)P * d;
+	for (size_t j = 0; j < cnt;) {
+		const uint64_t page = ids[j] / P, row = page * 2 * d;
+		size_t e = j;
+		while (e < cnt && ids[e] / P == page)
+			e++;
+		for (unsigned i = 0; i < d; i++) {
+			mn[i] = ix_mat_at(&qx->rows, row + d + i);
+			range[i] = (ix_mat_at(&qx->rows, row + i) - mn[i]) * (1.0f / 15.0f);
+		}
+		for (unsigned g = 0; g < G; g++) {
+			const float *qg = q + (size_t)g * d;
+			float b = 0;
+			for (unsigned i = 0; i < d; i++) {
+				b += qg[i] * mn[i];
+				w[(size_t)g * d + i] = qg[i] * range[i];
+			}
+			base[g] = b;
+		}
+		for (size_t x = j; x < e; x++) {
+			const uint8_t *code = qx->codes + (uint64_t)ids[x] * qx->code_bytes;
+			float *cx = c + (x - j) * d;
+			for (unsigned i = 0; i + 1 < d; i += 2)
+				memcpy(cx + i, nibble_pairs[code[i / 2]], 2 * sizeof(float));
+			if (d & 1)
+				cx[d - 1] = nibble_pairs[code[d / 2]][0];
+		}
+		ix_dots(c, e - j, d, w, G, d, s);
+		for (size_t x = j; x < e; x++) {
+			float acc = 0;
+			for (unsigned g = 0; g < G; g++)
+				acc += expf(base[g] + s[(x - j) * G + g] - off[g]);
+			tmp[x].score = isnan(acc) ? -INFINITY : acc;
+			tmp[x].id = ids[x];
+		}
+		j = e;
+	}
+	if (take > cnt)
+		take = cnt;
+	ix_top(tmp, cnt, take);
+	for (size_t j = 0; j < take; j++)
+		ix_bit_set(bits, tmp[j].id);
+}
 
 static const struct quest *to_quest(const struct index *ix)
 {
@@ -48,6 +157,7 @@ static void quest_free(struct index *ix)
 		return;
 	IX_ASSERT(ix->policy == POLICY_QUEST);
 	ix_mat_free(&qx->rows);
+	free(qx->codes);
 	free(qx);
 }
 
@@ -102,7 +212,8 @@ static int quest_build(const struct index_keys *keys, const struct index_build_p
 	if (!keys || !keys->k || !keys->n || keys->n > IX_MAX_TOKENS || !keys->d || keys->d > IX_MAX_DIM || !out)
 		return -EINVAL;
 	unsigned page = p && p->unit_tokens ? p->unit_tokens : QUEST_PAGE;
-	if (page > QUEST_MAX_PAGE)
+	const float rerank = p && p->rerank > 1 ? p->rerank : 0;
+	if (page > QUEST_MAX_PAGE || (p && !(p->rerank >= 0 && p->rerank <= QUEST_MAX_RERANK)))
 		return -EINVAL;
 	struct quest *qx;
 	int rc = quest_alloc(keys->n, keys->d, page, &qx);
@@ -121,6 +232,9 @@ static int quest_build(const struct index_keys *keys, const struct index_build_p
 		goto fail;
 	}
 	ix_mat_take(&qx->rows, job.rows, nf);
+	qx->rerank = rerank;
+	if (rerank && (rc = quest_codes(qx, keys->k)))
+		goto fail;
 	*out = &qx->base;
 	return 0;
 fail:
@@ -140,14 +254,18 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	const unsigned d = qx->d, P = qx->page;
 	const uint64_t pages = qx->pages;
 	const size_t min_pages = QUEST_MIN_PAGES;
-	const size_t tail_max = ix_fill_units_room(qx->n, P, budget, min_pages);
+	/* rerank: the pool of pages to score from the codes, when it is less than everything */
+	const uint64_t pool = qx->codes ? (uint64_t)((double)qx->rerank * (double)budget) : 0;
+	const int reranks = pool > budget && pool < qx->n;
+	const size_t tail_max = ix_fill_units_room(qx->n, P, reranks ? pool : budget, min_pages);
 	size_t off_qr = 0;
 	size_t off_u = off_qr + ix_align((size_t)G * 2 * d * sizeof(float));
 	size_t off_it = off_u + ix_align((size_t)pages * G * sizeof(float));
 	size_t off_bits = off_it + ix_align((size_t)pages * sizeof(struct ix_item));
 	size_t off_ids = off_bits + ix_align(ix_bits_words(qx->n) * sizeof(uint64_t));
 	size_t off_tmp = off_ids + ix_align(tail_max * sizeof(uint32_t));
-	size_t total = off_tmp + tail_max * sizeof(struct ix_item);
+	size_t off_w = off_tmp + ix_align(tail_max * sizeof(struct ix_item));
+	size_t total = off_w + rerank_scratch(G, d, P) * sizeof(float);
 	uint8_t *sc = ix_scratch(total);
 	if (!sc)
 		return -ENOMEM;
@@ -172,7 +290,21 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 			lse[g] = 0;
 	memset(bits, 0, ix_bits_words(qx->n) * sizeof(uint64_t));
 	struct ix_walk w;
-	ix_walk_init(&w, it, pages, (budget + P - 1) / P + min_pages);
+	ix_walk_init(&w, it, pages, ((reranks ? pool : budget) + P - 1) / P + min_pages);
+	if (reranks) {
+		/* the best pages until they hold the pool, their tokens scored from the codes */
+		const struct ix_item *pit;
+		size_t pooled = 0;
+		while (pooled < pool && (pit = ix_walk_next(&w))) {
+			const uint64_t t0 = (uint64_t)pit->id * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
+			for (uint64_t t = t0; t < t1; t++)
+				ids[pooled++] = (uint32_t)t;
+		}
+		quest_rerank(qx, q, G, lse, ids, pooled, budget, bits, tmp, (float *)(sc + off_w));
+		res->scanned = pages + pooled;
+		res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
+		return 0;
+	}
 	/* under min_pages pages of budget, the best tokens of the top min_pages pages */
 	const int whole = budget >= (uint64_t)min_pages * P;
 	const int64_t tail = ix_fill_units(&w, qx->n, P, budget, min_pages, whole, keys, q, G, lse, 1, bits, ids, tmp);
@@ -208,11 +340,15 @@ static int quest_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	const size_t nf = qx->pages * 2 * qx->d;
-	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 36 + ix_mat_bytes(&qx->rows, nf));
+	const size_t codes = qx->codes ? qx->n * qx->code_bytes : 0;
+	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 40 + ix_mat_bytes(&qx->rows, nf) + codes);
 	ix_wr_u64(&w, qx->n);
 	ix_wr_u32(&w, qx->d);
 	ix_wr_u32(&w, qx->page);
+	ix_wr_f32(&w, qx->codes ? qx->rerank : 0);
 	ix_wr_mat(&w, &qx->rows, nf);
+	if (codes)
+		ix_wr_bytes(&w, qx->codes, codes);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -221,14 +357,20 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	struct ix_rd r;
 	if (!out)
 		return -EINVAL;
-	const bool v1 = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION) != 0;
-	int rc = v1 ? ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_F32) : 0;
+	unsigned version = QUEST_VERSION;
+	int rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION);
+	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_BOUNDS)))
+		version = QUEST_VERSION_BOUNDS;
+	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_F32)))
+		version = QUEST_VERSION_F32;
 	if (rc)
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), page = ix_rd_u32(&r);
-	const uint32_t dtype = v1 ? 0 : ix_rd_u32(&r);
-	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE || dtype > 1)
+	const float rerank = version == QUEST_VERSION ? ix_rd_f32(&r) : 0;
+	const uint32_t dtype = version == QUEST_VERSION_F32 ? 0 : ix_rd_u32(&r);
+	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE || dtype > 1 ||
+	    !(rerank == 0 || (rerank > 1 && rerank <= QUEST_MAX_RERANK)))
 		return -EBADMSG;
 	if (keys && (keys->n != n || keys->d != d))
 		return -EINVAL;
@@ -236,7 +378,19 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	if ((rc = quest_alloc(n, d, page, &qx)))
 		return rc;
 	const size_t nf = qx->pages * 2 * d;
-	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)) || (rc = ix_rd_end(&r)))
+	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)))
+		goto fail;
+	if (rerank) {
+		const uint8_t *codes = ix_rd_bytes(&r, n * ((d + 1) / 2));
+		qx->code_bytes = (d + 1) / 2;
+		if (!codes || !(qx->codes = malloc(n * qx->code_bytes))) {
+			rc = codes ? -ENOMEM : -EBADMSG;
+			goto fail;
+		}
+		memcpy(qx->codes, codes, n * qx->code_bytes);
+		qx->rerank = rerank;
+	}
+	if ((rc = ix_rd_end(&r)))
 		goto fail;
 	/* a min above its max; one branch-free pass per dtype (a restart checks megabytes) */
 	int bad = 0;
@@ -265,7 +419,9 @@ fail:
 static size_t quest_memory(const struct index *ix)
 {
 	const struct quest *qx = to_quest(ix);
-	return qx ? sizeof(*qx) + ix_mat_bytes(&qx->rows, qx->pages * 2 * qx->d) : 0;
+	return qx ? sizeof(*qx) + ix_mat_bytes(&qx->rows, qx->pages * 2 * qx->d) +
+			    (qx->codes ? qx->n * qx->code_bytes : 0)
+		  : 0;
 }
 
 const struct policy_ops quest_policy_ops = {

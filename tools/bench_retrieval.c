@@ -121,8 +121,8 @@ static void cache_path(char *out, size_t cap, const struct bench_retrieval_opts 
 {
 	const char *base = strrchr(o->trace, '/');
 	base = base ? base + 1 : o->trace;
-	snprintf(out, cap, "%s/%s-%s-l%u-h%" PRIu64 "-n%" PRIu64 "-cf%g.idx", o->index_dir, base, policy, o->layer, h, N,
-		 o->coarse_factor);
+	snprintf(out, cap, "%s/%s-%s-l%u-h%" PRIu64 "-n%" PRIu64 "-cf%g-rr%g.idx", o->index_dir, base, policy, o->layer, h,
+		 N, o->coarse_factor, o->rerank);
 }
 
 /* A cached index, or -ENOENT. */
@@ -310,7 +310,8 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		struct index *ixs[16] = { 0 };
 		for (unsigned pi = 0; pi < n_pol; pi++) {
 			struct index_build_params bp = { .seed = 1, .prefill_q = pq, .n_prefill = P, .group = G,
-							 .v = vf, .coarse_factor = (float)o->coarse_factor };
+							 .v = vf, .coarse_factor = (float)o->coarse_factor,
+							 .rerank = (float)o->rerank };
 			double t0 = now_s();
 			char path[4096];
 			if (o->index_dir)
@@ -482,7 +483,12 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 		for (unsigned bi = 0; bi < o->n_budgets; bi++) {
 			double bf = o->budgets[bi];
 			uint64_t budget = bf >= 1.0 ? (uint64_t)bf : (uint64_t)(bf * (double)N + 0.5);
-			emit(o, pi < n_pol ? pols[pi]->name : "exact-first", bf >= 1.0 ? bf / N : bf, budget, N,
+			char label[48];
+			/* a reranking quest is told apart from Quest's own search */
+			snprintf(label, sizeof(label), "%s", pi < n_pol ? pols[pi]->name : "exact-first");
+			if (pi < n_pol && !strcmp(pols[pi]->name, "quest") && o->rerank > 1)
+				snprintf(label, sizeof(label), "quest-r%g", o->rerank);
+			emit(o, label, bf >= 1.0 ? bf / N : bf, budget, N,
 			     &acc[pi * o->n_budgets + bi], exact_p50, build_s[pi] / (double)heads);
 		}
 	rc = 0;

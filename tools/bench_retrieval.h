@@ -13,6 +13,7 @@ struct bench_retrieval_opts {
 	double budgets[16];            /* < 1: a fraction of the tokens; >= 1: a token count */
 	unsigned n_budgets;
 	double coarse_factor;          /* centroids2 tuning; 0: the policy's default */
+	double rerank;                 /* quest tuning (index_build_params.rerank); 0: Quest's own search */
 	double beam_factor;            /* ann tuning, set after build or load; 0: the index's own */
 	double gamma;                  /* episodic: the boundary rule's gamma; 0: 1.0 */
 	const char *index_dir;         /* built indexes saved here and loaded on the next run; NULL: none */
