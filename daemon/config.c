@@ -88,6 +88,12 @@ static const struct option_def options[] = {
 	  "for its members by its centroid, size and value sum). Off: the partial is exact\n"
 	  "attention over the picked tokens alone (Squeezed Attention), so exp(lse) is the\n"
 	  "softmax mass they hold." },
+	{ "quest-rerank", OPT_STR, OFF(quest_rerank), "0", 0, SIZE(quest_rerank),
+	  "0, or R in (1, 1024]: quest indexes built from then on keep 4-bit codes of the\n"
+	  "keys (half a byte a channel, on each page's own min/max grid) and a search pools\n"
+	  "its best pages until they hold R times the budget, scores their tokens from the\n"
+	  "codes and keeps the best budget of them, reading no key from the blocks. 0 is\n"
+	  "Quest's own search (whole pages by bound). An index keeps the R it was built with." },
 	{ "log-level", OPT_STR, OFF(log_level), "info", 0, SIZE(log_level),
 	  "error, warn, info or debug, optionally per subsystem:\n"
 	  "\"info,ipc=debug\" (subsystems: daemon, ipc, store, attend)." },

@@ -36,7 +36,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "mnemod: --estimates %s: need on or off\n", cfg.estimates);
 			return 2;
 		}
-		struct attend_policy_config pc = { .gamma = (float)gamma, .no_estimates = est_off };
+		char *rend;
+		const double rerank = strtod(cfg.quest_rerank, &rend);
+		if (rend == cfg.quest_rerank || *rend || !(rerank == 0 || (rerank > 1 && rerank <= 1024))) {
+			fprintf(stderr, "mnemod: --quest-rerank %s: need 0 or a number in (1, 1024]\n", cfg.quest_rerank);
+			return 2;
+		}
+		struct attend_policy_config pc = { .gamma = (float)gamma, .no_estimates = est_off,
+						   .quest_rerank = (float)rerank };
 		if (end == cfg.episodic_gamma || *end || !(gamma > 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
 			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number > 0\n", cfg.episodic_gamma);
 			return 2;

@@ -91,9 +91,10 @@ struct attend_policy_config {
 	float gamma;               /* episodic's boundary rule, > 0 (0: 1.0, EM-LLM's) */
 	int no_estimates;          /* centroids*: attend the picked tokens alone, no estimated
 				    * clusters (the lse is then a mass recall) */
+	float quest_rerank;        /* quest indexes built from now on: index_build_params.rerank */
 };
 
-/** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite). */
+/** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite, quest_rerank outside 0 or (1, 1024]). */
 int attend_policy_configure(const struct attend_policy_config *cfg);
 
 /**

@@ -67,14 +67,19 @@
 static _Atomic uint64_t n_builds, n_loads, n_bytes;
 static struct seg_params seg_config; /* zeros: EM-LLM's defaults */
 static int no_estimates;
+static float quest_rerank;
 
 int attend_policy_configure(const struct attend_policy_config *cfg)
 {
 	struct seg_params p = { .gamma = cfg ? cfg->gamma : 0 }, r;
 	if (seg_params_resolve(&p, &r))
 		return -EINVAL;
+	const float rr = cfg ? cfg->quest_rerank : 0;
+	if (!(rr == 0 || (rr > 1 && rr <= 1024)))
+		return -EINVAL;
 	seg_config = p;
 	no_estimates = cfg && cfg->no_estimates;
+	quest_rerank = rr;
 	return 0;
 }
 
@@ -932,7 +937,8 @@ static int ensure_index(struct kv_ctx *c, struct ctx_indexes *x, struct slot *s,
 	if (!rc) {
 		struct index_keys keys = { .k = k, .n = n, .d = g->head_dim };
 		struct index_build_params bp = { .seed = 1, .group = G, .v = v, .prefill_q = pq, .n_prefill = npq,
-						 .event_starts = ev, .n_events = n_ev };
+						 .event_starts = ev, .n_events = n_ev,
+						 .rerank = policy == POLICY_QUEST ? quest_rerank : 0 };
 		if (!(rc = po->build(&keys, &bp, &s->ix))) {
 			atomic_fetch_add(&n_builds, 1);
 			*how = INDEX_BUILT;

@@ -41,6 +41,7 @@
 
 static int opt_json;
 static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem, *opt_estimates;
+static char opt_rerank_arg[32] = "0";
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
@@ -153,7 +154,7 @@ static mnemo_client *connect_daemon(const char *argv0)
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
 			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
 			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, "--estimates",
-			       opt_estimates ? opt_estimates : "on", (char *)NULL);
+			       opt_estimates ? opt_estimates : "on", "--quest-rerank", opt_rerank_arg, (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -1060,6 +1061,9 @@ static void usage(FILE *f)
 		"                    (default 0.01,0.02,0.05)\n"
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
+		"  --rerank R        retrieval: quest keeps 4-bit codes of the keys and reranks\n"
+		"                    its R x budget best pages' tokens from them (reported as\n"
+		"                    quest-rR); decode: mnemod's --quest-rerank\n"
 		"  --beam-factor X   retrieval: ann's beam width as a share of the budget\n"
 		"                    (default 1)\n"
 		"  --index-dir DIR   retrieval: save built indexes in DIR and load them on\n"
@@ -1145,6 +1149,15 @@ int main(int argc, char **argv)
 				fprintf(stderr, "mnemo-bench: --coarse-factor wants a number >= 1\n");
 				return 2;
 			}
+			i++;
+		} else if (!strcmp(a, "--rerank") && v) {
+			char *end;
+			ropt.rerank = strtod(v, &end);
+			if (*end || !(ropt.rerank > 1 && ropt.rerank <= 1024)) {
+				fprintf(stderr, "mnemo-bench: --rerank wants a number in (1, 1024]\n");
+				return 2;
+			}
+			snprintf(opt_rerank_arg, sizeof(opt_rerank_arg), "%g", ropt.rerank);
 			i++;
 		} else if (!strcmp(a, "--beam-factor") && v) {
 			char *end;
@@ -1253,6 +1266,7 @@ int main(int argc, char **argv)
 						  .exact_layers = opt_exact_layers, .host_mem = opt_host_mem_arg,
 						  .exact_step = !opt_no_exact_step,
 						  .estimates = !strcmp(opt_estimates_arg, "on"),
+						  .quest_rerank = ropt.rerank,
 						  .dir = opt_dir };
 		memcpy(dopt.policies, ropt.policies, sizeof(dopt.policies));
 		memcpy(dopt.budgets, ropt.budgets, sizeof(dopt.budgets));

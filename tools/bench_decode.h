@@ -14,6 +14,7 @@ struct bench_decode_opts {
 	int exact_step;                /* measure one whole exact step too */
 	const char *host_mem;          /* mnemod --host-mem; NULL: its default */
 	int estimates;                 /* mnemod --estimates on (else off) */
+	double quest_rerank;           /* mnemod --quest-rerank (0: Quest's own search) */
 	const char *dir;               /* where the SSD tier lives; NULL: /var/tmp */
 };
 
