@@ -658,6 +658,67 @@ static void estimates_switch(const char *bin)
 	daemon_cleanup(&d);
 }
 
+/*
+ * --quest-rerank: two daemons over the same context, one with Quest's own
+ * search and one reranking 8 budgets from codes. The reranking one keeps
+ * the codes (half a byte a channel, in index_bytes), keeps more of the
+ * softmax mass in the same budget (summed over heads; never more than the
+ * layer's), and loads just the budget; a bad R is refused.
+ */
+static void quest_rerank_switch(const char *bin)
+{
+	enum { N = 16384, BUDGET = N / 100 };
+	float q[H * D], o[H * D], l[2][H], oe[H * D], le[H];
+	uint64_t bytes[2] = { 0, 0 };
+	for (int i = 0; i < H * D; i++)
+		q[i] = 2.0f * check_uniform(&seed);
+	for (int mode = 0; mode < 2; mode++) {
+		struct daemon d;
+		daemon_init(&d, bin);
+		if (mode)
+			CHECK(daemon_start(&d, "--quest-rerank", "0.5", NULL) != 0, "--quest-rerank 0.5 accepted");
+		if (daemon_start(&d, "--quest-rerank", mode ? "8" : "0", NULL)) {
+			CHECK(0, "start, rerank %d", mode);
+			daemon_cleanup(&d);
+			return;
+		}
+		mnemo_client *c;
+		if (mnemo_connect(d.sock, &c)) {
+			CHECK(0, "connect");
+			daemon_cleanup(&d);
+			return;
+		}
+		const uint64_t ctx = create(c, "reranked");
+		uint16_t *kv = malloc((size_t)2 * H * N * D * 2);
+		fill(kv, 0, N);
+		uint64_t tokens;
+		CHECK(mnemo_append(c, ctx, 0, 1, 0, N, kv, (size_t)2 * H * N * D * 2, NULL) == 0 &&
+		      mnemo_seal(c, ctx, &tokens) == 0, "append: %s", mnemo_last_error(c));
+		free(kv);
+		struct mnemo_attend_info info;
+		struct mnemo_daemon_info di;
+		CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_QUEST, BUDGET, 0, UINT64_MAX, q, o, l[mode], &info) == 0 &&
+		      mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, UINT64_MAX, q, oe, le, NULL) == 0 &&
+		      mnemo_stat_daemon(c, &di) == 0, "attend: %s", mnemo_last_error(c));
+		CHECK(info.loaded == (uint64_t)BUDGET * H, "rerank %d: loaded %llu", mode, (unsigned long long)info.loaded);
+		for (int h = 0; h < H; h++)
+			CHECK(l[mode][h] <= le[h] + 1e-4f, "rerank %d, head %d: lse %g over the layer's %g", mode, h,
+			      l[mode][h], le[h]);
+		bytes[mode] = di.index_bytes;
+		mnemo_close(c);
+		CHECK(daemon_stop(&d, SIGTERM) == 0, "clean stop");
+		daemon_cleanup(&d);
+	}
+	double kept[2] = { 0, 0 };
+	for (int mode = 0; mode < 2; mode++)
+		for (int h = 0; h < H; h++)
+			kept[mode] += exp(l[mode][h]);
+	CHECK(kept[1] > kept[0], "reranking kept less mass: %g against %g", kept[1], kept[0]);
+	CHECK(bytes[1] >= bytes[0] + (uint64_t)H * N * D / 2, "index_bytes %llu with codes, %llu without",
+	      (unsigned long long)bytes[1], (unsigned long long)bytes[0]);
+	printf("quest at 1%%: mass kept %.4g with rerank 8, %.4g without\n", kept[1], kept[0]);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -674,5 +735,6 @@ int main(int argc, char **argv)
 	indexes_persist(argv[1]);
 	stream_sync_points(argv[1]);
 	estimates_switch(argv[1]);
+	quest_rerank_switch(argv[1]);
 	return check_exit();
 }
