@@ -42,6 +42,7 @@
 static int opt_json;
 static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem, *opt_estimates;
 static char opt_rerank_arg[32] = "0";
+static const char *opt_block_tokens = "64";
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
 static unsigned opt_n_tokens = 2, opt_iters = 20;
@@ -154,7 +155,8 @@ static mnemo_client *connect_daemon(const char *argv0)
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
 			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
 			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, "--estimates",
-			       opt_estimates ? opt_estimates : "on", "--quest-rerank", opt_rerank_arg, (char *)NULL);
+			       opt_estimates ? opt_estimates : "on", "--quest-rerank", opt_rerank_arg, "--block-tokens",
+			       opt_block_tokens, (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -1061,6 +1063,7 @@ static void usage(FILE *f)
 		"                    (default 0.01,0.02,0.05)\n"
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
+		"  --block-tokens N  the mnemod the bench starts: tokens per block (default 64)\n"
 		"  --rerank R        retrieval: quest keeps 4-bit codes of the keys and reranks\n"
 		"                    its R x budget best pages' tokens from them (reported as\n"
 		"                    quest-rR); decode: mnemod's --quest-rerank\n"
@@ -1149,6 +1152,9 @@ int main(int argc, char **argv)
 				fprintf(stderr, "mnemo-bench: --coarse-factor wants a number >= 1\n");
 				return 2;
 			}
+			i++;
+		} else if (!strcmp(a, "--block-tokens") && v && atoi(v) >= 1 && atoi(v) <= 256) {
+			opt_block_tokens = v;
 			i++;
 		} else if (!strcmp(a, "--rerank") && v) {
 			char *end;
