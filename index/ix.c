@@ -648,6 +648,46 @@ static inline __attribute__((always_inline)) void dots_bf16_rows_body(const uint
 		dots_bf16_body(rows + i * stride, q, G, d, out + i * G);
 }
 
+/* 4-bit codes (two a byte, the even channel low) against G queries, eight channels a load. */
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_t *codes, size_t n, size_t cstride,
+								     const float *q, unsigned G, unsigned d,
+								     float *out)
+{
+	const v8w shift = { 0, 4, 8, 12, 16, 20, 24, 28 };
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *c = codes + i * cstride;
+		float *o = out + i * G;
+		unsigned g = 0;
+		if (d % 8 == 0)
+			for (; g + 4 <= G; g += 4) {
+				const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+				v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+				for (unsigned j = 0; j < d; j += 8) {
+					uint32_t u;
+					memcpy(&u, c + j / 2, 4);
+					const v8w x = ((v8w){ u, u, u, u, u, u, u, u } >> shift) & 15;
+					const v8f f = __builtin_convertvector((v8i)x, v8f);
+					a0 += f * load8(q0 + j);
+					a1 += f * load8(q1 + j);
+					a2 += f * load8(q2 + j);
+					a3 += f * load8(q3 + j);
+				}
+				o[g] = hsum8(&a0);
+				o[g + 1] = hsum8(&a1);
+				o[g + 2] = hsum8(&a2);
+				o[g + 3] = hsum8(&a3);
+			}
+		for (; g < G; g++) {
+			float s = 0;
+			for (unsigned j = 0; j < d; j++)
+				s += q[(size_t)g * d + j] * (float)((c[j / 2] >> (4 * (j & 1))) & 15);
+			o[g] = s;
+		}
+	}
+}
+
 /*
  * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
  * baseline, picked once from what the CPU reports (by feature, so AMD and
@@ -699,6 +739,18 @@ static void dots_bf16_rows_base(const uint16_t *rows, size_t n, size_t stride, c
 	dots_bf16_rows_body(rows, n, stride, q, G, d, out);
 }
 
+__attribute__((target("avx2,fma"))) static void dots_nibbles_avx2(const uint8_t *codes, size_t n, size_t cstride,
+								  const float *q, unsigned G, unsigned d, float *out)
+{
+	dots_nibbles_body(codes, n, cstride, q, G, d, out);
+}
+
+static void dots_nibbles_base(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
+			      float *out)
+{
+	dots_nibbles_body(codes, n, cstride, q, G, d, out);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -741,6 +793,14 @@ static void dots_bf16_rows_avx2(const uint16_t *rows, size_t n, size_t stride, c
 }
 
 #define dots_bf16_rows_base dots_bf16_rows_avx2
+
+static void dots_nibbles_avx2(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
+			      float *out)
+{
+	dots_nibbles_body(codes, n, cstride, q, G, d, out);
+}
+
+#define dots_nibbles_base dots_nibbles_avx2
 
 static int have_avx2_fma(void)
 {
@@ -814,6 +874,15 @@ void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q
 		dots_bf16_rows_avx2(m->bf16, n, stride, q, G, d, out);
 	else
 		dots_bf16_rows_base(m->bf16, n, stride, q, G, d, out);
+}
+
+void ix_dots_nibbles(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
+		     float *out)
+{
+	if (have_avx2_fma())
+		dots_nibbles_avx2(codes, n, cstride, q, G, d, out);
+	else
+		dots_nibbles_base(codes, n, cstride, q, G, d, out);
 }
 
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)

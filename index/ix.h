@@ -152,6 +152,14 @@ void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out);
  */
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
 
+/**
+ * 4-bit codes against G queries: out[i*G + g] = sum_j q[g*d + j] * c_ij, where
+ * row i starts at codes + i * cstride and holds channel j in the low (even j)
+ * or high (odd j) nibble of byte j / 2.
+ */
+void ix_dots_nibbles(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
+		     float *out);
+
 /** The same for one bf16 row (the top 16 bits of an fp32): out[g] = row . q[g]. */
 void ix_dots_bf16(const uint16_t *row, const float *q, unsigned G, unsigned d, float *out);
 

@@ -24,7 +24,6 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,42 +69,30 @@ static int quest_codes(struct quest *qx, const float *k)
 	return 0;
 }
 
-/* Byte -> its two channels' codes as floats (low nibble first). */
-static float nibble_pairs[256][2];
-
-static void nibble_pairs_init(void)
-{
-	for (int b = 0; b < 256; b++) {
-		nibble_pairs[b][0] = (float)(b & 15);
-		nibble_pairs[b][1] = (float)(b >> 4);
-	}
-}
-
 /* The scratch quest_rerank() needs, in floats. */
 static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
 {
-	return (size_t)G * d + 2 * (size_t)d + (size_t)page * d + (size_t)page * G;
+	return (size_t)G * d + 2 * (size_t)d + (size_t)page * G;
 }
 
 /*
  * Rerank: score the pooled tokens @p ids [cnt] (whole pages, each page's
  * tokens consecutive) from their codes, per head q_g . k^ = q_g . min +
  * sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15 made once a page,
- * a page's codes decoded to one small matrix scored in one ix_dots(), and
+ * a page's codes scored in one ix_dots_nibbles(), and
  * keep the best @p take by sum_g exp(s_g - off[g]) (the tail fill's score).
  * @param w  room for rerank_scratch() floats
  */
 static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *ids,
 			 size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, nibble_pairs_init);
-	const unsigned d = qx->d, P = qx->page;
-	float base[IX_MAX_GROUP], *mn = w + (size_t)G * d, *range = mn + d, *c = range + d, *s = c + (size_t)P * d;
+	const unsigned d = qx->d;
+	float base[IX_MAX_GROUP], *mn = w + (size_t)G * d, *range = mn + d, *s = range + d;
 	for (size_t j = 0; j < cnt;) {
-		const uint64_t page = ids[j] / P, row = page * 2 * d;
+		const uint64_t page = ids[j] / qx->page, row = page * 2 * d;
 		size_t e = j;
-		while (e < cnt && ids[e] / P == page)
+		/* a page's pooled tokens are consecutive, and so are their codes */
+		while (e < cnt && ids[e] / qx->page == page && ids[e] == ids[j] + (e - j))
 			e++;
 		for (unsigned i = 0; i < d; i++) {
 			mn[i] = ix_mat_at(&qx->rows, row + d + i);
@@ -120,15 +107,7 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 			}
 			base[g] = b;
 		}
-		for (size_t x = j; x < e; x++) {
-			const uint8_t *code = qx->codes + (uint64_t)ids[x] * qx->code_bytes;
-			float *cx = c + (x - j) * d;
-			for (unsigned i = 0; i + 1 < d; i += 2)
-				memcpy(cx + i, nibble_pairs[code[i / 2]], 2 * sizeof(float));
-			if (d & 1)
-				cx[d - 1] = nibble_pairs[code[d / 2]][0];
-		}
-		ix_dots(c, e - j, d, w, G, d, s);
+		ix_dots_nibbles(qx->codes + (uint64_t)ids[j] * qx->code_bytes, e - j, qx->code_bytes, w, G, d, s);
 		for (size_t x = j; x < e; x++) {
 			float acc = 0;
 			for (unsigned g = 0; g < G; g++)

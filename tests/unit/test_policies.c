@@ -26,6 +26,7 @@
 
 #include "../check.h"
 #include "index.h"
+#include "ix.h"
 #include "policy.h"
 
 enum {
@@ -807,6 +808,37 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const stru
 	po->free(ix16);
 }
 
+/*
+ * ix_dots_nibbles(): rows of 4-bit codes (the even channel in the low
+ * nibble) against G queries, as a double sum over the unpacked codes, for
+ * the vector path (G 4, d 64, rows apart by a stride) and the scalar one
+ * (G 3, d 12).
+ */
+static void nibble_dots(void)
+{
+	static const unsigned shapes[2][2] = { { 4, 64 }, { 3, 12 } };
+	for (unsigned s = 0; s < 2; s++) {
+		const unsigned Gs = shapes[s][0], d = shapes[s][1], n = 5;
+		const size_t stride = d / 2 + 3;
+		uint8_t codes[5 * 35];
+		float q[4 * 64], out[5 * 4];
+		for (size_t i = 0; i < sizeof(codes); i++)
+			codes[i] = (uint8_t)check_rand(&seed);
+		for (unsigned i = 0; i < Gs * d; i++)
+			q[i] = 2.0f * check_uniform(&seed) - 1.0f;
+		ix_dots_nibbles(codes, n, stride, q, Gs, d, out);
+		double worst = 0;
+		for (unsigned r = 0; r < n; r++)
+			for (unsigned g = 0; g < Gs; g++) {
+				double want = 0;
+				for (unsigned j = 0; j < d; j++)
+					want += (double)q[g * d + j] * ((codes[r * stride + j / 2] >> (4 * (j % 2))) & 15);
+				worst = fmax(worst, fabs(out[r * Gs + g] - want) / (fabs(want) + 1));
+			}
+		CHECK(worst < 1e-5, "nibble dots, Gs %u d %u: error %g", Gs, d, worst);
+	}
+}
+
 int main(void)
 {
 	/* the data and the builds are fixed, so the floors are regressions, not luck;
@@ -815,6 +847,7 @@ int main(void)
 	make_data();
 	seed = check_seed();
 
+	nibble_dots();
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
 					     "faiss-hnsw", "ann", "episodic" };
