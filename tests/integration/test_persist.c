@@ -601,6 +601,19 @@ static void stream_sync_points(const char *bin)
 	daemon_cleanup(&d);
 }
 
+/* A sealed context of the synthetic K/V, @p n tokens appended at once. */
+static uint64_t sealed_context(mnemo_client *c, const char *name, uint32_t n)
+{
+	const uint64_t ctx = create(c, name);
+	uint16_t *kv = malloc((size_t)2 * H * n * D * 2);
+	fill(kv, 0, n);
+	uint64_t tokens;
+	CHECK(mnemo_append(c, ctx, 0, 1, 0, n, kv, (size_t)2 * H * n * D * 2, NULL) == 0 &&
+	      mnemo_seal(c, ctx, &tokens) == 0 && tokens == n, "%s: %s", name, mnemo_last_error(c));
+	free(kv);
+	return ctx;
+}
+
 /*
  * --estimates off: centroids2's partial is exact attention over its picks
  * alone, so it never holds more softmax mass than the whole layer (lse at
@@ -628,15 +641,8 @@ static void estimates_switch(const char *bin)
 			CHECK(0, "connect");
 			break;
 		}
-		if (!round) {
-			ctx = create(c, "estimated");
-			uint16_t *kv = malloc((size_t)2 * H * N * D * 2);
-			fill(kv, 0, N);
-			uint64_t tokens;
-			CHECK(mnemo_append(c, ctx, 0, 1, 0, N, kv, (size_t)2 * H * N * D * 2, NULL) == 0 &&
-			      mnemo_seal(c, ctx, &tokens) == 0, "append: %s", mnemo_last_error(c));
-			free(kv);
-		}
+		if (!round)
+			ctx = sealed_context(c, "estimated", N);
 		struct mnemo_attend_info info;
 		CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_CENTROIDS2, BUDGET, 0, UINT64_MAX, q, o[round], l[round],
 				      &info) == 0 &&
@@ -688,13 +694,7 @@ static void quest_rerank_switch(const char *bin)
 			daemon_cleanup(&d);
 			return;
 		}
-		const uint64_t ctx = create(c, "reranked");
-		uint16_t *kv = malloc((size_t)2 * H * N * D * 2);
-		fill(kv, 0, N);
-		uint64_t tokens;
-		CHECK(mnemo_append(c, ctx, 0, 1, 0, N, kv, (size_t)2 * H * N * D * 2, NULL) == 0 &&
-		      mnemo_seal(c, ctx, &tokens) == 0, "append: %s", mnemo_last_error(c));
-		free(kv);
+		const uint64_t ctx = sealed_context(c, "reranked", N);
 		struct mnemo_attend_info info;
 		struct mnemo_daemon_info di;
 		CHECK(mnemo_attend_ex(c, ctx, 0, MNEMO_POLICY_QUEST, BUDGET, 0, UINT64_MAX, q, o, l[mode], &info) == 0 &&
