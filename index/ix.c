@@ -688,6 +688,41 @@ static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_
 	}
 }
 
+/* A page's code weights: w[g][i] = q[g][i] * (max_i - min_i) / 15, base[g] = q[g] . min. */
+static inline __attribute__((always_inline)) void code_weights_body(const struct ix_mat *m, size_t row, unsigned d,
+								     const float *q, unsigned G, float *w,
+								     float *base)
+{
+	const float inv15 = 1.0f / 15.0f;
+	for (unsigned g = 0; g < G; g++) {
+		const float *qg = q + (size_t)g * d;
+		float *wg = w + (size_t)g * d;
+		unsigned i = 0;
+		v8f acc = { 0 };
+		if (m->bf16)
+			for (; i + 8 <= d; i += 8) {
+				const v8f mx = bf16x8(m->bf16 + row + i), mn = bf16x8(m->bf16 + row + d + i);
+				const v8f x = load8(qg + i);
+				acc += x * mn;
+				*(v8u *)(wg + i) = x * (mx - mn) * inv15;
+			}
+		else
+			for (; i + 8 <= d; i += 8) {
+				const v8f mx = load8(m->f32 + row + i), mn = load8(m->f32 + row + d + i);
+				const v8f x = load8(qg + i);
+				acc += x * mn;
+				*(v8u *)(wg + i) = x * (mx - mn) * inv15;
+			}
+		float b = hsum8(&acc);
+		for (; i < d; i++) {
+			const float mx = ix_mat_at(m, row + i), mn = ix_mat_at(m, row + d + i);
+			b += qg[i] * mn;
+			wg[i] = qg[i] * (mx - mn) * inv15;
+		}
+		base[g] = b;
+	}
+}
+
 /*
  * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
  * baseline, picked once from what the CPU reports (by feature, so AMD and
@@ -751,6 +786,18 @@ static void dots_nibbles_base(const uint8_t *codes, size_t n, size_t cstride, co
 	dots_nibbles_body(codes, n, cstride, q, G, d, out);
 }
 
+__attribute__((target("avx2,fma"))) static void code_weights_avx2(const struct ix_mat *m, size_t row, unsigned d,
+								  const float *q, unsigned G, float *w, float *base)
+{
+	code_weights_body(m, row, d, q, G, w, base);
+}
+
+static void code_weights_base(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
+			      float *base)
+{
+	code_weights_body(m, row, d, q, G, w, base);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -801,6 +848,14 @@ static void dots_nibbles_avx2(const uint8_t *codes, size_t n, size_t cstride, co
 }
 
 #define dots_nibbles_base dots_nibbles_avx2
+
+static void code_weights_avx2(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
+			      float *base)
+{
+	code_weights_body(m, row, d, q, G, w, base);
+}
+
+#define code_weights_base code_weights_avx2
 
 static int have_avx2_fma(void)
 {
@@ -874,6 +929,15 @@ void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q
 		dots_bf16_rows_avx2(m->bf16, n, stride, q, G, d, out);
 	else
 		dots_bf16_rows_base(m->bf16, n, stride, q, G, d, out);
+}
+
+void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
+		     float *base)
+{
+	if (have_avx2_fma())
+		code_weights_avx2(m, row, d, q, G, w, base);
+	else
+		code_weights_base(m, row, d, q, G, w, base);
 }
 
 void ix_dots_nibbles(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,

@@ -193,6 +193,14 @@ static inline float ix_mat_at(const struct ix_mat *m, size_t i)
 {
 	return m->f32 ? m->f32[i] : ix_bf16_f32(m->bf16[i]);
 }
+/**
+ * The weights that score 4-bit codes on a [min, max] grid (quest's rerank):
+ * for the row pair at @p row of @p m ([max | min], d each), w[g*d + i] =
+ * q[g*d + i] * (max_i - min_i) / 15 and base[g] = q_g . min, so that
+ * q_g . k^ = base[g] + w_g . c for codes c (ix_dots_nibbles()).
+ */
+void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
+		     float *base);
 /** ix_dots() over the rows of @p m. */
 void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
 		 float *out);

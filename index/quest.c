@@ -72,7 +72,7 @@ static int quest_codes(struct quest *qx, const float *k)
 /* The scratch quest_rerank() needs, in floats. */
 static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
 {
-	return (size_t)G * d + 2 * (size_t)d + (size_t)page * G;
+	return (size_t)G * d + (size_t)page * G;
 }
 
 /*
@@ -87,26 +87,14 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 			 size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
 {
 	const unsigned d = qx->d;
-	float base[IX_MAX_GROUP], *mn = w + (size_t)G * d, *range = mn + d, *s = range + d;
+	float base[IX_MAX_GROUP], *s = w + (size_t)G * d;
 	for (size_t j = 0; j < cnt;) {
 		const uint64_t page = ids[j] / qx->page, row = page * 2 * d;
 		size_t e = j;
 		/* a page's pooled tokens are consecutive, and so are their codes */
 		while (e < cnt && ids[e] / qx->page == page && ids[e] == ids[j] + (e - j))
 			e++;
-		for (unsigned i = 0; i < d; i++) {
-			mn[i] = ix_mat_at(&qx->rows, row + d + i);
-			range[i] = (ix_mat_at(&qx->rows, row + i) - mn[i]) * (1.0f / 15.0f);
-		}
-		for (unsigned g = 0; g < G; g++) {
-			const float *qg = q + (size_t)g * d;
-			float b = 0;
-			for (unsigned i = 0; i < d; i++) {
-				b += qg[i] * mn[i];
-				w[(size_t)g * d + i] = qg[i] * range[i];
-			}
-			base[g] = b;
-		}
+		ix_code_weights(&qx->rows, row, d, q, G, w, base);
 		ix_dots_nibbles(qx->codes + (uint64_t)ids[j] * qx->code_bytes, e - j, qx->code_bytes, w, G, d, s);
 		for (size_t x = j; x < e; x++) {
 			float acc = 0;

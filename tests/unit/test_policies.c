@@ -836,6 +836,37 @@ static void nibble_dots(void)
 				worst = fmax(worst, fabs(out[r * Gs + g] - want) / (fabs(want) + 1));
 			}
 		CHECK(worst < 1e-5, "nibble dots, Gs %u d %u: error %g", Gs, d, worst);
+		/* the weights that score codes, from a [max | min] row pair kept as fp32 or as bf16 */
+		for (int as_bf16 = 0; as_bf16 < 2; as_bf16++) {
+			float *rows = malloc(2 * (size_t)d * sizeof(float)), w[4 * 64], base[4];
+			for (unsigned i = 0; i < d; i++) {
+				/* bf16 values: multiples of 1/32 under 3 in magnitude (at most 7 significant bits) */
+				float a = 2.0f * check_uniform(&seed) - 1.0f, b = a + check_uniform(&seed);
+				if (as_bf16) {
+					a = (float)((int)(check_rand(&seed) % 128) - 64) / 32.0f;
+					b = a + (float)(check_rand(&seed) % 32) / 32.0f;
+				}
+				rows[d + i] = a < b ? a : b;
+				rows[i] = a < b ? b : a;
+			}
+			struct ix_mat m = { 0 };
+			ix_mat_take(&m, rows, 2 * (size_t)d);
+			CHECK(!m.bf16 == !as_bf16, "the row pair kept as %s", as_bf16 ? "fp32" : "bf16");
+			ix_code_weights(&m, 0, d, q, Gs, w, base);
+			double wworst = 0;
+			for (unsigned g = 0; g < Gs; g++) {
+				double b = 0;
+				for (unsigned i = 0; i < d; i++) {
+					const double mx = ix_mat_at(&m, i), mn = ix_mat_at(&m, d + i);
+					b += (double)q[g * d + i] * mn;
+					wworst = fmax(wworst, fabs(w[g * d + i] - q[g * d + i] * (mx - mn) / 15.0));
+				}
+				wworst = fmax(wworst, fabs(base[g] - b) / (fabs(b) + 1));
+			}
+			CHECK(wworst < 1e-5, "code weights, Gs %u d %u %s: error %g", Gs, d, as_bf16 ? "bf16" : "fp32",
+			      wworst);
+			ix_mat_free(&m);
+		}
 	}
 }
 
