@@ -688,6 +688,54 @@ static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_
 	}
 }
 
+/*
+ * exp of eight floats, Cephes' expf: x = n ln 2 + r with |r| <= ln 2 / 2, a
+ * degree-5 polynomial for e^r, 2^n into the exponent. Inputs are clamped to
+ * [-87.3, 88], inside the normal range; NaN stays NaN.
+ */
+#define EXP8(out, xin)                                                                                   \
+	do {                                                                                             \
+		v8f x_ = (xin);                                                                          \
+		const v8f hi_ = { 88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f };              \
+		const v8f lo_ = { -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f };      \
+		v8i m_ = x_ > hi_;                                                                       \
+		x_ = (v8f)(((v8i)hi_ & m_) | ((v8i)x_ & ~m_));                                           \
+		m_ = x_ < lo_;                                                                           \
+		x_ = (v8f)(((v8i)lo_ & m_) | ((v8i)x_ & ~m_));                                           \
+		const v8f magic_ = { 12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f,   \
+				     12582912.0f, 12582912.0f, 12582912.0f };                            \
+		v8f k_ = x_ * 1.44269504088896341f + magic_;                                            \
+		const v8f n_ = k_ - magic_;                                                              \
+		const v8i ni_ = (v8i)k_ - 0x4b400000;                                                    \
+		const v8f r_ = x_ - n_ * 0.693359375f + n_ * 2.12194440e-4f;                             \
+		v8f p_ = r_ * 1.9875691500e-4f + 1.3981999507e-3f;                                       \
+		p_ = p_ * r_ + 8.3334519073e-3f;                                                         \
+		p_ = p_ * r_ + 4.1665795894e-2f;                                                         \
+		p_ = p_ * r_ + 1.6666665459e-1f;                                                         \
+		p_ = p_ * r_ + 5.0000001201e-1f;                                                         \
+		p_ = p_ * r_ * r_ + r_ + 1.0f;                                                           \
+		(out) = p_ * (v8f)((ni_ + 127) << 23);                                                   \
+	} while (0)
+
+/* v[i*G + g] = exp(v[i*G + g] + c[g]) for i < n, eight values a step when G divides 8. */
+static inline __attribute__((always_inline)) void exp_rows_body(float *v, size_t n, unsigned G, const float *c)
+{
+	const size_t total = n * G;
+	size_t k = 0;
+	if (G && 8 % G == 0) {
+		v8f cc;
+		for (unsigned i = 0; i < 8; i++)
+			cc[i] = c[i % G];
+		for (; k + 8 <= total; k += 8) {
+			v8f y;
+			EXP8(y, load8(v + k) + cc);
+			memcpy(v + k, &y, sizeof(y));
+		}
+	}
+	for (; k < total; k++)
+		v[k] = expf(v[k] + c[k % G]);
+}
+
 /* A page's code weights: w[g][i] = q[g][i] * (max_i - min_i) / 15, base[g] = q[g] . min. */
 static inline __attribute__((always_inline)) void code_weights_body(const struct ix_mat *m, size_t row, unsigned d,
 								     const float *q, unsigned G, float *w,
@@ -798,6 +846,16 @@ static void code_weights_base(const struct ix_mat *m, size_t row, unsigned d, co
 	code_weights_body(m, row, d, q, G, w, base);
 }
 
+__attribute__((target("avx2,fma"))) static void exp_rows_avx2(float *v, size_t n, unsigned G, const float *c)
+{
+	exp_rows_body(v, n, G, c);
+}
+
+static void exp_rows_base(float *v, size_t n, unsigned G, const float *c)
+{
+	exp_rows_body(v, n, G, c);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -856,6 +914,13 @@ static void code_weights_avx2(const struct ix_mat *m, size_t row, unsigned d, co
 }
 
 #define code_weights_base code_weights_avx2
+
+static void exp_rows_avx2(float *v, size_t n, unsigned G, const float *c)
+{
+	exp_rows_body(v, n, G, c);
+}
+
+#define exp_rows_base exp_rows_avx2
 
 static int have_avx2_fma(void)
 {
@@ -929,6 +994,14 @@ void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q
 		dots_bf16_rows_avx2(m->bf16, n, stride, q, G, d, out);
 	else
 		dots_bf16_rows_base(m->bf16, n, stride, q, G, d, out);
+}
+
+void ix_exp_rows(float *v, size_t n, unsigned G, const float *c)
+{
+	if (have_avx2_fma())
+		exp_rows_avx2(v, n, G, c);
+	else
+		exp_rows_base(v, n, G, c);
 }
 
 void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,

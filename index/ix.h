@@ -194,6 +194,12 @@ static inline float ix_mat_at(const struct ix_mat *m, size_t i)
 	return m->f32 ? m->f32[i] : ix_bf16_f32(m->bf16[i]);
 }
 /**
+ * v[i*G + g] = exp(v[i*G + g] + c[g]) for i < n, in place; within a few
+ * ulp of expf() (the vector path clamps its argument to [-87.3, 88]).
+ */
+void ix_exp_rows(float *v, size_t n, unsigned G, const float *c);
+
+/**
  * The weights that score 4-bit codes on a [min, max] grid (quest's rerank):
  * for the row pair at @p row of @p m ([max | min], d each), w[g*d + i] =
  * q[g*d + i] * (max_i - min_i) / 15 and base[g] = q_g . min, so that

@@ -96,10 +96,13 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 			e++;
 		ix_code_weights(&qx->rows, row, d, q, G, w, base);
 		ix_dots_nibbles(qx->codes + (uint64_t)ids[j] * qx->code_bytes, e - j, qx->code_bytes, w, G, d, s);
+		for (unsigned g = 0; g < G; g++)
+			base[g] -= off[g];
+		ix_exp_rows(s, e - j, G, base);
 		for (size_t x = j; x < e; x++) {
 			float acc = 0;
 			for (unsigned g = 0; g < G; g++)
-				acc += expf(base[g] + s[(x - j) * G + g] - off[g]);
+				acc += s[(x - j) * G + g];
 			tmp[x].score = isnan(acc) ? -INFINITY : acc;
 			tmp[x].id = ids[x];
 		}

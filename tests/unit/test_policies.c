@@ -870,6 +870,28 @@ static void nibble_dots(void)
 	}
 }
 
+/* ix_exp_rows() against exp() in double, on the vector path (G 4) and the scalar one (G 3). */
+static void exp_rows(void)
+{
+	for (unsigned Gs = 3; Gs <= 4; Gs++) {
+		enum { ROWS = 250 };
+		float v[ROWS * 4], was[ROWS * 4], c[4];
+		for (unsigned g = 0; g < Gs; g++)
+			c[g] = 10.0f * check_uniform(&seed);
+		for (unsigned i = 0; i < ROWS * Gs; i++)
+			v[i] = was[i] = 70.0f * check_uniform(&seed);
+		v[0] = was[0] = -87.0f - c[0];
+		v[1] = was[1] = 87.9f - c[1];
+		ix_exp_rows(v, ROWS, Gs, c);
+		double worst = 0;
+		for (unsigned i = 0; i < ROWS * Gs; i++) {
+			const double want = exp((double)(float)(was[i] + c[i % Gs])); /* the sum rounds as the code rounds it */
+			worst = fmax(worst, fabs(v[i] - want) / want);
+		}
+		CHECK(worst < 1e-6, "exp rows, G %u: relative error %g", Gs, worst);
+	}
+}
+
 int main(void)
 {
 	/* the data and the builds are fixed, so the floors are regressions, not luck;
@@ -879,6 +901,7 @@ int main(void)
 	seed = check_seed();
 
 	nibble_dots();
+	exp_rows();
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
 					     "faiss-hnsw", "ann", "episodic" };
