@@ -445,6 +445,23 @@ static int load_block(void *arg, uint64_t ctx, uint32_t layer, uint32_t head, ui
 
 static int delete_durable(struct store *s, struct kv_ctx *c);
 
+/*
+ * A context's link side file (@p n u64 ids and counts): true when it is
+ * there; one of another size reads as zeros (a broken link).
+ */
+static bool read_link(const char *dir, uint64_t id, const char *name, uint64_t *out, size_t n)
+{
+	void *b;
+	size_t blen;
+	memset(out, 0, n * sizeof(*out));
+	if (sidefile_read(dir, id, name, &b, &blen) != 0)
+		return false;
+	if (blen == n * sizeof(*out))
+		memcpy(out, b, blen);
+	free(b);
+	return true;
+}
+
 int store_open(const struct store_config *cfg, struct store **out, const char **why)
 {
 	*why = NULL;
@@ -505,15 +522,10 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 		}
 		/* continuations find their parents again */
 		for (uint32_t i = 0; cfg->side_dir && i < s->n_ctx; i++) {
-			void *b;
-			size_t blen;
 			struct kv_ctx *c = s->ctx[i];
-			if (sidefile_read(cfg->side_dir, c->id, "parent", &b, &blen) != 0)
+			uint64_t link[2];
+			if (!read_link(cfg->side_dir, c->id, "parent", link, 2))
 				continue;
-			uint64_t link[2] = { 0, 0 };
-			if (blen == sizeof(link))
-				memcpy(link, b, sizeof(link));
-			free(b);
 			c->parent_id = link[0] ? link[0] : UINT64_MAX;
 			c->parent_tokens = link[1];
 			struct kv_ctx *p = link[0] != c->id ? find_locked(s, link[0], NULL, 0, 0) : NULL;
@@ -526,15 +538,10 @@ int store_open(const struct store_config *cfg, struct store **out, const char **
 		}
 		/* derived contexts find their parents again; those whose parent is gone go too */
 		for (uint32_t i = 0; cfg->side_dir && i < s->n_ctx; i++) {
-			void *b;
-			size_t blen;
 			struct kv_ctx *c = s->ctx[i];
-			if (sidefile_read(cfg->side_dir, c->id, "derived", &b, &blen) != 0)
+			uint64_t of;
+			if (!read_link(cfg->side_dir, c->id, "derived", &of, 1))
 				continue;
-			uint64_t of = 0;
-			if (blen == sizeof(of))
-				memcpy(&of, b, sizeof(of));
-			free(b);
 			c->derived_of = of ? of : UINT64_MAX;
 			atomic_fetch_sub(&s->recovered, 1);   /* the clients' contexts are counted */
 		}
