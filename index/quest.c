@@ -76,41 +76,49 @@ static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
 }
 
 /*
- * Rerank: score the pooled tokens @p ids [cnt] (whole pages, each page's
- * tokens consecutive) from their codes, per head q_g . k^ = q_g . min +
- * sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15 made once a page,
- * a page's codes scored in one ix_dots_nibbles(), and
+ * Rerank: score the tokens of the pooled @p pages [np] (ascending, so that
+ * the rows and codes stream forward) from their codes, per head
+ * q_g . k^ = q_g . min + sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15
+ * made once a page, a page's codes scored in one ix_dots_nibbles(), and
  * keep the best @p take by sum_g exp(s_g - off[g]) (the tail fill's score).
- * @param w  room for rerank_scratch() floats
+ * @param tmp  room for np * page items
+ * @param w    room for rerank_scratch() floats
  */
-static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *ids,
-			 size_t cnt, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
+static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *pages,
+			 size_t np, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
 {
-	const unsigned d = qx->d;
+	const unsigned d = qx->d, P = qx->page;
+	const size_t row_bytes = ix_mat_bytes(&qx->rows, 2 * (size_t)d), code_page = (size_t)P * qx->code_bytes;
 	float base[IX_MAX_GROUP], *s = w + (size_t)G * d;
-	for (size_t j = 0; j < cnt;) {
-		const uint64_t page = ids[j] / qx->page, row = page * 2 * d;
-		size_t e = j;
-		/* a page's pooled tokens are consecutive, and so are their codes */
-		while (e < cnt && ids[e] / qx->page == page && ids[e] == ids[j] + (e - j))
-			e++;
-		ix_code_weights(&qx->rows, row, d, q, G, w, base);
-		ix_dots_nibbles(qx->codes + (uint64_t)ids[j] * qx->code_bytes, e - j, qx->code_bytes, w, G, d, s);
+	size_t cnt = 0;
+	for (size_t j = 0; j < np; j++) {
+		if (j + 1 < np) {
+			/* the next page's row and codes are a random step away: start them now */
+			const uint8_t *r = (const uint8_t *)(qx->rows.f32 ? (void *)qx->rows.f32 : (void *)qx->rows.bf16) +
+					   (size_t)pages[j + 1] * row_bytes;
+			const uint8_t *c = qx->codes + (size_t)pages[j + 1] * code_page;
+			for (size_t o = 0; o < row_bytes; o += 64)
+				__builtin_prefetch(r + o);
+			for (size_t o = 0; o < code_page; o += 64)
+				__builtin_prefetch(c + o);
+		}
+		const uint64_t page = pages[j], t0 = page * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
+		ix_code_weights(&qx->rows, page * 2 * d, d, q, G, w, base);
+		ix_dots_nibbles(qx->codes + t0 * qx->code_bytes, t1 - t0, qx->code_bytes, w, G, d, s);
 		for (unsigned g = 0; g < G; g++)
 			base[g] -= off[g];
-		ix_exp_rows(s, e - j, G, base);
-		for (size_t x = j; x < e; x++) {
+		ix_exp_rows(s, t1 - t0, G, base);
+		for (uint64_t t = t0; t < t1; t++) {
 			float acc = 0;
 			for (unsigned g = 0; g < G; g++)
-				acc += s[(x - j) * G + g];
-			tmp[x].score = isnan(acc) ? -INFINITY : acc;
-			tmp[x].id = ids[x];
+				acc += s[(t - t0) * G + g];
+			tmp[cnt].score = isnan(acc) ? -INFINITY : acc;
+			tmp[cnt++].id = (uint32_t)t;
 		}
-		j = e;
 	}
 	if (take > cnt)
 		take = cnt;
-	ix_top(tmp, cnt, take);
+	ix_select(tmp, cnt, take);
 	for (size_t j = 0; j < take; j++)
 		ix_bit_set(bits, tmp[j].id);
 }
@@ -235,7 +243,9 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	size_t off_ids = off_bits + ix_align(ix_bits_words(qx->n) * sizeof(uint64_t));
 	size_t off_tmp = off_ids + ix_align(tail_max * sizeof(uint32_t));
 	size_t off_w = off_tmp + ix_align(tail_max * sizeof(struct ix_item));
-	size_t total = off_w + rerank_scratch(G, d, P) * sizeof(float);
+	size_t off_marks = off_w + ix_align(rerank_scratch(G, d, P) * sizeof(float));
+	size_t off_order = off_marks + ix_align(ix_bits_words(pages) * sizeof(uint64_t));
+	size_t total = off_order + (reranks ? pages * sizeof(uint64_t) : 0);
 	uint8_t *sc = ix_scratch(total);
 	if (!sc)
 		return -ENOMEM;
@@ -259,22 +269,26 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 		if (!isfinite(lse[g]))
 			lse[g] = 0;
 	memset(bits, 0, ix_bits_words(qx->n) * sizeof(uint64_t));
-	struct ix_walk w;
-	ix_walk_init(&w, it, pages, ((reranks ? pool : budget) + P - 1) / P + min_pages);
 	if (reranks) {
-		/* the best pages until they hold the pool, their tokens scored from the codes */
-		const struct ix_item *pit;
-		size_t pooled = 0;
-		while (pooled < pool && (pit = ix_walk_next(&w))) {
-			const uint64_t t0 = (uint64_t)pit->id * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
-			for (uint64_t t = t0; t < t1; t++)
-				ids[pooled++] = (uint32_t)t;
-		}
-		quest_rerank(qx, q, G, lse, ids, pooled, budget, bits, tmp, (float *)(sc + off_w));
-		res->scanned = pages + pooled;
+		/* the best pages until they hold the pool (all pages but the last hold P), in page order */
+		uint64_t np = (pool + P - 1) / P;
+		np = np < pages ? np : pages;
+		ix_select(it, pages, np);
+		uint64_t *marks = (uint64_t *)(sc + off_marks);
+		memset(marks, 0, ix_bits_words(pages) * sizeof(uint64_t));
+		for (uint64_t j = 0; j < np; j++)
+			ix_bit_set(marks, it[j].id);
+		uint64_t *order = (uint64_t *)(sc + off_order);
+		ix_bits_emit(marks, pages, order);
+		for (uint64_t j = 0; j < np; j++)
+			ids[j] = (uint32_t)order[j];
+		quest_rerank(qx, q, G, lse, ids, np, budget, bits, tmp, (float *)(sc + off_w));
+		res->scanned = pages + (np * P < qx->n ? np * P : qx->n);
 		res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
 		return 0;
 	}
+	struct ix_walk w;
+	ix_walk_init(&w, it, pages, (budget + P - 1) / P + min_pages);
 	/* under min_pages pages of budget, the best tokens of the top min_pages pages */
 	const int whole = budget >= (uint64_t)min_pages * P;
 	const int64_t tail = ix_fill_units(&w, qx->n, P, budget, min_pages, whole, keys, q, G, lse, 1, bits, ids, tmp);
