@@ -11,6 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -648,50 +652,13 @@ static inline __attribute__((always_inline)) void dots_bf16_rows_body(const uint
 		dots_bf16_body(rows + i * stride, q, G, d, out + i * G);
 }
 
-/* 4-bit codes (two a byte, the even channel low) against G queries, eight channels a load. */
 typedef int32_t v8i __attribute__((vector_size(32)));
-
-static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_t *codes, size_t n, size_t cstride,
-								     const float *q, unsigned G, unsigned d,
-								     float *out)
-{
-	const v8w shift = { 0, 4, 8, 12, 16, 20, 24, 28 };
-	for (size_t i = 0; i < n; i++) {
-		const uint8_t *c = codes + i * cstride;
-		float *o = out + i * G;
-		unsigned g = 0;
-		if (d % 8 == 0)
-			for (; g + 4 <= G; g += 4) {
-				const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
-				v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
-				for (unsigned j = 0; j < d; j += 8) {
-					uint32_t u;
-					memcpy(&u, c + j / 2, 4);
-					const v8w x = ((v8w){ u, u, u, u, u, u, u, u } >> shift) & 15;
-					const v8f f = __builtin_convertvector((v8i)x, v8f);
-					a0 += f * load8(q0 + j);
-					a1 += f * load8(q1 + j);
-					a2 += f * load8(q2 + j);
-					a3 += f * load8(q3 + j);
-				}
-				o[g] = hsum8(&a0);
-				o[g + 1] = hsum8(&a1);
-				o[g + 2] = hsum8(&a2);
-				o[g + 3] = hsum8(&a3);
-			}
-		for (; g < G; g++) {
-			float s = 0;
-			for (unsigned j = 0; j < d; j++)
-				s += q[(size_t)g * d + j] * (float)((c[j / 2] >> (4 * (j & 1))) & 15);
-			o[g] = s;
-		}
-	}
-}
 
 /*
  * exp of eight floats, Cephes' expf: x = n ln 2 + r with |r| <= ln 2 / 2, a
- * degree-5 polynomial for e^r, 2^n into the exponent. Inputs are clamped to
- * [-87.3, 88], inside the normal range; NaN stays NaN.
+ * degree-5 polynomial for e^r, 2^n into the exponent. Inputs above 88 are
+ * clamped to it and those below -87.3 (where expf() leaves the normal
+ * range) give 0, so -INFINITY is 0 as in expf(); NaN stays NaN.
  */
 #define EXP8(out, xin)                                                                                   \
 	do {                                                                                             \
@@ -700,8 +667,8 @@ static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_
 		const v8f lo_ = { -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f };      \
 		v8i m_ = x_ > hi_;                                                                       \
 		x_ = (v8f)(((v8i)hi_ & m_) | ((v8i)x_ & ~m_));                                           \
-		m_ = x_ < lo_;                                                                           \
-		x_ = (v8f)(((v8i)lo_ & m_) | ((v8i)x_ & ~m_));                                           \
+		const v8i under_ = x_ < lo_;                                                             \
+		x_ = (v8f)(((v8i)lo_ & under_) | ((v8i)x_ & ~under_));                                   \
 		const v8f magic_ = { 12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f,   \
 				     12582912.0f, 12582912.0f, 12582912.0f };                            \
 		v8f k_ = x_ * 1.44269504088896341f + magic_;                                            \
@@ -714,7 +681,7 @@ static inline __attribute__((always_inline)) void dots_nibbles_body(const uint8_
 		p_ = p_ * r_ + 1.6666665459e-1f;                                                         \
 		p_ = p_ * r_ + 5.0000001201e-1f;                                                         \
 		p_ = p_ * r_ * r_ + r_ + 1.0f;                                                           \
-		(out) = p_ * (v8f)((ni_ + 127) << 23);                                                   \
+		(out) = (v8f)((v8i)(p_ * (v8f)((ni_ + 127) << 23)) & ~under_);                           \
 	} while (0)
 
 /* v[i*G + g] = exp(v[i*G + g] + c[g]) for i < n, eight values a step when G divides 8. */
@@ -772,6 +739,81 @@ static inline __attribute__((always_inline)) void code_weights_body(const struct
 }
 
 /*
+ * W[g*dp + i] = round(w[g*d + i] / scale[g]) with scale[g] = max_i |w_gi| / 127,
+ * padding 0. The max is taken on the bit patterns of |w| (which order as
+ * integers), so a NaN or an infinity shows as a pattern at or above
+ * infinity's: its head gets zero weights and a NaN scale, which the caller
+ * turns into an unpicked token.
+ */
+/* The scale of a head from the largest bit pattern of its |w| (see ix_quantize_i8()). */
+static inline float quantize_scale(int32_t mbits, float *inv)
+{
+	float mx;
+	memcpy(&mx, &mbits, 4);
+	const int usable = mbits > 0 && mbits < 0x7f800000;
+	*inv = usable ? 127.0f / mx : 0;
+	return usable ? mx / 127.0f : mbits ? NAN : 0;
+}
+
+static inline int8_t quantize_round(float y)
+{
+	return (int8_t)(y >= 0 ? (int)(y + 0.5f) : -(int)(0.5f - y));
+}
+
+/*
+ * The max is taken on the bit patterns of |w|, which order as integers, so
+ * a NaN or an infinity shows as a pattern at or above infinity's.
+ */
+static void quantize_i8_scalar(const float *w, unsigned G, unsigned d, int8_t *W, float *scale)
+{
+	const unsigned dp = ix_code_dims(d);
+	for (unsigned g = 0; g < G; g++) {
+		const float *wg = w + (size_t)g * d;
+		int8_t *Wg = W + (size_t)g * dp;
+		int32_t mbits = 0;
+		for (unsigned i = 0; i < d; i++) {
+			int32_t a;
+			memcpy(&a, wg + i, 4);
+			a &= 0x7fffffff;
+			mbits = a > mbits ? a : mbits;
+		}
+		float inv;
+		scale[g] = quantize_scale(mbits, &inv);
+		if (!(inv > 0)) { /* nothing to scale, or NaN: no weights */
+			memset(Wg, 0, dp);
+			continue;
+		}
+		for (unsigned i = 0; i < d; i++)
+			Wg[i] = quantize_round(wg[i] * inv);
+		for (unsigned i = d; i < dp; i++)
+			Wg[i] = 0;
+	}
+}
+
+/*
+ * Blocked 4-bit codes (ix_code_put()) against int8 weights: per head the
+ * exact integer dot, then sum_g exp(scale_g * dot + c_g). This copy and the
+ * AVX2 one compute the same integers.
+ */
+static void nibble_mass_scalar(const uint8_t *blocks, size_t nblocks, unsigned d, const int8_t *W,
+			       const float *scale, const float *c, unsigned G, float *out)
+{
+	const unsigned dp = ix_code_dims(d);
+	const size_t bb = ix_code_block_bytes(d);
+	for (size_t b = 0; b < nblocks; b++)
+		for (unsigned t = 0; t < IX_CODE_BLOCK; t++) {
+			float mass = 0;
+			for (unsigned g = 0; g < G; g++) {
+				int32_t dot = 0;
+				for (unsigned i = 0; i < dp; i++)
+					dot += W[(size_t)g * dp + i] * (int32_t)ix_code_get(blocks + b * bb, t, i);
+				mass += expf(scale[g] * (float)dot + c[g]);
+			}
+			out[b * IX_CODE_BLOCK + t] = mass;
+		}
+}
+
+/*
  * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
  * baseline, picked once from what the CPU reports (by feature, so AMD and
  * Intel alike get the wide one).
@@ -822,18 +864,6 @@ static void dots_bf16_rows_base(const uint16_t *rows, size_t n, size_t stride, c
 	dots_bf16_rows_body(rows, n, stride, q, G, d, out);
 }
 
-__attribute__((target("avx2,fma"))) static void dots_nibbles_avx2(const uint8_t *codes, size_t n, size_t cstride,
-								  const float *q, unsigned G, unsigned d, float *out)
-{
-	dots_nibbles_body(codes, n, cstride, q, G, d, out);
-}
-
-static void dots_nibbles_base(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
-			      float *out)
-{
-	dots_nibbles_body(codes, n, cstride, q, G, d, out);
-}
-
 __attribute__((target("avx2,fma"))) static void code_weights_avx2(const struct ix_mat *m, size_t row, unsigned d,
 								  const float *q, unsigned G, float *w, float *base)
 {
@@ -854,6 +884,111 @@ __attribute__((target("avx2,fma"))) static void exp_rows_avx2(float *v, size_t n
 static void exp_rows_base(float *v, size_t n, unsigned G, const float *c)
 {
 	exp_rows_body(v, n, G, c);
+}
+
+/* 32 weights a step: the rounded int32s narrow with two saturating packs, and a permute undoes their lane order. */
+__attribute__((target("avx2,fma"))) static void quantize_i8_avx2(const float *w, unsigned G, unsigned d, int8_t *W,
+								 float *scale)
+{
+	const unsigned dp = ix_code_dims(d);
+	const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)0x80000000)), half = _mm256_set1_ps(0.5f);
+	const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+	for (unsigned g = 0; g < G; g++) {
+		const float *wg = w + (size_t)g * d;
+		int8_t *Wg = W + (size_t)g * dp;
+		__m256i vmax = _mm256_setzero_si256();
+		unsigned i = 0;
+		for (; i + 8 <= d; i += 8)
+			vmax = _mm256_max_epi32(vmax, _mm256_castps_si256(_mm256_and_ps(_mm256_loadu_ps(wg + i), absmask)));
+		int32_t lanes[8], mbits = 0;
+		_mm256_storeu_si256((__m256i *)lanes, vmax);
+		for (unsigned j = 0; j < 8; j++)
+			mbits = lanes[j] > mbits ? lanes[j] : mbits;
+		for (; i < d; i++) {
+			int32_t a;
+			memcpy(&a, wg + i, 4);
+			a &= 0x7fffffff;
+			mbits = a > mbits ? a : mbits;
+		}
+		float inv;
+		scale[g] = quantize_scale(mbits, &inv);
+		if (!(inv > 0)) { /* nothing to scale, or NaN: no weights */
+			memset(Wg, 0, dp);
+			continue;
+		}
+		const __m256 vinv = _mm256_set1_ps(inv);
+		i = 0;
+		for (; i + 32 <= d; i += 32) {
+			__m256i c[4];
+			for (unsigned k = 0; k < 4; k++) {
+				const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(wg + i + 8 * k), vinv);
+				/* round half away from zero: add 0.5 with y's sign, then truncate */
+				c[k] = _mm256_cvttps_epi32(_mm256_add_ps(y, _mm256_or_ps(_mm256_and_ps(y, sign), half)));
+			}
+			const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+			_mm256_storeu_si256((__m256i *)(Wg + i), _mm256_permutevar8x32_epi32(b, order));
+		}
+		for (; i < d; i++)
+			Wg[i] = quantize_round(wg[i] * inv);
+		for (; i < dp; i++)
+			Wg[i] = 0;
+	}
+}
+
+static void quantize_i8_base(const float *w, unsigned G, unsigned d, int8_t *W, float *scale)
+{
+	quantize_i8_scalar(w, G, d, W, scale);
+}
+
+/*
+ * A block's plane is 32 bytes, 8 tokens x 4 channels, two planes a byte:
+ * pmaddubsw multiplies the unsigned codes by the signed weights and adds
+ * pairs (|sum| <= 2 * 15 * 127), a plane pair adds four products and four
+ * plane pairs stay under 2^15 in 16 bits before pmaddwd widens them.
+ */
+__attribute__((target("avx2,fma"))) static void nibble_mass_avx2(const uint8_t *blocks, size_t nblocks, unsigned d,
+								 const int8_t *W, const float *scale, const float *c,
+								 unsigned G, float *out)
+{
+	const unsigned dp = ix_code_dims(d), planes = dp / 8;
+	const size_t bb = ix_code_block_bytes(d);
+	const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+	for (size_t b = 0; b < nblocks; b++) {
+		const uint8_t *blk = blocks + b * bb;
+		v8f mass = { 0 };
+		for (unsigned g = 0; g < G; g++) {
+			const int8_t *wg = W + (size_t)g * dp;
+			__m256i acc = _mm256_setzero_si256();
+			for (unsigned m0 = 0; m0 < planes; m0 += 4) {
+				const unsigned m1 = m0 + 4 < planes ? m0 + 4 : planes;
+				__m256i a16 = _mm256_setzero_si256();
+				for (unsigned m = m0; m < m1; m++) {
+					const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + (size_t)m * 32));
+					int32_t wl, wh;
+					memcpy(&wl, wg + 8 * m, 4);
+					memcpy(&wh, wg + 8 * m + 4, 4);
+					a16 = _mm256_add_epi16(
+						a16, _mm256_maddubs_epi16(_mm256_and_si256(x, nib), _mm256_set1_epi32(wl)));
+					a16 = _mm256_add_epi16(
+						a16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x, 4), nib),
+									 _mm256_set1_epi32(wh)));
+				}
+				acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a16, ones));
+			}
+			const v8f s = (v8f)_mm256_cvtepi32_ps(acc) * scale[g] + c[g];
+			v8f e;
+			EXP8(e, s);
+			mass += e;
+		}
+		memcpy(out + b * IX_CODE_BLOCK, &mass, sizeof(mass));
+	}
+}
+
+static void nibble_mass_base(const uint8_t *blocks, size_t nblocks, unsigned d, const int8_t *W, const float *scale,
+			     const float *c, unsigned G, float *out)
+{
+	nibble_mass_scalar(blocks, nblocks, d, W, scale, c, G, out);
 }
 
 static int have_avx2_fma(void)
@@ -899,14 +1034,6 @@ static void dots_bf16_rows_avx2(const uint16_t *rows, size_t n, size_t stride, c
 
 #define dots_bf16_rows_base dots_bf16_rows_avx2
 
-static void dots_nibbles_avx2(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
-			      float *out)
-{
-	dots_nibbles_body(codes, n, cstride, q, G, d, out);
-}
-
-#define dots_nibbles_base dots_nibbles_avx2
-
 static void code_weights_avx2(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
 			      float *base)
 {
@@ -921,6 +1048,11 @@ static void exp_rows_avx2(float *v, size_t n, unsigned G, const float *c)
 }
 
 #define exp_rows_base exp_rows_avx2
+
+#define quantize_i8_avx2 quantize_i8_scalar
+#define quantize_i8_base quantize_i8_scalar
+#define nibble_mass_avx2 nibble_mass_scalar
+#define nibble_mass_base nibble_mass_scalar
 
 static int have_avx2_fma(void)
 {
@@ -1013,13 +1145,21 @@ void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float
 		code_weights_base(m, row, d, q, G, w, base);
 }
 
-void ix_dots_nibbles(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
-		     float *out)
+void ix_quantize_i8(const float *w, unsigned G, unsigned d, int8_t *W, float *scale)
 {
 	if (have_avx2_fma())
-		dots_nibbles_avx2(codes, n, cstride, q, G, d, out);
+		quantize_i8_avx2(w, G, d, W, scale);
 	else
-		dots_nibbles_base(codes, n, cstride, q, G, d, out);
+		quantize_i8_base(w, G, d, W, scale);
+}
+
+void ix_nibble_mass(const uint8_t *blocks, size_t nblocks, unsigned d, const int8_t *W, const float *scale,
+		    const float *c, unsigned G, float *out)
+{
+	if (have_avx2_fma())
+		nibble_mass_avx2(blocks, nblocks, d, W, scale, c, G, out);
+	else
+		nibble_mass_base(blocks, nblocks, d, W, scale, c, G, out);
 }
 
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)
@@ -1152,6 +1292,7 @@ void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, 
 		      float *lse, enum ix_score how, struct ix_item *out)
 {
 	float m[IX_MAX_GROUP], z[IX_MAX_GROUP], inv[IX_MAX_GROUP];
+	IX_ASSERT(G >= 1 && G <= IX_MAX_GROUP);
 	for (unsigned g = 0; g < G; g++) {
 		m[g] = -INFINITY;
 		z[g] = 0;
@@ -1165,12 +1306,23 @@ void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, 
 		if (!isfinite(m[g]))
 			m[g] = 0;
 	/* s becomes w_j * exp(s - m): one exponential per unit and head */
-	for (size_t j = 0; j < n; j++)
-		for (unsigned g = 0; g < G; g++) {
-			float e = expf((lw ? lw[j] : 0) + s[j * G + g] - m[g]);
-			s[j * G + g] = e;
-			z[g] += e;
-		}
+	if (!lw) {
+		/* exp(s + c) with c = -m: negate m for the call and back */
+		for (unsigned g = 0; g < G; g++)
+			m[g] = -m[g];
+		ix_exp_rows(s, n, G, m);
+		for (unsigned g = 0; g < G; g++)
+			m[g] = -m[g];
+		for (size_t j = 0; j < n; j++)
+			for (unsigned g = 0; g < G; g++)
+				z[g] += s[j * G + g];
+	} else
+		for (size_t j = 0; j < n; j++)
+			for (unsigned g = 0; g < G; g++) {
+				float e = expf(lw[j] + s[j * G + g] - m[g]);
+				s[j * G + g] = e;
+				z[g] += e;
+			}
 	for (unsigned g = 0; g < G; g++) {
 		inv[g] = z[g] > 0 ? 1.0f / z[g] : 0;
 		if (lse)

@@ -152,14 +152,6 @@ void ix_row_f32(const uint8_t *row, unsigned dtype, unsigned d, float *out);
  */
 void ix_dots(const float *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
 
-/**
- * 4-bit codes against G queries: out[i*G + g] = sum_j q[g*d + j] * c_ij, where
- * row i starts at codes + i * cstride and holds channel j in the low (even j)
- * or high (odd j) nibble of byte j / 2.
- */
-void ix_dots_nibbles(const uint8_t *codes, size_t n, size_t cstride, const float *q, unsigned G, unsigned d,
-		     float *out);
-
 /** The same for one bf16 row (the top 16 bits of an fp32): out[g] = row . q[g]. */
 void ix_dots_bf16(const uint16_t *row, const float *q, unsigned G, unsigned d, float *out);
 
@@ -195,7 +187,8 @@ static inline float ix_mat_at(const struct ix_mat *m, size_t i)
 }
 /**
  * v[i*G + g] = exp(v[i*G + g] + c[g]) for i < n, in place; within a few
- * ulp of expf() (the vector path clamps its argument to [-87.3, 88]).
+ * ulp of expf() (the vector path clamps its argument at 88 and gives 0
+ * below -87.3, so -INFINITY is 0).
  */
 void ix_exp_rows(float *v, size_t n, unsigned G, const float *c);
 
@@ -203,10 +196,50 @@ void ix_exp_rows(float *v, size_t n, unsigned G, const float *c);
  * The weights that score 4-bit codes on a [min, max] grid (quest's rerank):
  * for the row pair at @p row of @p m ([max | min], d each), w[g*d + i] =
  * q[g*d + i] * (max_i - min_i) / 15 and base[g] = q_g . min, so that
- * q_g . k^ = base[g] + w_g . c for codes c (ix_dots_nibbles()).
+ * q_g . k^ = base[g] + w_g . c for codes c (ix_nibble_mass() after ix_quantize_i8()).
  */
 void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
 		     float *base);
+/*
+ * Blocked 4-bit codes: tokens in blocks of IX_CODE_BLOCK, channels padded
+ * to ix_code_dims(d); a block is one 32-byte plane per 8 channels, byte
+ * t*4 + (i % 4) of plane i / 8 holding channel i of token t in its low
+ * nibble when i % 8 < 4 and in its high one otherwise. So one plane is
+ * 8 tokens x 4 channels twice over, what a byte-wise multiply-add takes.
+ */
+#define IX_CODE_BLOCK 8u
+static inline unsigned ix_code_dims(unsigned d)
+{
+	return (d + 7) / 8 * 8;
+}
+static inline size_t ix_code_block_bytes(unsigned d)
+{
+	return (size_t)ix_code_dims(d) * IX_CODE_BLOCK / 2;
+}
+/** OR code @p v (< 16) of channel @p i of token @p t into a zeroed block. */
+static inline void ix_code_put(uint8_t *blk, unsigned t, unsigned i, unsigned v)
+{
+	blk[(size_t)(i / 8) * 32 + t * 4 + i % 4] |= (uint8_t)(v << (4 * (i / 4 % 2)));
+}
+static inline unsigned ix_code_get(const uint8_t *blk, unsigned t, unsigned i)
+{
+	return blk[(size_t)(i / 8) * 32 + t * 4 + i % 4] >> (4 * (i / 4 % 2)) & 15;
+}
+
+/**
+ * Weights of G heads (@p w [G][d]) as int8: W[g*dp + i] = round(w_gi /
+ * scale[g]) with scale[g] = max_i |w_gi| / 127 and dp = ix_code_dims(d),
+ * the padding 0. A head with a NaN or an infinity gets a NaN scale.
+ */
+void ix_quantize_i8(const float *w, unsigned G, unsigned d, int8_t *W, float *scale);
+
+/**
+ * Blocked codes against int8 weights (ix_quantize_i8()):
+ * out[b*IX_CODE_BLOCK + t] = sum_g exp(scale[g] * (W_g . c_bt) + c[g]), the
+ * dot exact in integers, the exps as ix_exp_rows()'.
+ */
+void ix_nibble_mass(const uint8_t *blocks, size_t nblocks, unsigned d, const int8_t *W, const float *scale,
+		    const float *c, unsigned G, float *out);
 /** ix_dots() over the rows of @p m. */
 void ix_mat_dots(const struct ix_mat *m, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
 		 float *out);

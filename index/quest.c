@@ -8,18 +8,21 @@
  *          q+ = max(q, 0) and q- = min(q, 0): one dot product of the page
  *          row [max | min] (2d floats) with the query row [q+ | q-]
  *   code   with rerank: each key channel as 4 bits on its page's own
- *          [min, max] grid, k_i ~ min_i + (max_i - min_i) * c_i / 15
- *          (two channels a byte, the even one low); d/2 bytes a token
+ *          [min, max] grid, k_i ~ min_i + (max_i - min_i) * c_i / 15,
+ *          blocked (ix_code_put()): a page is ceil(page / 8) blocks of 8
+ *          tokens, d/2 bytes a token when 8 divides page and d
  *   rerank the search pools the best pages until they hold rerank times
- *          the budget, scores their tokens from the codes, and keeps the
- *          best budget of them: no key is read from the blocks
+ *          the budget, scores their tokens from the codes with the page's
+ *          weights in int8 (ix_nibble_mass()), and keeps the best budget of
+ *          them: no key is read from the blocks
  *
- * Blob body (format 3): n u64, d u32, page u32, rerank f32 (<= 1: none),
+ * Blob body (format 4): n u64, d u32, page u32, rerank f32 (<= 1: none),
  * dtype u32 (0 f32, 1 bf16), then pages x [max | min] of that dtype, then
- * with rerank the codes, n x ceil(d/2) bytes. The bounds are elementwise
- * maxima and minima of keys, so over a bf16 context they are bf16 values
- * and are saved as such: half the bytes a restart reads. Formats 2 (no
- * rerank) and 1 (no dtype either, f32) still load.
+ * with rerank the blocked codes, pages x code_page bytes. The bounds are
+ * elementwise maxima and minima of keys, so over a bf16 context they are
+ * bf16 values and are saved as such: half the bytes a restart reads.
+ * Format 3 (codes a token at a time, the even channel low, ceil(d/2)
+ * bytes) loads by reblocking; 2 (no rerank) and 1 (no dtype, f32) load.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -29,7 +32,8 @@
 
 #include "ix.h"
 
-#define QUEST_VERSION 3
+#define QUEST_VERSION 4
+#define QUEST_VERSION_ROW_CODES 3 /* codes a token at a time */
 #define QUEST_VERSION_BOUNDS 2  /* before rerank */
 #define QUEST_VERSION_F32 1     /* before the dtype field */
 #define QUEST_MAX_RERANK 1024.0f
@@ -44,52 +48,71 @@ struct quest {
 	uint64_t pages;
 	struct ix_mat rows;       /* [pages][2d]: max, then min */
 	float rerank;             /* > 1: codes are kept and searches rerank */
-	uint8_t *codes;           /* [n][code_bytes] */
-	size_t code_bytes;        /* ceil(d / 2) */
+	uint8_t *codes;           /* [pages][code_page], blocked */
+	size_t code_page;         /* ceil(page / 8) blocks */
 };
+
+static size_t code_page_bytes(unsigned d, unsigned page)
+{
+	return (size_t)((page + IX_CODE_BLOCK - 1) / IX_CODE_BLOCK) * ix_code_block_bytes(d);
+}
+
+/* Where token t's block starts, and its place in the block. */
+static uint8_t *code_block(const struct quest *qx, uint64_t t, unsigned *in_block)
+{
+	const uint64_t j = t % qx->page;
+	*in_block = (unsigned)(j % IX_CODE_BLOCK);
+	return qx->codes + t / qx->page * qx->code_page + j / IX_CODE_BLOCK * ix_code_block_bytes(qx->d);
+}
 
 /* 4-bit codes of every key on its page's [min, max] grid (keys [n][d]). */
 static int quest_codes(struct quest *qx, const float *k)
 {
 	const unsigned d = qx->d;
-	qx->code_bytes = (d + 1) / 2;
-	if (!(qx->codes = calloc(qx->n, qx->code_bytes)))
+	qx->code_page = code_page_bytes(d, qx->page);
+	if (!(qx->codes = calloc(qx->pages, qx->code_page)))
 		return -ENOMEM;
 	for (uint64_t t = 0; t < qx->n; t++) {
 		const size_t row = t / qx->page * 2 * d;
-		uint8_t *c = qx->codes + t * qx->code_bytes;
+		unsigned at;
+		uint8_t *blk = code_block(qx, t, &at);
 		for (unsigned i = 0; i < d; i++) {
 			const float mx = ix_mat_at(&qx->rows, row + i), mn = ix_mat_at(&qx->rows, row + d + i);
 			const float r = mx - mn;
 			long v = r > 0 ? lrintf((k[t * d + i] - mn) / r * 15.0f) : 0;
 			v = v < 0 ? 0 : v > 15 ? 15 : v;
-			c[i / 2] |= (uint8_t)(v << (4 * (i & 1)));
+			ix_code_put(blk, at, i, (unsigned)v);
 		}
 	}
 	return 0;
 }
 
-/* The scratch quest_rerank() needs, in floats. */
+/* The scratch quest_rerank() needs, in bytes: float weights, int8 weights, a page's masses. */
 static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
 {
-	return (size_t)G * d + (size_t)page * G;
+	return ix_align((size_t)G * d * sizeof(float)) + ix_align((size_t)G * ix_code_dims(d)) +
+	       (size_t)(page + IX_CODE_BLOCK) * sizeof(float);
 }
 
 /*
  * Rerank: score the tokens of the pooled @p pages [np] (ascending, so that
  * the rows and codes stream forward) from their codes, per head
  * q_g . k^ = q_g . min + sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15
- * made once a page, a page's codes scored in one ix_dots_nibbles(), and
- * keep the best @p take by sum_g exp(s_g - off[g]) (the tail fill's score).
+ * made once a page and rounded to int8 (the codes carry 4 bits; the
+ * weights' rounding is a 1/254 of the page's largest), a page's codes
+ * scored in one ix_nibble_mass(), and keep the best @p take by
+ * sum_g exp(s_g - off[g]) (the tail fill's score).
  * @param tmp  room for np * page items
- * @param w    room for rerank_scratch() floats
+ * @param sc   room for rerank_scratch() bytes, aligned
  */
 static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *pages,
-			 size_t np, size_t take, uint64_t *bits, struct ix_item *tmp, float *w)
+			 size_t np, size_t take, uint64_t *bits, struct ix_item *tmp, uint8_t *sc)
 {
 	const unsigned d = qx->d, P = qx->page;
-	const size_t row_bytes = ix_mat_bytes(&qx->rows, 2 * (size_t)d), code_page = (size_t)P * qx->code_bytes;
-	float base[IX_MAX_GROUP], *s = w + (size_t)G * d;
+	const size_t row_bytes = ix_mat_bytes(&qx->rows, 2 * (size_t)d), code_page = qx->code_page;
+	float *w = (float *)sc, base[IX_MAX_GROUP], scale[IX_MAX_GROUP];
+	int8_t *W = (int8_t *)(sc + ix_align((size_t)G * d * sizeof(float)));
+	float *mass = (float *)((uint8_t *)W + ix_align((size_t)G * ix_code_dims(d)));
 	size_t cnt = 0;
 	for (size_t j = 0; j < np; j++) {
 		if (j + 1 < np) {
@@ -104,15 +127,14 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 		}
 		const uint64_t page = pages[j], t0 = page * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
 		ix_code_weights(&qx->rows, page * 2 * d, d, q, G, w, base);
-		ix_dots_nibbles(qx->codes + t0 * qx->code_bytes, t1 - t0, qx->code_bytes, w, G, d, s);
+		ix_quantize_i8(w, G, d, W, scale);
 		for (unsigned g = 0; g < G; g++)
 			base[g] -= off[g];
-		ix_exp_rows(s, t1 - t0, G, base);
+		ix_nibble_mass(qx->codes + page * code_page, (t1 - t0 + IX_CODE_BLOCK - 1) / IX_CODE_BLOCK, d, W, scale,
+			       base, G, mass);
 		for (uint64_t t = t0; t < t1; t++) {
-			float acc = 0;
-			for (unsigned g = 0; g < G; g++)
-				acc += s[(t - t0) * G + g];
-			tmp[cnt].score = isnan(acc) ? -INFINITY : acc;
+			const float m = mass[t - t0];
+			tmp[cnt].score = isnan(m) ? -INFINITY : m;
 			tmp[cnt++].id = (uint32_t)t;
 		}
 	}
@@ -243,7 +265,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	size_t off_ids = off_bits + ix_align(ix_bits_words(qx->n) * sizeof(uint64_t));
 	size_t off_tmp = off_ids + ix_align(tail_max * sizeof(uint32_t));
 	size_t off_w = off_tmp + ix_align(tail_max * sizeof(struct ix_item));
-	size_t off_marks = off_w + ix_align(rerank_scratch(G, d, P) * sizeof(float));
+	size_t off_marks = off_w + ix_align(rerank_scratch(G, d, P));
 	size_t off_order = off_marks + ix_align(ix_bits_words(pages) * sizeof(uint64_t));
 	size_t total = off_order + (reranks ? pages * sizeof(uint64_t) : 0);
 	uint8_t *sc = ix_scratch(total);
@@ -282,7 +304,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 		ix_bits_emit(marks, pages, order);
 		for (uint64_t j = 0; j < np; j++)
 			ids[j] = (uint32_t)order[j];
-		quest_rerank(qx, q, G, lse, ids, np, budget, bits, tmp, (float *)(sc + off_w));
+		quest_rerank(qx, q, G, lse, ids, np, budget, bits, tmp, sc + off_w);
 		res->scanned = pages + (np * P < qx->n ? np * P : qx->n);
 		res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
 		return 0;
@@ -324,7 +346,7 @@ static int quest_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	const size_t nf = qx->pages * 2 * qx->d;
-	const size_t codes = qx->codes ? qx->n * qx->code_bytes : 0;
+	const size_t codes = qx->codes ? qx->pages * qx->code_page : 0;
 	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 40 + ix_mat_bytes(&qx->rows, nf) + codes);
 	ix_wr_u64(&w, qx->n);
 	ix_wr_u32(&w, qx->d);
@@ -343,6 +365,8 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 		return -EINVAL;
 	unsigned version = QUEST_VERSION;
 	int rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION);
+	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_ROW_CODES)))
+		version = QUEST_VERSION_ROW_CODES;
 	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_BOUNDS)))
 		version = QUEST_VERSION_BOUNDS;
 	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_F32)))
@@ -351,7 +375,7 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), page = ix_rd_u32(&r);
-	const float rerank = version == QUEST_VERSION ? ix_rd_f32(&r) : 0;
+	const float rerank = version >= QUEST_VERSION_ROW_CODES ? ix_rd_f32(&r) : 0;
 	const uint32_t dtype = version == QUEST_VERSION_F32 ? 0 : ix_rd_u32(&r);
 	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE || dtype > 1 ||
 	    !(rerank == 0 || (rerank > 1 && rerank <= QUEST_MAX_RERANK)))
@@ -365,13 +389,23 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)))
 		goto fail;
 	if (rerank) {
-		const uint8_t *codes = ix_rd_bytes(&r, n * ((d + 1) / 2));
-		qx->code_bytes = (d + 1) / 2;
-		if (!codes || !(qx->codes = malloc(n * qx->code_bytes))) {
+		qx->code_page = code_page_bytes(d, page);
+		const size_t row_bytes = (d + 1) / 2;
+		const size_t want = version == QUEST_VERSION ? qx->pages * qx->code_page : n * row_bytes;
+		const uint8_t *codes = ix_rd_bytes(&r, want);
+		if (!codes || !(qx->codes = calloc(qx->pages, qx->code_page))) {
 			rc = codes ? -ENOMEM : -EBADMSG;
 			goto fail;
 		}
-		memcpy(qx->codes, codes, n * qx->code_bytes);
+		if (version == QUEST_VERSION)
+			memcpy(qx->codes, codes, want);
+		else
+			for (uint64_t t = 0; t < n; t++) {
+				unsigned at;
+				uint8_t *blk = code_block(qx, t, &at);
+				for (unsigned i = 0; i < d; i++)
+					ix_code_put(blk, at, i, codes[t * row_bytes + i / 2] >> (4 * (i & 1)) & 15);
+			}
 		qx->rerank = rerank;
 	}
 	if ((rc = ix_rd_end(&r)))
@@ -404,7 +438,7 @@ static size_t quest_memory(const struct index *ix)
 {
 	const struct quest *qx = to_quest(ix);
 	return qx ? sizeof(*qx) + ix_mat_bytes(&qx->rows, qx->pages * 2 * qx->d) +
-			    (qx->codes ? qx->n * qx->code_bytes : 0)
+			    (qx->codes ? qx->pages * qx->code_page : 0)
 		  : 0;
 }
 

@@ -809,33 +809,101 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const stru
 }
 
 /*
- * ix_dots_nibbles(): rows of 4-bit codes (the even channel in the low
- * nibble) against G queries, as a double sum over the unpacked codes, for
- * the vector path (G 4, d 64, rows apart by a stride) and the scalar one
- * (G 3, d 12).
+ * Quest's rerank arithmetic. The blocked code layout against the byte map
+ * ix.h documents; ix_quantize_i8() against its definition (the scale from
+ * the largest |w|, every weight within half a step, NaN and infinite heads
+ * marked, zero heads zero); ix_nibble_mass() against a double sum over the
+ * codes as drawn, for shapes that take the vector loops with and without
+ * tails (d 64, d 12, d 200: 25 planes, a 32-weight tail of 8).
  */
 static void nibble_dots(void)
 {
-	static const unsigned shapes[2][2] = { { 4, 64 }, { 3, 12 } };
+	uint8_t one[64 * 4] = { 0 };
+	ix_code_put(one, 5, 13, 9);
+	ix_code_put(one, 2, 2, 7);
+	CHECK(one[32 + 5 * 4 + 1] == 0x90 && one[2 * 4 + 2] == 0x07 && ix_code_get(one, 5, 13) == 9 &&
+		      ix_code_get(one, 2, 2) == 7 && ix_code_get(one, 5, 9) == 0,
+	      "blocked code layout: byte 53 %#x, byte 10 %#x", one[53], one[10]);
+
+	static const unsigned shapes[3][2] = { { 4, 64 }, { 3, 12 }, { 2, 200 } };
+	for (unsigned s = 0; s < 3; s++) {
+		const unsigned Gs = shapes[s][0], d = shapes[s][1], dp = ix_code_dims(d), nb = 3;
+		float *w = malloc((size_t)Gs * d * sizeof(float)), scale[4], c[4];
+		int8_t *W = malloc((size_t)Gs * dp);
+		uint8_t *codes = malloc((size_t)nb * IX_CODE_BLOCK * d), *blocks = calloc(nb, ix_code_block_bytes(d));
+		for (unsigned g = 0; g < Gs; g++) {
+			/* scores up to +-30 (15 d mag), one head's far smaller */
+			const float mag = (g == 1 ? 1e-4f : 2.0f) / (float)d;
+			for (unsigned i = 0; i < d; i++)
+				w[g * d + i] = mag * (2.0f * check_uniform(&seed) - 1.0f);
+			c[g] = -3.0f * check_uniform(&seed);
+		}
+		memset(W, 0x55, (size_t)Gs * dp);
+		ix_quantize_i8(w, Gs, d, W, scale);
+		double qworst = 0;
+		int pad_ok = 1;
+		for (unsigned g = 0; g < Gs; g++) {
+			double mx = 0;
+			for (unsigned i = 0; i < d; i++)
+				mx = fmax(mx, fabs(w[g * d + i]));
+			qworst = fmax(qworst, fabs(scale[g] - mx / 127) / (mx / 127));
+			for (unsigned i = 0; i < d; i++)
+				qworst = fmax(qworst, (fabs(W[g * dp + i] * (double)scale[g] - w[g * d + i]) - scale[g] / 2) /
+							      scale[g]);
+			for (unsigned i = d; i < dp; i++)
+				pad_ok &= W[g * dp + i] == 0;
+		}
+		CHECK(qworst < 1e-4 && pad_ok, "int8 weights, Gs %u d %u: worst %g (of a step), padding %s", Gs, d,
+		      qworst, pad_ok ? "zero" : "set");
+		for (unsigned b = 0; b < nb; b++)
+			for (unsigned t = 0; t < IX_CODE_BLOCK; t++)
+				for (unsigned i = 0; i < d; i++) {
+					const uint8_t v = (uint8_t)(check_rand(&seed) % 16);
+					codes[((size_t)b * IX_CODE_BLOCK + t) * d + i] = v;
+					ix_code_put(blocks + b * ix_code_block_bytes(d), t, i, v);
+				}
+		float out[3 * IX_CODE_BLOCK];
+		ix_nibble_mass(blocks, nb, d, W, scale, c, Gs, out);
+		double worst = 0;
+		for (unsigned r = 0; r < nb * IX_CODE_BLOCK; r++) {
+			double want = 0;
+			for (unsigned g = 0; g < Gs; g++) {
+				double dot = 0;
+				for (unsigned i = 0; i < d; i++)
+					dot += (double)W[g * dp + i] * codes[(size_t)r * d + i];
+				want += exp((double)scale[g] * dot + c[g]);
+			}
+			worst = fmax(worst, fabs(out[r] - want) / want);
+		}
+		CHECK(worst < 1e-5, "nibble mass, Gs %u d %u: relative error %g", Gs, d, worst);
+		free(w);
+		free(W);
+		free(codes);
+		free(blocks);
+	}
+	/* a head with a NaN, one with an infinity, one all zero */
+	{
+		enum { DB = 40 };
+		float w[3 * DB], scale[3];
+		int8_t W[3 * DB];
+		for (unsigned i = 0; i < 3 * DB; i++)
+			w[i] = i < 2 * DB ? 0.5f : 0.0f;
+		w[7] = NAN;
+		w[DB + 33] = -INFINITY;
+		ix_quantize_i8(w, 3, DB, W, scale);
+		int zero = 1;
+		for (unsigned i = 0; i < 3 * DB; i++)
+			zero &= W[i] == 0;
+		CHECK(isnan(scale[0]) && isnan(scale[1]) && scale[2] == 0 && zero,
+		      "int8 weights of bad heads: scales %g %g %g, weights %s", scale[0], scale[1], scale[2],
+		      zero ? "zero" : "set");
+	}
+	/* the weights that score codes, on the vector path (G 4, d 64) and with tails (G 3, d 12) */
 	for (unsigned s = 0; s < 2; s++) {
-		const unsigned Gs = shapes[s][0], d = shapes[s][1], n = 5;
-		const size_t stride = d / 2 + 3;
-		uint8_t codes[5 * 35];
-		float q[4 * 64], out[5 * 4];
-		for (size_t i = 0; i < sizeof(codes); i++)
-			codes[i] = (uint8_t)check_rand(&seed);
+		const unsigned Gs = s ? 3 : 4, d = s ? 12 : 64;
+		float q[4 * 64];
 		for (unsigned i = 0; i < Gs * d; i++)
 			q[i] = 2.0f * check_uniform(&seed) - 1.0f;
-		ix_dots_nibbles(codes, n, stride, q, Gs, d, out);
-		double worst = 0;
-		for (unsigned r = 0; r < n; r++)
-			for (unsigned g = 0; g < Gs; g++) {
-				double want = 0;
-				for (unsigned j = 0; j < d; j++)
-					want += (double)q[g * d + j] * ((codes[r * stride + j / 2] >> (4 * (j % 2))) & 15);
-				worst = fmax(worst, fabs(out[r * Gs + g] - want) / (fabs(want) + 1));
-			}
-		CHECK(worst < 1e-5, "nibble dots, Gs %u d %u: error %g", Gs, d, worst);
 		/* the weights that score codes, from a [max | min] row pair kept as fp32 or as bf16 */
 		for (int as_bf16 = 0; as_bf16 < 2; as_bf16++) {
 			float *rows = malloc(2 * (size_t)d * sizeof(float)), w[4 * 64], base[4];
@@ -882,14 +950,76 @@ static void exp_rows(void)
 			v[i] = was[i] = 70.0f * check_uniform(&seed);
 		v[0] = was[0] = -87.0f - c[0];
 		v[1] = was[1] = 87.9f - c[1];
+		/* below the normal range, and NaN: expf()'s 0 and NaN on either path */
+		v[2] = -INFINITY;
+		v[3] = -200.0f;
+		v[4] = NAN;
 		ix_exp_rows(v, ROWS, Gs, c);
+		CHECK(v[2] == 0 && v[3] == 0 && isnan(v[4]), "exp rows, G %u: exp(-inf) %g, exp(-200) %g, exp(NaN) %g",
+		      Gs, v[2], v[3], v[4]);
 		double worst = 0;
-		for (unsigned i = 0; i < ROWS * Gs; i++) {
+		for (unsigned i = 5; i < ROWS * Gs; i++) {
 			const double want = exp((double)(float)(was[i] + c[i % Gs])); /* the sum rounds as the code rounds it */
 			worst = fmax(worst, fabs(v[i] - want) / want);
 		}
 		CHECK(worst < 1e-6, "exp rows, G %u: relative error %g", Gs, worst);
 	}
+}
+
+/*
+ * A rerank index saved in format 3, whose codes were one token at a time
+ * (ceil(d/2) bytes, the even channel low): rebuilt here from the format 4
+ * blob by reading its blocked codes through the byte map of ix.h (plane
+ * i / 8, byte t*4 + i % 4 of a block, the high nibble when i % 8 >= 4),
+ * it loads and searches as the built index.
+ */
+static void quest_row_codes(void)
+{
+	const struct policy_ops *po = policy_ops_get(POLICY_QUEST);
+	const struct index_keys k = { .k = keys, .n = N, .d = D };
+	const struct index_build_params bp = { .rerank = 4 };
+	struct index *ix = NULL, *back = NULL;
+	uint8_t *blob = NULL;
+	size_t len = 0;
+	CHECK(po->build(&k, &bp, &ix) == 0 && po->save(ix, &blob, &len) == 0, "quest rerank 4 builds and saves");
+	if (!ix || !blob)
+		return;
+	const size_t page = 16, pages = (N + page - 1) / page, nf = pages * 2 * D;
+	const size_t block = (D + 7) / 8 * 8 * 4, page_bytes = (page + 7) / 8 * block;
+	const size_t codes_at = 16 + 24 + nf * 4, row = (D + 1) / 2;
+	const size_t len3 = codes_at + (size_t)N * row, body3 = len3 - 16;
+	CHECK(len == codes_at + pages * page_bytes, "quest format 4 blob: %zu bytes, want %zu", len,
+	      codes_at + pages * page_bytes);
+	uint8_t *v3 = calloc(1, len3);
+	memcpy(v3, blob, codes_at);
+	const uint16_t version = 3;
+	memcpy(v3 + 6, &version, 2);
+	memcpy(v3 + 8, &body3, 8);
+	for (size_t t = 0; t < N; t++) {
+		const uint8_t *blk = blob + codes_at + t / page * page_bytes + t % page / 8 * block;
+		for (size_t i = 0; i < D; i++) {
+			const unsigned c = blk[i / 8 * 32 + t % 8 * 4 + i % 4] >> (i % 8 >= 4 ? 4 : 0) & 15;
+			v3[codes_at + t * row + i / 2] |= (uint8_t)(c << (i % 2 ? 4 : 0));
+		}
+	}
+	int rc = po->load(v3, len3, &k, &back);
+	CHECK(rc == 0, "quest format 3 blob with codes: load %d", rc);
+	if (!rc) {
+		int same = 1;
+		for (unsigned t = 0; t < NQ; t++) {
+			struct index_result a = result(toks, 0), b = result(toks2, 1);
+			same &= po->search(ix, &k, qd + t * G * D, G, N / 50, &a) == 0 &&
+				po->search(back, &k, qd + t * G * D, G, N / 50, &b) == 0 && a.n_tokens == b.n_tokens &&
+				!memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
+		}
+		CHECK(same, "quest format 3 blob with codes searches differently once loaded");
+		CHECK(po->memory(back) == po->memory(ix), "quest format 3 blob: %zu bytes loaded, %zu built",
+		      po->memory(back), po->memory(ix));
+		po->free(back);
+	}
+	free(v3);
+	free(blob);
+	po->free(ix);
 }
 
 int main(void)
@@ -921,5 +1051,6 @@ int main(void)
 	static const struct old_format quest_old[] = { { 1, 16, 8 }, { 2, 16, 4 } };
 	blob_formats(POLICY_BLOCKS, (size_t)(N + 127) / 128 * 4 * D, 24, blocks_old, 1);
 	blob_formats(POLICY_QUEST, (size_t)(N + 15) / 16 * 2 * D, 20, quest_old, 2);
+	quest_row_codes();
 	return check_exit();
 }
