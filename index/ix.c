@@ -1252,9 +1252,76 @@ static void sort_items(struct ix_item *a, size_t n)
 	insertion_sort(a, n);
 }
 
+/* The r-th largest (from 0) of v[n], v reordered: quickselect on plain floats. */
+static float nth_largest(float *v, size_t n, size_t r)
+{
+	size_t lo = 0, hi = n;
+	while (hi - lo > 1) {
+		const float piv = v[lo + (hi - lo) / 2];
+		size_t i = lo, j = hi - 1;
+		while (i <= j) {
+			while (v[i] > piv)
+				i++;
+			while (v[j] < piv)
+				j--;
+			if (i <= j) {
+				const float t = v[i];
+				v[i++] = v[j];
+				v[j] = t;
+				if (!j--)
+					break;
+			}
+		}
+		if (r <= j)
+			hi = j + 1;
+		else if (r >= i)
+			lo = i;
+		else
+			return v[r];
+	}
+	return v[lo];
+}
+
+#define PREFILTER_MIN 8192
+#define PREFILTER_SAMPLE 512
+
+/*
+ * For a few best of many: a threshold from a sample, a little below where
+ * the k-th should fall, and one pass moving the items at or above it to the
+ * front. Most items fail one well-predicted compare, where quickselect's
+ * first passes mispredict on every other. Returns how many moved, or 0 when
+ * the sample gives no threshold (a NaN) or too few passed it; the items
+ * stay a permutation either way.
+ */
+static size_t prefilter(struct ix_item *a, size_t n, size_t k)
+{
+	float sample[PREFILTER_SAMPLE];
+	const size_t step = n / PREFILTER_SAMPLE;
+	for (size_t i = 0; i < PREFILTER_SAMPLE; i++) {
+		sample[i] = a[i * step].score;
+		if (isnan(sample[i]))
+			return 0;
+	}
+	/* the expected place of the k-th in the sample, one and a half times over, and a margin */
+	size_t r = (size_t)((double)(k + 1) / (double)n * PREFILTER_SAMPLE * 1.5) + 8;
+	if (r >= PREFILTER_SAMPLE)
+		return 0;
+	const float tau = nth_largest(sample, PREFILTER_SAMPLE, r);
+	size_t c = 0;
+	for (size_t i = 0; i < n; i++)
+		if (a[i].score >= tau)
+			item_swap(&a[i], &a[c++]);
+	return c > k ? c : 0;
+}
+
 /* Quickselect: a[k] in its sorted place, better items before it. */
 static void select_nth(struct ix_item *a, size_t n, size_t k)
 {
+	if (n >= PREFILTER_MIN && k < n / 4) {
+		const size_t c = prefilter(a, n, k);
+		if (c)
+			n = c; /* the k + 1 best are among them */
+	}
 	size_t lo = 0, hi = n; /* k in [lo, hi) */
 	unsigned budget = depth_budget(n);
 	while (hi - lo > 16) {

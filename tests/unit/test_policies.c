@@ -966,6 +966,66 @@ static void exp_rows(void)
 	}
 }
 
+static int item_order(const void *pa, const void *pb)
+{
+	const struct ix_item *a = pa, *b = pb;
+	if (a->score != b->score)
+		return a->score > b->score ? -1 : 1;
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+
+static int id_order(const void *pa, const void *pb)
+{
+	const struct ix_item *a = pa, *b = pb;
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/*
+ * ix_select() and ix_top() against a full qsort: the m best (by score, then
+ * id) come first, ix_top() sorts them, and the items stay a permutation; at
+ * sizes below and above the sampled prefilter, with distinct scores, heavy
+ * ties and a tail of -inf.
+ */
+static void selection(void)
+{
+	static const size_t sizes[3] = { 1000, 20000, 100000 };
+	int ok = 1;
+	for (unsigned si = 0; si < 3; si++)
+		for (unsigned kind = 0; kind < 3; kind++) {
+			const size_t n = sizes[si];
+			const size_t ms[5] = { 1, 17, n / 100, n / 5, n / 2 };
+			struct ix_item *a = malloc(n * sizeof(*a)), *want = malloc(n * sizeof(*a));
+			for (unsigned mi = 0; mi < 5; mi++) {
+				const size_t m = ms[mi];
+				for (size_t i = 0; i < n; i++) {
+					a[i].id = (uint32_t)i;
+					a[i].score = kind == 0   ? check_uniform(&seed)
+						     : kind == 1 ? (float)(check_rand(&seed) % 10)
+						     : i % 3     ? -INFINITY
+								 : check_uniform(&seed);
+				}
+				memcpy(want, a, n * sizeof(*a));
+				qsort(want, n, sizeof(*a), item_order);
+				ix_select(a, n, m);
+				qsort(a, m, sizeof(*a), item_order);
+				int good = !memcmp(a, want, m * sizeof(*a));
+				qsort(a, n, sizeof(*a), id_order);
+				for (size_t i = 0; i < n; i++)
+					good &= a[i].id == i;
+				for (size_t i = 0; i < n; i++)
+					a[i] = want[(i * 7919) % n]; /* n is not a multiple of 7919 */
+				ix_top(a, n, m);
+				good &= !memcmp(a, want, m * sizeof(*a));
+				if (!good)
+					fprintf(stderr, "selection: n %zu m %zu kind %u wrong\n", n, m, kind);
+				ok &= good;
+			}
+			free(a);
+			free(want);
+		}
+	CHECK(ok, "selection of the best m matches a full sort");
+}
+
 /*
  * A rerank index saved in format 3, whose codes were one token at a time
  * (ceil(d/2) bytes, the even channel low): rebuilt here from the format 4
@@ -1032,6 +1092,7 @@ int main(void)
 
 	nibble_dots();
 	exp_rows();
+	selection();
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
 					     "faiss-hnsw", "ann", "episodic" };
