@@ -739,6 +739,79 @@ static inline __attribute__((always_inline)) void code_weights_body(const struct
 }
 
 /*
+ * ix_group_softmax() for IX_MASS without log weights when G divides 8: the
+ * same three passes (max, exps, each unit's summed probability), eight
+ * values a step, lane l holding head l % G.
+ */
+static inline __attribute__((always_inline)) void group_mass_body(float *s, const uint32_t *ids, size_t n,
+								   unsigned G, float *lse, struct ix_item *out)
+{
+	const size_t total = n * G, vec = total / 8 * 8;
+	float m[8], z[8], inv[8];
+	v8f vmax, cc, zacc = { 0 }, vinv;
+	for (unsigned l = 0; l < 8; l++)
+		vmax[l] = -INFINITY;
+	for (size_t k = 0; k < vec; k += 8) {
+		const v8f x = load8(s + k);
+		const v8i gt = x > vmax;
+		vmax = (v8f)(((v8i)x & gt) | ((v8i)vmax & ~gt));
+	}
+	for (unsigned g = 0; g < G; g++) {
+		m[g] = -INFINITY;
+		for (unsigned l = g; l < 8; l += G)
+			m[g] = vmax[l] > m[g] ? vmax[l] : m[g];
+	}
+	for (size_t k = vec; k < total; k++)
+		m[k % G] = s[k] > m[k % G] ? s[k] : m[k % G];
+	for (unsigned g = 0; g < G; g++)
+		if (!isfinite(m[g]))
+			m[g] = 0;
+	for (unsigned l = 0; l < 8; l++)
+		cc[l] = -m[l % G];
+	for (size_t k = 0; k < vec; k += 8) {
+		v8f e;
+		EXP8(e, load8(s + k) + cc);
+		memcpy(s + k, &e, sizeof(e));
+		zacc += e;
+	}
+	for (unsigned g = 0; g < G; g++) {
+		z[g] = 0;
+		for (unsigned l = g; l < 8; l += G)
+			z[g] += zacc[l];
+	}
+	for (size_t k = vec; k < total; k++) {
+		s[k] = expf(s[k] - m[k % G]);
+		z[k % G] += s[k];
+	}
+	for (unsigned g = 0; g < G; g++) {
+		inv[g] = z[g] > 0 ? 1.0f / z[g] : 0;
+		if (lse)
+			lse[g] = z[g] > 0 ? m[g] + logf(z[g]) : -INFINITY;
+	}
+	for (unsigned l = 0; l < 8; l++)
+		vinv[l] = inv[l % G];
+	const unsigned per = 8 / G;
+	size_t j = 0;
+	for (size_t k = 0; k < vec; k += 8) {
+		const v8f p = load8(s + k) * vinv;
+		for (unsigned u = 0; u < per; u++, j++) {
+			float acc = 0;
+			for (unsigned g = 0; g < G; g++)
+				acc += p[u * G + g];
+			out[j].score = isnan(acc) ? 0 : acc;
+			out[j].id = ids ? ids[j] : (uint32_t)j;
+		}
+	}
+	for (; j < n; j++) {
+		float acc = 0;
+		for (unsigned g = 0; g < G; g++)
+			acc += s[j * G + g] * inv[g];
+		out[j].score = isnan(acc) ? 0 : acc;
+		out[j].id = ids ? ids[j] : (uint32_t)j;
+	}
+}
+
+/*
  * W[g*dp + i] = round(w[g*d + i] / scale[g]) with scale[g] = max_i |w_gi| / 127,
  * padding 0. The max is taken on the bit patterns of |w| (which order as
  * integers), so a NaN or an infinity shows as a pattern at or above
@@ -991,6 +1064,17 @@ static void nibble_mass_base(const uint8_t *blocks, size_t nblocks, unsigned d, 
 	nibble_mass_scalar(blocks, nblocks, d, W, scale, c, G, out);
 }
 
+__attribute__((target("avx2,fma"))) static void group_mass_avx2(float *s, const uint32_t *ids, size_t n,
+								unsigned G, float *lse, struct ix_item *out)
+{
+	group_mass_body(s, ids, n, G, lse, out);
+}
+
+static void group_mass_base(float *s, const uint32_t *ids, size_t n, unsigned G, float *lse, struct ix_item *out)
+{
+	group_mass_body(s, ids, n, G, lse, out);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -1053,6 +1137,13 @@ static void exp_rows_avx2(float *v, size_t n, unsigned G, const float *c)
 #define quantize_i8_base quantize_i8_scalar
 #define nibble_mass_avx2 nibble_mass_scalar
 #define nibble_mass_base nibble_mass_scalar
+
+static void group_mass_avx2(float *s, const uint32_t *ids, size_t n, unsigned G, float *lse, struct ix_item *out)
+{
+	group_mass_body(s, ids, n, G, lse, out);
+}
+
+#define group_mass_base group_mass_avx2
 
 static int have_avx2_fma(void)
 {
@@ -1360,6 +1451,13 @@ void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, 
 {
 	float m[IX_MAX_GROUP], z[IX_MAX_GROUP], inv[IX_MAX_GROUP];
 	IX_ASSERT(G >= 1 && G <= IX_MAX_GROUP);
+	if (!lw && how == IX_MASS && 8 % G == 0) {
+		if (have_avx2_fma())
+			group_mass_avx2(s, ids, n, G, lse, out);
+		else
+			group_mass_base(s, ids, n, G, lse, out);
+		return;
+	}
 	for (unsigned g = 0; g < G; g++) {
 		m[g] = -INFINITY;
 		z[g] = 0;
@@ -1373,23 +1471,12 @@ void ix_group_softmax(float *s, const float *lw, const uint32_t *ids, size_t n, 
 		if (!isfinite(m[g]))
 			m[g] = 0;
 	/* s becomes w_j * exp(s - m): one exponential per unit and head */
-	if (!lw) {
-		/* exp(s + c) with c = -m: negate m for the call and back */
-		for (unsigned g = 0; g < G; g++)
-			m[g] = -m[g];
-		ix_exp_rows(s, n, G, m);
-		for (unsigned g = 0; g < G; g++)
-			m[g] = -m[g];
-		for (size_t j = 0; j < n; j++)
-			for (unsigned g = 0; g < G; g++)
-				z[g] += s[j * G + g];
-	} else
-		for (size_t j = 0; j < n; j++)
-			for (unsigned g = 0; g < G; g++) {
-				float e = expf(lw[j] + s[j * G + g] - m[g]);
-				s[j * G + g] = e;
-				z[g] += e;
-			}
+	for (size_t j = 0; j < n; j++)
+		for (unsigned g = 0; g < G; g++) {
+			float e = expf((lw ? lw[j] : 0) + s[j * G + g] - m[g]);
+			s[j * G + g] = e;
+			z[g] += e;
+		}
 	for (unsigned g = 0; g < G; g++) {
 		inv[g] = z[g] > 0 ? 1.0f / z[g] : 0;
 		if (lse)

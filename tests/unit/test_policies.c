@@ -1027,6 +1027,58 @@ static void selection(void)
 }
 
 /*
+ * ix_group_softmax() by summed mass without log weights (its 8-wide path
+ * when G divides 8, the general one for G 3) against softmax in double:
+ * each head's lse, each unit's summed probability, ids passed through;
+ * n not a multiple of the vector, a -inf unit and a head that is all -inf.
+ */
+static void group_mass(void)
+{
+	static const unsigned Gs_list[5] = { 1, 2, 4, 8, 3 };
+	int ok = 1;
+	for (unsigned gi = 0; gi < 5; gi++) {
+		const unsigned Gs = Gs_list[gi];
+		enum { U = 301 };
+		float *sc = malloc((size_t)U * Gs * sizeof(float)), *was = malloc((size_t)U * Gs * sizeof(float));
+		float lse[8];
+		uint32_t ids[U];
+		struct ix_item out[U];
+		for (unsigned j = 0; j < U; j++) {
+			ids[j] = 1000 + 3 * j;
+			for (unsigned g = 0; g < Gs; g++)
+				sc[j * Gs + g] = was[j * Gs + g] = 20.0f * check_uniform(&seed) - 10.0f;
+		}
+		for (unsigned g = 0; g < Gs; g++)
+			sc[5 * Gs + g] = was[5 * Gs + g] = -INFINITY;
+		if (Gs > 1)
+			for (unsigned j = 0; j < U; j++)
+				sc[j * Gs + 1] = was[j * Gs + 1] = -INFINITY; /* head 1 sees nothing */
+		ix_group_softmax(sc, NULL, ids, U, Gs, lse, IX_MASS, out);
+		double z[8] = { 0 }, mx[8];
+		for (unsigned g = 0; g < Gs; g++) {
+			mx[g] = -INFINITY;
+			for (unsigned j = 0; j < U; j++)
+				mx[g] = fmax(mx[g], was[j * Gs + g]);
+			for (unsigned j = 0; j < U; j++)
+				z[g] += isfinite(mx[g]) ? exp(was[j * Gs + g] - mx[g]) : 0;
+			const double want = z[g] > 0 ? mx[g] + log(z[g]) : -INFINITY;
+			ok &= want == -INFINITY ? lse[g] == -INFINITY : fabs(lse[g] - want) < 1e-5 * fabs(want) + 1e-5;
+		}
+		for (unsigned j = 0; j < U; j++) {
+			double want = 0;
+			for (unsigned g = 0; g < Gs; g++)
+				want += z[g] > 0 ? exp(was[j * Gs + g] - mx[g]) / z[g] : 0;
+			ok &= out[j].id == ids[j] && fabs(out[j].score - want) <= 1e-5 * want + 1e-12;
+		}
+		if (!ok)
+			fprintf(stderr, "group mass, G %u: wrong\n", Gs);
+		free(sc);
+		free(was);
+	}
+	CHECK(ok, "group softmax by summed mass matches softmax in double");
+}
+
+/*
  * A rerank index saved in format 3, whose codes were one token at a time
  * (ceil(d/2) bytes, the even channel low): rebuilt here from the format 4
  * blob by reading its blocked codes through the byte map of ix.h (plane
@@ -1093,6 +1145,7 @@ int main(void)
 	nibble_dots();
 	exp_rows();
 	selection();
+	group_mass();
 	CHECK(policy_ops_get(POLICY_EXACT) == NULL && index_ops_get(POLICY_EXACT)->ops == NULL, "exact has no index");
 	static const char *const names[] = { "exact", "quest", "blocks", "centroids", "centroids2", "faiss-ivf",
 					     "faiss-hnsw", "ann", "episodic" };
