@@ -738,6 +738,71 @@ static inline __attribute__((always_inline)) void code_weights_body(const struct
 	}
 }
 
+/* Eight int8 at p widened to fp32 (a macro, as bf16x8). */
+typedef int8_t v8b __attribute__((vector_size(8), aligned(1), may_alias));
+#define i8x8(p) __builtin_convertvector(__builtin_convertvector(*(const v8b *)(p), v8i), v8f)
+
+/* int8 rows against G queries: as dots_bf16_body(), the row widened from bytes. */
+static inline __attribute__((always_inline)) void dots_i8_body(const int8_t *rows, size_t n, size_t stride,
+								const float *q, unsigned G, unsigned d, float *out)
+{
+	for (size_t r = 0; r < n; r++) {
+		const int8_t *row = rows + r * stride;
+		float *o = out + r * G;
+		unsigned g = 0;
+		if (d % 8 == 0)
+			for (; g + 4 <= G; g += 4) {
+				const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+				v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+				for (unsigned j = 0; j < d; j += 8) {
+					const v8f x = i8x8(row + j);
+					a0 += x * load8(q0 + j);
+					a1 += x * load8(q1 + j);
+					a2 += x * load8(q2 + j);
+					a3 += x * load8(q3 + j);
+				}
+				o[g] = hsum8(&a0);
+				o[g + 1] = hsum8(&a1);
+				o[g + 2] = hsum8(&a2);
+				o[g + 3] = hsum8(&a3);
+			}
+		for (; g < G; g++) {
+			float acc = 0;
+			for (unsigned j = 0; j < d; j++)
+				acc += (float)row[j] * q[(size_t)g * d + j];
+			o[g] = acc;
+		}
+		for (g = 0; g < G; g++)
+			if (isnan(o[g]))
+				o[g] = -INFINITY;
+	}
+}
+
+/* A page's code weights from an int8 row pair [max | min] and qs = q * scale per head. */
+static inline __attribute__((always_inline)) void code_weights_i8_body(const int8_t *row, unsigned d,
+									const float *qs, unsigned G, float *w,
+									float *base)
+{
+	const float inv15 = 1.0f / 15.0f;
+	for (unsigned g = 0; g < G; g++) {
+		const float *qg = qs + (size_t)g * d;
+		float *wg = w + (size_t)g * d;
+		unsigned i = 0;
+		v8f acc = { 0 };
+		for (; i + 8 <= d; i += 8) {
+			const v8f mx = i8x8(row + i), mn = i8x8(row + d + i), x = load8(qg + i);
+			acc += x * mn;
+			*(v8u *)(wg + i) = x * (mx - mn) * inv15;
+		}
+		float b = hsum8(&acc);
+		for (; i < d; i++) {
+			b += qg[i] * (float)row[d + i];
+			wg[i] = qg[i] * (float)(row[i] - row[d + i]) * inv15;
+		}
+		base[g] = b;
+	}
+}
+
 /*
  * ix_group_softmax() for IX_MASS without log weights when G divides 8: the
  * same three passes (max, exps, each unit's summed probability), eight
@@ -1075,6 +1140,75 @@ static void group_mass_base(float *s, const uint32_t *ids, size_t n, unsigned G,
 	group_mass_body(s, ids, n, G, lse, out);
 }
 
+/* The bodies' i8x8() comes out a byte at a time; here one pmovsxbd widens eight. */
+__attribute__((target("avx2,fma"))) static inline v8f i8x8_avx2(const int8_t *p)
+{
+	return (v8f)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+__attribute__((target("avx2,fma"))) static void dots_i8_avx2(const int8_t *rows, size_t n, size_t stride,
+							     const float *q, unsigned G, unsigned d, float *out)
+{
+	if (d % 8 || G % 4) {
+		dots_i8_body(rows, n, stride, q, G, d, out);
+		return;
+	}
+	for (size_t r = 0; r < n; r++) {
+		const int8_t *row = rows + r * stride;
+		float *o = out + r * G;
+		for (unsigned g = 0; g < G; g += 4) {
+			const float *q0 = q + (size_t)g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+			v8f a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+			for (unsigned j = 0; j < d; j += 8) {
+				const v8f x = i8x8_avx2(row + j);
+				a0 += x * load8(q0 + j);
+				a1 += x * load8(q1 + j);
+				a2 += x * load8(q2 + j);
+				a3 += x * load8(q3 + j);
+			}
+			o[g] = hsum8(&a0);
+			o[g + 1] = hsum8(&a1);
+			o[g + 2] = hsum8(&a2);
+			o[g + 3] = hsum8(&a3);
+		}
+		for (unsigned g = 0; g < G; g++)
+			if (isnan(o[g]))
+				o[g] = -INFINITY;
+	}
+}
+
+static void dots_i8_base(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+			 float *out)
+{
+	dots_i8_body(rows, n, stride, q, G, d, out);
+}
+
+__attribute__((target("avx2,fma"))) static void code_weights_i8_avx2(const int8_t *row, unsigned d, const float *qs,
+								     unsigned G, float *w, float *base)
+{
+	if (d % 8) {
+		code_weights_i8_body(row, d, qs, G, w, base);
+		return;
+	}
+	const float inv15 = 1.0f / 15.0f;
+	for (unsigned g = 0; g < G; g++) {
+		const float *qg = qs + (size_t)g * d;
+		float *wg = w + (size_t)g * d;
+		v8f acc = { 0 };
+		for (unsigned i = 0; i < d; i += 8) {
+			const v8f mx = i8x8_avx2(row + i), mn = i8x8_avx2(row + d + i), x = load8(qg + i);
+			acc += x * mn;
+			*(v8u *)(wg + i) = x * (mx - mn) * inv15;
+		}
+		base[g] = hsum8(&acc);
+	}
+}
+
+static void code_weights_i8_base(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
+{
+	code_weights_i8_body(row, d, qs, G, w, base);
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -1144,6 +1278,21 @@ static void group_mass_avx2(float *s, const uint32_t *ids, size_t n, unsigned G,
 }
 
 #define group_mass_base group_mass_avx2
+
+static void dots_i8_avx2(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d,
+			 float *out)
+{
+	dots_i8_body(rows, n, stride, q, G, d, out);
+}
+
+#define dots_i8_base dots_i8_avx2
+
+static void code_weights_i8_avx2(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
+{
+	code_weights_i8_body(row, d, qs, G, w, base);
+}
+
+#define code_weights_i8_base code_weights_i8_avx2
 
 static int have_avx2_fma(void)
 {
@@ -1234,6 +1383,22 @@ void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float
 		code_weights_avx2(m, row, d, q, G, w, base);
 	else
 		code_weights_base(m, row, d, q, G, w, base);
+}
+
+void ix_dots_i8(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)
+{
+	if (have_avx2_fma())
+		dots_i8_avx2(rows, n, stride, q, G, d, out);
+	else
+		dots_i8_base(rows, n, stride, q, G, d, out);
+}
+
+void ix_code_weights_i8(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
+{
+	if (have_avx2_fma())
+		code_weights_i8_avx2(row, d, qs, G, w, base);
+	else
+		code_weights_i8_base(row, d, qs, G, w, base);
 }
 
 void ix_quantize_i8(const float *w, unsigned G, unsigned d, int8_t *W, float *scale)

@@ -200,6 +200,16 @@ void ix_exp_rows(float *v, size_t n, unsigned G, const float *c);
  */
 void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float *q, unsigned G, float *w,
 		     float *base);
+/** ix_dots() over int8 rows: out[i*G + g] = rows[i*stride .. +d) . q[g*d .. +d). */
+void ix_dots_i8(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
+
+/**
+ * ix_code_weights() for a row pair kept in int8 steps, [max | min] (d
+ * each) of @p row, with @p qs [G][d] the queries times each channel's
+ * step: w[g*d + i] = qs_gi (max_i - min_i) / 15, base[g] = qs_g . min.
+ */
+void ix_code_weights_i8(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base);
+
 /*
  * Blocked 4-bit codes: tokens in blocks of IX_CODE_BLOCK, channels padded
  * to ix_code_dims(d); a block is one 32-byte plane per 8 channels, byte

@@ -30,7 +30,8 @@
  * The policies (search() counts in @c scanned what is said here):
  *
  * quest (Quest): per page of unit_tokens (16) tokens, the element-wise min
- *   and max of the keys; a page's bound for one head is
+ *   and max of the keys, kept as int8 steps of a per-channel scale (max
+ *   rounded up, min down: still bounds, at a byte a value); a page's bound for one head is
  *   U = sum_i max(q_i*max_i, q_i*min_i) >= q.k for every k of the page. For
  *   a group a page scores sum_g exp(U_g - log sum_pages exp(U_g)), the
  *   group's summed softmax over pages of the bounds (each term bounds the

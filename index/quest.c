@@ -16,13 +16,17 @@
  *          weights in int8 (ix_nibble_mass()), and keeps the best budget of
  *          them: no key is read from the blocks
  *
- * Blob body (format 4): n u64, d u32, page u32, rerank f32 (<= 1: none),
- * dtype u32 (0 f32, 1 bf16), then pages x [max | min] of that dtype, then
- * with rerank the blocked codes, pages x code_page bytes. The bounds are
- * elementwise maxima and minima of keys, so over a bf16 context they are
- * bf16 values and are saved as such: half the bytes a restart reads.
- * Format 3 (codes a token at a time, the even channel low, ceil(d/2)
- * bytes) loads by reblocking; 2 (no rerank) and 1 (no dtype, f32) load.
+ *   step   the bounds are kept as int8 multiples of a step per channel
+ *          (its largest |max| or |min| over the pages / 127), the max
+ *          rounded up and the min down, so they still bound every key:
+ *          a byte a value, half of bf16, and the search reads all of them
+ *
+ * Blob body (format 5): n u64, d u32, page u32, rerank f32 (<= 1: none),
+ * d x step f32, pages x [max | min] int8, then with rerank the blocked
+ * codes, pages x code_page bytes. Formats 4 and 3 (dtype u32 after rerank,
+ * then fp32 or bf16 bounds) load without codes; with codes they are
+ * refused (their codes are on the exact bounds' grid), and the daemon
+ * builds over them. Formats 2 (no rerank) and 1 (no dtype, fp32) load.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -32,8 +36,9 @@
 
 #include "ix.h"
 
-#define QUEST_VERSION 4
-#define QUEST_VERSION_ROW_CODES 3 /* codes a token at a time */
+#define QUEST_VERSION 5
+#define QUEST_VERSION_BLOCKED 4   /* bounds as fp32 or bf16 */
+#define QUEST_VERSION_ROW_CODES 3 /* the same, codes a token at a time */
 #define QUEST_VERSION_BOUNDS 2  /* before rerank */
 #define QUEST_VERSION_F32 1     /* before the dtype field */
 #define QUEST_MAX_RERANK 1024.0f
@@ -46,7 +51,8 @@ struct quest {
 	uint64_t n;
 	unsigned d, page;
 	uint64_t pages;
-	struct ix_mat rows;       /* [pages][2d]: max, then min */
+	int8_t *rows;             /* [pages][2d]: max, then min, in steps */
+	float *step;              /* [d] per channel */
 	float rerank;             /* > 1: codes are kept and searches rerank */
 	uint8_t *codes;           /* [pages][code_page], blocked */
 	size_t code_page;         /* ceil(page / 8) blocks */
@@ -77,7 +83,7 @@ static int quest_codes(struct quest *qx, const float *k)
 		unsigned at;
 		uint8_t *blk = code_block(qx, t, &at);
 		for (unsigned i = 0; i < d; i++) {
-			const float mx = ix_mat_at(&qx->rows, row + i), mn = ix_mat_at(&qx->rows, row + d + i);
+			const float mx = qx->rows[row + i] * qx->step[i], mn = qx->rows[row + d + i] * qx->step[i];
 			const float r = mx - mn;
 			long v = r > 0 ? lrintf((k[t * d + i] - mn) / r * 15.0f) : 0;
 			v = v < 0 ? 0 : v > 15 ? 15 : v;
@@ -105,11 +111,11 @@ static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
  * @param tmp  room for np * page items
  * @param sc   room for rerank_scratch() bytes, aligned
  */
-static void quest_rerank(const struct quest *qx, const float *q, unsigned G, const float *off, const uint32_t *pages,
+static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, const float *off, const uint32_t *pages,
 			 size_t np, size_t take, uint64_t *bits, struct ix_item *tmp, uint8_t *sc)
 {
 	const unsigned d = qx->d, P = qx->page;
-	const size_t row_bytes = ix_mat_bytes(&qx->rows, 2 * (size_t)d), code_page = qx->code_page;
+	const size_t row_bytes = 2 * (size_t)d, code_page = qx->code_page;
 	float *w = (float *)sc, base[IX_MAX_GROUP], scale[IX_MAX_GROUP];
 	int8_t *W = (int8_t *)(sc + ix_align((size_t)G * d * sizeof(float)));
 	float *mass = (float *)((uint8_t *)W + ix_align((size_t)G * ix_code_dims(d)));
@@ -117,8 +123,7 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 	for (size_t j = 0; j < np; j++) {
 		if (j + 1 < np) {
 			/* the next page's row and codes are a random step away: start them now */
-			const uint8_t *r = (const uint8_t *)(qx->rows.f32 ? (void *)qx->rows.f32 : (void *)qx->rows.bf16) +
-					   (size_t)pages[j + 1] * row_bytes;
+			const int8_t *r = qx->rows + (size_t)pages[j + 1] * row_bytes;
 			const uint8_t *c = qx->codes + (size_t)pages[j + 1] * code_page;
 			for (size_t o = 0; o < row_bytes; o += 64)
 				__builtin_prefetch(r + o);
@@ -126,7 +131,7 @@ static void quest_rerank(const struct quest *qx, const float *q, unsigned G, con
 				__builtin_prefetch(c + o);
 		}
 		const uint64_t page = pages[j], t0 = page * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
-		ix_code_weights(&qx->rows, page * 2 * d, d, q, G, w, base);
+		ix_code_weights_i8(qx->rows + page * 2 * d, d, qs, G, w, base);
 		ix_quantize_i8(w, G, d, W, scale);
 		for (unsigned g = 0; g < G; g++)
 			base[g] -= off[g];
@@ -156,7 +161,8 @@ static void quest_free(struct index *ix)
 	if (!qx)
 		return;
 	IX_ASSERT(ix->policy == POLICY_QUEST);
-	ix_mat_free(&qx->rows);
+	free(qx->rows);
+	free(qx->step);
 	free(qx->codes);
 	free(qx);
 }
@@ -172,6 +178,45 @@ static int quest_alloc(uint64_t n, unsigned d, unsigned page, struct quest **out
 	qx->page = page;
 	qx->pages = (n + page - 1) / page;
 	*out = qx;
+	return 0;
+}
+
+/*
+ * Bounds @p f [pages][2d] (fp32 max, then min) into int8 steps: the step
+ * of channel i is its largest |value| / 127 (nudged up until 127 steps
+ * reach it), the max rounds up and the min down, so that the stepped
+ * bounds hold the exact ones.
+ */
+static int quest_quantize(struct quest *qx, const float *f)
+{
+	const unsigned d = qx->d;
+	if (!(qx->step = calloc(d, sizeof(float))) || !(qx->rows = malloc(qx->pages * 2 * d)))
+		return -ENOMEM;
+	for (uint64_t p = 0; p < qx->pages; p++)
+		for (unsigned h = 0; h < 2; h++)
+			for (unsigned i = 0; i < d; i++) {
+				const float a = fabsf(f[(p * 2 + h) * d + i]);
+				qx->step[i] = a > qx->step[i] ? a : qx->step[i];
+			}
+	for (unsigned i = 0; i < d; i++) {
+		const float top = qx->step[i];
+		if (!isfinite(top))
+			return -EINVAL;
+		float st = top / 127.0f;
+		while (st > 0 && 127.0f * st < top)
+			st = nextafterf(st, INFINITY);
+		qx->step[i] = st;
+	}
+	for (uint64_t p = 0; p < qx->pages; p++)
+		for (unsigned i = 0; i < d; i++) {
+			const float st = qx->step[i], mx = f[p * 2 * d + i], mn = f[p * 2 * d + d + i];
+			float a = st > 0 ? ceilf(mx / st) : 0, b = st > 0 ? floorf(mn / st) : 0;
+			/* the division may round across an integer: step once more */
+			a += a < 127 && a * st < mx;
+			b -= b > -127 && b * st > mn;
+			qx->rows[p * 2 * d + i] = (int8_t)(a > 127 ? 127 : a < -127 ? -127 : a);
+			qx->rows[p * 2 * d + d + i] = (int8_t)(b > 127 ? 127 : b < -127 ? -127 : b);
+		}
 	return 0;
 }
 
@@ -231,7 +276,10 @@ static int quest_build(const struct index_keys *keys, const struct index_build_p
 		free(job.rows);
 		goto fail;
 	}
-	ix_mat_take(&qx->rows, job.rows, nf);
+	rc = quest_quantize(qx, job.rows);
+	free(job.rows);
+	if (rc)
+		goto fail;
 	qx->rerank = rerank;
 	if (rerank && (rc = quest_codes(qx, keys->k)))
 		goto fail;
@@ -259,7 +307,8 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	const int reranks = pool > budget && pool < qx->n;
 	const size_t tail_max = ix_fill_units_room(qx->n, P, reranks ? pool : budget, min_pages);
 	size_t off_qr = 0;
-	size_t off_u = off_qr + ix_align((size_t)G * 2 * d * sizeof(float));
+	size_t off_qs = off_qr + ix_align((size_t)G * 2 * d * sizeof(float));
+	size_t off_u = off_qs + ix_align((size_t)G * d * sizeof(float));
 	size_t off_it = off_u + ix_align((size_t)pages * G * sizeof(float));
 	size_t off_bits = off_it + ix_align((size_t)pages * sizeof(struct ix_item));
 	size_t off_ids = off_bits + ix_align(ix_bits_words(qx->n) * sizeof(uint64_t));
@@ -271,19 +320,20 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 	uint8_t *sc = ix_scratch(total);
 	if (!sc)
 		return -ENOMEM;
-	float *qr = (float *)(sc + off_qr), *U = (float *)(sc + off_u);
+	float *qr = (float *)(sc + off_qr), *qs = (float *)(sc + off_qs), *U = (float *)(sc + off_u);
 	struct ix_item *it = (struct ix_item *)(sc + off_it), *tmp = (struct ix_item *)(sc + off_tmp);
 	uint64_t *bits = (uint64_t *)(sc + off_bits);
 	uint32_t *ids = (uint32_t *)(sc + off_ids);
 
-	/* query rows [q+ | q-] against page rows [max | min] */
+	/* query rows [q+ | q-] in steps against page rows [max | min]; qs = q in steps */
 	for (unsigned g = 0; g < G; g++)
 		for (unsigned i = 0; i < d; i++) {
-			float x = q[(size_t)g * d + i];
+			const float x = q[(size_t)g * d + i] * qx->step[i];
 			qr[(size_t)g * 2 * d + i] = x > 0 ? x : 0;
 			qr[(size_t)g * 2 * d + d + i] = x < 0 ? x : 0;
+			qs[(size_t)g * d + i] = x;
 		}
-	ix_mat_dots(&qx->rows, pages, 2 * (size_t)d, qr, G, 2 * d, U);
+	ix_dots_i8(qx->rows, pages, 2 * (size_t)d, qr, G, 2 * d, U);
 	/* the group's summed softmax over pages of the bounds */
 	float lse[IX_MAX_GROUP];
 	ix_group_softmax(U, NULL, NULL, pages, G, lse, IX_MASS, it);
@@ -304,7 +354,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 		ix_bits_emit(marks, pages, order);
 		for (uint64_t j = 0; j < np; j++)
 			ids[j] = (uint32_t)order[j];
-		quest_rerank(qx, q, G, lse, ids, np, budget, bits, tmp, sc + off_w);
+		quest_rerank(qx, qs, G, lse, ids, np, budget, bits, tmp, sc + off_w);
 		res->scanned = pages + (np * P < qx->n ? np * P : qx->n);
 		res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
 		return 0;
@@ -332,10 +382,11 @@ int64_t index_quest_bounds(const struct index *ix, const float *q, float *U, uin
 	if (!qr)
 		return -ENOMEM;
 	for (unsigned i = 0; i < qx->d; i++) {
-		qr[i] = q[i] > 0 ? q[i] : 0;
-		qr[qx->d + i] = q[i] < 0 ? q[i] : 0;
+		const float x = q[i] * qx->step[i];
+		qr[i] = x > 0 ? x : 0;
+		qr[qx->d + i] = x < 0 ? x : 0;
 	}
-	ix_mat_dots(&qx->rows, qx->pages, 2 * (size_t)qx->d, qr, 1, 2 * qx->d, U);
+	ix_dots_i8(qx->rows, qx->pages, 2 * (size_t)qx->d, qr, 1, 2 * qx->d, U);
 	return (int64_t)qx->pages;
 }
 
@@ -347,15 +398,41 @@ static int quest_save(const struct index *ix, uint8_t **buf, size_t *len)
 	struct ix_wr w;
 	const size_t nf = qx->pages * 2 * qx->d;
 	const size_t codes = qx->codes ? qx->pages * qx->code_page : 0;
-	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 40 + ix_mat_bytes(&qx->rows, nf) + codes);
+	ix_wr_begin(&w, POLICY_QUEST, QUEST_VERSION, 20 + (size_t)qx->d * 4 + nf + codes);
 	ix_wr_u64(&w, qx->n);
 	ix_wr_u32(&w, qx->d);
 	ix_wr_u32(&w, qx->page);
 	ix_wr_f32(&w, qx->codes ? qx->rerank : 0);
-	ix_wr_mat(&w, &qx->rows, nf);
+	ix_wr_f32s(&w, qx->step, qx->d);
+	ix_wr_bytes(&w, qx->rows, nf);
 	if (codes)
 		ix_wr_bytes(&w, qx->codes, codes);
 	return ix_wr_end(&w, buf, len);
+}
+
+/* Formats 4 to 1: fp32 or bf16 bounds, stepped as a build steps them; a min above its max refused. */
+static int load_float_bounds(struct ix_rd *r, uint32_t dtype, struct quest *qx)
+{
+	const unsigned d = qx->d;
+	const size_t nf = qx->pages * 2 * d;
+	struct ix_mat m = { 0 };
+	int rc = ix_rd_mat(r, dtype, nf, &m);
+	if (rc)
+		return rc;
+	float *f = m.f32;
+	if (!f && (f = malloc(nf * sizeof(float))))
+		for (size_t i = 0; i < nf; i++)
+			f[i] = ix_bf16_f32(m.bf16[i]);
+	int bad = 0;
+	if (f)
+		for (uint64_t p = 0; p < qx->pages; p++)
+			for (unsigned i = 0; i < d; i++)
+				bad |= f[p * 2 * d + d + i] > f[p * 2 * d + i];
+	rc = !f ? -ENOMEM : bad ? -EBADMSG : quest_quantize(qx, f);
+	if (f != m.f32)
+		free(f);
+	ix_mat_free(&m);
+	return rc;
 }
 
 static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *keys, struct index **out)
@@ -363,22 +440,24 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	struct ix_rd r;
 	if (!out)
 		return -EINVAL;
-	unsigned version = QUEST_VERSION;
-	int rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION);
-	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_ROW_CODES)))
-		version = QUEST_VERSION_ROW_CODES;
-	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_BOUNDS)))
-		version = QUEST_VERSION_BOUNDS;
-	if (rc && !(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, QUEST_VERSION_F32)))
-		version = QUEST_VERSION_F32;
+	static const unsigned versions[] = { QUEST_VERSION, QUEST_VERSION_BLOCKED, QUEST_VERSION_ROW_CODES,
+					     QUEST_VERSION_BOUNDS, QUEST_VERSION_F32 };
+	unsigned version = 0;
+	int rc = -EBADMSG;
+	for (unsigned v = 0; v < sizeof(versions) / sizeof(versions[0]) && rc; v++)
+		if (!(rc = ix_rd_begin(&r, buf, len, POLICY_QUEST, versions[v])))
+			version = versions[v];
 	if (rc)
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), page = ix_rd_u32(&r);
 	const float rerank = version >= QUEST_VERSION_ROW_CODES ? ix_rd_f32(&r) : 0;
-	const uint32_t dtype = version == QUEST_VERSION_F32 ? 0 : ix_rd_u32(&r);
+	const uint32_t dtype = version == QUEST_VERSION_F32 || version == QUEST_VERSION ? 0 : ix_rd_u32(&r);
 	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !page || page > QUEST_MAX_PAGE || dtype > 1 ||
 	    !(rerank == 0 || (rerank > 1 && rerank <= QUEST_MAX_RERANK)))
+		return -EBADMSG;
+	/* codes made on the exact bounds' grid do not fit the stepped one */
+	if (rerank && version != QUEST_VERSION)
 		return -EBADMSG;
 	if (keys && (keys->n != n || keys->d != d))
 		return -EINVAL;
@@ -386,47 +465,40 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	if ((rc = quest_alloc(n, d, page, &qx)))
 		return rc;
 	const size_t nf = qx->pages * 2 * d;
-	if ((rc = ix_rd_mat(&r, dtype, nf, &qx->rows)))
+	if (version == QUEST_VERSION) {
+		if ((rc = ix_rd_f32s(&r, d, &qx->step)))
+			goto fail;
+		const uint8_t *rows = ix_rd_bytes(&r, nf);
+		if (!rows || !(qx->rows = malloc(nf))) {
+			rc = rows ? -ENOMEM : -EBADMSG;
+			goto fail;
+		}
+		memcpy(qx->rows, rows, nf);
+		int bad = 0;
+		for (unsigned i = 0; i < d; i++)
+			bad |= !(qx->step[i] >= 0);
+		/* a min above its max; branch-free (a restart checks megabytes) */
+		for (uint64_t p = 0; p < qx->pages; p++)
+			for (unsigned i = 0; i < d; i++)
+				bad |= qx->rows[p * 2 * d + d + i] > qx->rows[p * 2 * d + i];
+		if (bad) {
+			rc = -EBADMSG;
+			goto fail;
+		}
+	} else if ((rc = load_float_bounds(&r, dtype, qx)))
 		goto fail;
 	if (rerank) {
 		qx->code_page = code_page_bytes(d, page);
-		const size_t row_bytes = (d + 1) / 2;
-		const size_t want = version == QUEST_VERSION ? qx->pages * qx->code_page : n * row_bytes;
-		const uint8_t *codes = ix_rd_bytes(&r, want);
-		if (!codes || !(qx->codes = calloc(qx->pages, qx->code_page))) {
+		const uint8_t *codes = ix_rd_bytes(&r, qx->pages * qx->code_page);
+		if (!codes || !(qx->codes = malloc(qx->pages * qx->code_page))) {
 			rc = codes ? -ENOMEM : -EBADMSG;
 			goto fail;
 		}
-		if (version == QUEST_VERSION)
-			memcpy(qx->codes, codes, want);
-		else
-			for (uint64_t t = 0; t < n; t++) {
-				unsigned at;
-				uint8_t *blk = code_block(qx, t, &at);
-				for (unsigned i = 0; i < d; i++)
-					ix_code_put(blk, at, i, codes[t * row_bytes + i / 2] >> (4 * (i & 1)) & 15);
-			}
+		memcpy(qx->codes, codes, qx->pages * qx->code_page);
 		qx->rerank = rerank;
 	}
 	if ((rc = ix_rd_end(&r)))
 		goto fail;
-	/* a min above its max; one branch-free pass per dtype (a restart checks megabytes) */
-	int bad = 0;
-	const float *f = qx->rows.f32;
-	const uint16_t *h = qx->rows.bf16;
-	for (uint64_t p = 0; p < qx->pages; p++) {
-		const size_t mx = p * 2 * d, mn = mx + d;
-		if (f)
-			for (unsigned i = 0; i < d; i++)
-				bad |= f[mn + i] > f[mx + i];
-		else
-			for (unsigned i = 0; i < d; i++)
-				bad |= ix_bf16_f32(h[mn + i]) > ix_bf16_f32(h[mx + i]);
-	}
-	if (bad) {
-		rc = -EBADMSG;
-		goto fail;
-	}
 	*out = &qx->base;
 	return 0;
 fail:
@@ -437,7 +509,7 @@ fail:
 static size_t quest_memory(const struct index *ix)
 {
 	const struct quest *qx = to_quest(ix);
-	return qx ? sizeof(*qx) + ix_mat_bytes(&qx->rows, qx->pages * 2 * qx->d) +
+	return qx ? sizeof(*qx) + qx->pages * 2 * qx->d + (size_t)qx->d * sizeof(float) +
 			    (qx->codes ? qx->pages * qx->code_page : 0)
 		  : 0;
 }

@@ -180,7 +180,7 @@ struct config {
  * Floors: the mean, over NQ queries, of the group's attention mass on the
  * result over the mass of the best set of the same size, at a budget of
  * 5 % (450 tokens), on the fixed data of DATA_SEED with build seed 1.
- * Measured: quest 0.888, quest rerank 4 0.996, blocks medoids 0.769, blocks received 0.618,
+ * Measured: quest 0.887 (0.888 with bf16 bounds), quest rerank 4 0.996, blocks medoids 0.769, blocks received 0.618,
  * centroids 0.981, centroids threshold 0.981, centroids2 0.966,
  * centroids2 threshold 0.913, faiss-ivf 0.914, faiss-hnsw 0.908, ann 0.946. Each floor
  * sits 0.03 under, room for another CPU's BLAS rounding, not for a
@@ -697,13 +697,12 @@ static void estimates(void)
 }
 
 /*
- * blocks' and quest's blob formats: over bf16 keys the representatives or
- * page bounds are saved as bf16 (exactly @p nf x 2 bytes fewer than over fp32
- * keys), over fp32 keys as fp32; both load to an index that searches as the
- * built one, and so do the older formats: @p n_old of them, format old[i]
+ * blocks' blob formats (quest's are quest_blobs()): over bf16 keys the
+ * representatives are saved as bf16 (exactly @p nf x 2 bytes fewer than over
+ * fp32 keys), over fp32 keys as fp32; both load to an index that searches as
+ * the built one, and so do the older formats: @p n_old of them, format old[i]
  * lacking the @p drop[i] bytes at body offset @p at[i] (format 1: the dtype
- * word at @p dtype_at; quest's format 2: its rerank word), rebuilt here
- * from the documented layout. Over bf16 keys the index also
+ * word at @p dtype_at), rebuilt here from the documented layout. Over bf16 keys the index also
  * keeps them as bf16 in RAM (memory() is nf x 2 bytes less), built or
  * loaded; a bf16 value that is an infinity or a NaN, wherever it lies, is
  * refused.
@@ -790,14 +789,6 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const stru
 	CHECK(po->load(b16, l16, &k16, &back) == 0, "%s: the restored blob loads", po->name);
 	po->free(back);
 	back = NULL;
-	if (policy == POLICY_QUEST) {
-		/* a page's max below its min (the last page's last dimension): not bounds */
-		uint8_t *mx = b16 + 16 + dtype_at + 4 + 2 * (nf - D - 1), keep[2] = { mx[0], mx[1] };
-		const uint16_t lowest = 0xff7f;   /* the most negative finite bf16 */
-		memcpy(mx, &lowest, 2);
-		CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "quest: a max below its min loaded");
-		memcpy(mx, keep, 2);
-	}
 	b16[16 + dtype_at] = 2;   /* dtype 2 */
 	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "%s blob with dtype 2 loaded", po->name);
 	free(olds[0]);
@@ -1078,58 +1069,125 @@ static void group_mass(void)
 	CHECK(ok, "group softmax by summed mass matches softmax in double");
 }
 
+/* A quest blob in an older format: header of @p like, @p body bytes after it. */
+static uint8_t *quest_old_blob(const uint8_t *like, uint16_t version, const uint8_t *body, size_t blen)
+{
+	uint8_t *v = malloc(16 + blen);
+	const uint64_t bl = blen;
+	memcpy(v, like, 16);
+	memcpy(v + 6, &version, 2);
+	memcpy(v + 8, &bl, 8);
+	memcpy(v + 16, body, blen);
+	return v;
+}
+
 /*
- * A rerank index saved in format 3, whose codes were one token at a time
- * (ceil(d/2) bytes, the even channel low): rebuilt here from the format 4
- * blob by reading its blocked codes through the byte map of ix.h (plane
- * i / 8, byte t*4 + i % 4 of a block, the high nibble when i % 8 >= 4),
- * it loads and searches as the built index.
+ * quest's blobs. Format 5 keeps the bounds as int8 steps, one f32 step a
+ * channel: 20 + 4d + 2d bytes a page of body over fp32 and bf16 keys alike
+ * (quest_bounds() checks the stepped bounds still bound every key). The
+ * older formats, rebuilt here from the documented layouts and the keys'
+ * own page maxima and minima (1: n, d, page, fp32 rows; 2: a dtype word
+ * after page; 3 and 4: a rerank word before it), load and search as the
+ * built index; 3 or 4 with a rerank is refused (its codes were on the
+ * exact bounds' grid, so the daemon builds over it), and so are a NaN or
+ * negative step, a min above its max, an old blob's max below its min and
+ * dtype 2.
  */
-static void quest_row_codes(void)
+static void quest_blobs(void)
 {
 	const struct policy_ops *po = policy_ops_get(POLICY_QUEST);
 	const struct index_keys k = { .k = keys, .n = N, .d = D };
-	const struct index_build_params bp = { .rerank = 4 };
 	struct index *ix = NULL, *back = NULL;
 	uint8_t *blob = NULL;
 	size_t len = 0;
-	CHECK(po->build(&k, &bp, &ix) == 0 && po->save(ix, &blob, &len) == 0, "quest rerank 4 builds and saves");
+	CHECK(po->build(&k, NULL, &ix) == 0 && po->save(ix, &blob, &len) == 0, "quest builds and saves");
 	if (!ix || !blob)
 		return;
 	const size_t page = 16, pages = (N + page - 1) / page, nf = pages * 2 * D;
-	const size_t block = (D + 7) / 8 * 8 * 4, page_bytes = (page + 7) / 8 * block;
-	const size_t codes_at = 16 + 24 + nf * 4, row = (D + 1) / 2;
-	const size_t len3 = codes_at + (size_t)N * row, body3 = len3 - 16;
-	CHECK(len == codes_at + pages * page_bytes, "quest format 4 blob: %zu bytes, want %zu", len,
-	      codes_at + pages * page_bytes);
-	uint8_t *v3 = calloc(1, len3);
-	memcpy(v3, blob, codes_at);
-	const uint16_t version = 3;
-	memcpy(v3 + 6, &version, 2);
-	memcpy(v3 + 8, &body3, 8);
-	for (size_t t = 0; t < N; t++) {
-		const uint8_t *blk = blob + codes_at + t / page * page_bytes + t % page / 8 * block;
+	CHECK(len == 16 + 20 + 4 * (size_t)D + nf, "quest format 5 blob: %zu bytes, want %zu", len,
+	      16 + 20 + 4 * (size_t)D + nf);
+	/* the keys' page bounds, fp32 [max | min] */
+	float *rows = malloc(nf * sizeof(float));
+	for (size_t p = 0; p < pages; p++)
 		for (size_t i = 0; i < D; i++) {
-			const unsigned c = blk[i / 8 * 32 + t % 8 * 4 + i % 4] >> (i % 8 >= 4 ? 4 : 0) & 15;
-			v3[codes_at + t * row + i / 2] |= (uint8_t)(c << (i % 2 ? 4 : 0));
+			float mx = -INFINITY, mn = INFINITY;
+			for (size_t t = p * page; t < (p + 1) * page && t < N; t++) {
+				mx = fmaxf(mx, keys[t * D + i]);
+				mn = fminf(mn, keys[t * D + i]);
+			}
+			rows[p * 2 * D + i] = mx;
+			rows[p * 2 * D + D + i] = mn;
 		}
-	}
-	int rc = po->load(v3, len3, &k, &back);
-	CHECK(rc == 0, "quest format 3 blob with codes: load %d", rc);
-	if (!rc) {
-		int same = 1;
-		for (unsigned t = 0; t < NQ; t++) {
-			struct index_result a = result(toks, 0), b = result(toks2, 1);
-			same &= po->search(ix, &k, qd + t * G * D, G, N / 50, &a) == 0 &&
-				po->search(back, &k, qd + t * G * D, G, N / 50, &b) == 0 && a.n_tokens == b.n_tokens &&
-				!memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
+	const uint64_t n64 = N;
+	const uint32_t d32 = D, page32 = 16, f32 = 0;
+	const float no_rerank = 0, rerank4 = 4;
+	uint8_t *body = malloc(28 + nf * sizeof(float) + 64);
+	struct {
+		uint16_t version;
+		int rerank, dtype;
+		int want;
+	} olds[5] = { { 1, 0, 0, 0 }, { 2, 0, 1, 0 }, { 3, 1, 1, 0 }, { 4, 1, 1, 0 }, { 4, 2, 1, -EBADMSG } };
+	for (unsigned o = 0; o < 5; o++) {
+		size_t at = 0;
+		memcpy(body + at, &n64, 8), at += 8;
+		memcpy(body + at, &d32, 4), at += 4;
+		memcpy(body + at, &page32, 4), at += 4;
+		if (olds[o].rerank)
+			memcpy(body + at, olds[o].rerank == 2 ? &rerank4 : &no_rerank, 4), at += 4;
+		if (olds[o].dtype)
+			memcpy(body + at, &f32, 4), at += 4;
+		memcpy(body + at, rows, nf * sizeof(float)), at += nf * sizeof(float);
+		uint8_t *v = quest_old_blob(blob, olds[o].version, body, at);
+		int rc = po->load(v, 16 + at, &k, &back);
+		CHECK(rc == olds[o].want, "quest format %u blob%s: load %d", olds[o].version,
+		      olds[o].rerank == 2 ? " with a rerank" : "", rc);
+		if (!rc) {
+			int same = 1;
+			for (unsigned t = 0; t < NQ; t++) {
+				struct index_result a = result(toks, 0), b = result(toks2, 1);
+				same &= po->search(ix, &k, qd + t * G * D, G, N / 50, &a) == 0 &&
+					po->search(back, &k, qd + t * G * D, G, N / 50, &b) == 0 &&
+					a.n_tokens == b.n_tokens && !memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
+			}
+			CHECK(same, "quest format %u blob searches differently once loaded", olds[o].version);
+			CHECK(po->memory(back) == po->memory(ix), "quest format %u blob: %zu bytes loaded, %zu built",
+			      olds[o].version, po->memory(back), po->memory(ix));
+			po->free(back);
+			back = NULL;
 		}
-		CHECK(same, "quest format 3 blob with codes searches differently once loaded");
-		CHECK(po->memory(back) == po->memory(ix), "quest format 3 blob: %zu bytes loaded, %zu built",
-		      po->memory(back), po->memory(ix));
-		po->free(back);
+		if (o == 1) {
+			/* format 2 with a page's max below its min, and with dtype 2 */
+			const float low = -1e30f;
+			memcpy(v + 16 + 20 + (nf - D - 1) * 4, &low, 4);
+			CHECK(po->load(v, 16 + at, &k, &back) == -EBADMSG, "quest: an old blob's max below its min loaded");
+			const uint32_t two = 2;
+			memcpy(v + 16 + 16, &two, 4);
+			CHECK(po->load(v, 16 + at, &k, &back) == -EBADMSG, "quest blob with dtype 2 loaded");
+		}
+		free(v);
 	}
-	free(v3);
+	/* format 5: a NaN or a negative step, a page's min above its max */
+	const size_t step_at = 16 + 20, rows_at = step_at + 4 * (size_t)D;
+	const float bad_steps[2] = { NAN, -1.0f };
+	for (unsigned b = 0; b < 2; b++) {
+		float keep;
+		const size_t at = step_at + 4 * (check_rand(&seed) % D);
+		memcpy(&keep, blob + at, 4);
+		memcpy(blob + at, &bad_steps[b], 4);
+		CHECK(po->load(blob, len, &k, &back) == -EBADMSG, "quest: a step of %g loaded", bad_steps[b]);
+		memcpy(blob + at, &keep, 4);
+	}
+	const size_t p = check_rand(&seed) % pages, i = check_rand(&seed) % D;
+	const uint8_t keep_mx = blob[rows_at + p * 2 * D + i], keep_mn = blob[rows_at + p * 2 * D + D + i];
+	blob[rows_at + p * 2 * D + i] = (uint8_t)(int8_t)-100;
+	blob[rows_at + p * 2 * D + D + i] = (uint8_t)(int8_t)100;
+	CHECK(po->load(blob, len, &k, &back) == -EBADMSG, "quest: a stepped min above its max loaded");
+	blob[rows_at + p * 2 * D + i] = keep_mx;
+	blob[rows_at + p * 2 * D + D + i] = keep_mn;
+	CHECK(po->load(blob, len, &k, &back) == 0, "quest: the restored blob loads");
+	po->free(back);
+	free(body);
+	free(rows);
 	free(blob);
 	po->free(ix);
 }
@@ -1161,10 +1219,7 @@ int main(void)
 	hierarchy();
 	estimates();
 	static const struct old_format blocks_old[] = { { 1, 24, 4 } };
-	/* quest's body: n u64, d u32, page u32, rerank f32 (format 3), dtype u32 (format 2) */
-	static const struct old_format quest_old[] = { { 1, 16, 8 }, { 2, 16, 4 } };
 	blob_formats(POLICY_BLOCKS, (size_t)(N + 127) / 128 * 4 * D, 24, blocks_old, 1);
-	blob_formats(POLICY_QUEST, (size_t)(N + 15) / 16 * 2 * D, 20, quest_old, 2);
-	quest_row_codes();
+	quest_blobs();
 	return check_exit();
 }
