@@ -716,6 +716,8 @@ static int h_stat(struct request *r)
 			ssd_stats(d->ssd, &sd);
 		uint64_t builds, loads, ibytes;
 		attend_policy_counts(&builds, &loads, &ibytes);
+		struct attend_policy_times pt;
+		attend_policy_times(&pt);
 		struct proto_daemon_record rec = {
 			.uptime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - d->start_ms,
 			.connections = atomic_load(&d->connections),
@@ -729,6 +731,8 @@ static int h_stat(struct request *r)
 			.ssd_writes = sd.writes, .ssd_read_bytes = sd.read_bytes,
 			.ssd_write_bytes = sd.write_bytes, .bad_blocks = ss.bad_blocks,
 			.index_builds = builds, .index_loads = loads, .index_bytes = ibytes,
+			.policy_attends = pt.attends, .policy_pick_ns = pt.pick_ns, .policy_search_ns = pt.search_ns,
+			.policy_fold_ns = pt.fold_ns, .policy_pin_ns = pt.pin_ns,
 			.kernels = kern, .kernels_len = (uint16_t)strlen(kern),
 		};
 		wbuf_u32(&r->out, PROTO_STAT_DAEMON);

@@ -844,6 +844,11 @@ int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out)
 		out->index_builds = d.index_builds;
 		out->index_loads = d.index_loads;
 		out->index_bytes = d.index_bytes;
+		out->policy_attends = d.policy_attends;
+		out->policy_pick_ns = d.policy_pick_ns;
+		out->policy_search_ns = d.policy_search_ns;
+		out->policy_fold_ns = d.policy_fold_ns;
+		out->policy_pin_ns = d.policy_pin_ns;
 		copy_name(out->kernels, sizeof(out->kernels), d.kernels, d.kernels_len);
 	}
 	free(p);

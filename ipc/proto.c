@@ -895,6 +895,11 @@ void proto_daemon_record_encode(struct wbuf *b, const struct proto_daemon_record
 	wbuf_u64(b, m->index_builds);
 	wbuf_u64(b, m->index_loads);
 	wbuf_u64(b, m->index_bytes);
+	wbuf_u64(b, m->policy_attends);
+	wbuf_u64(b, m->policy_pick_ns);
+	wbuf_u64(b, m->policy_search_ns);
+	wbuf_u64(b, m->policy_fold_ns);
+	wbuf_u64(b, m->policy_pin_ns);
 	wbuf_str(b, m->kernels, m->kernels_len);
 }
 
@@ -922,6 +927,11 @@ int proto_daemon_record_read(struct rbuf *r, struct proto_daemon_record *m)
 	m->index_builds = rbuf_u64(r);
 	m->index_loads = rbuf_u64(r);
 	m->index_bytes = rbuf_u64(r);
+	m->policy_attends = rbuf_u64(r);
+	m->policy_pick_ns = rbuf_u64(r);
+	m->policy_search_ns = rbuf_u64(r);
+	m->policy_fold_ns = rbuf_u64(r);
+	m->policy_pin_ns = rbuf_u64(r);
 	m->kernels = rbuf_str(r, PROTO_MAX_NAME, &m->kernels_len);
 	return r->err;
 }

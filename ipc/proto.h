@@ -302,6 +302,7 @@ struct proto_daemon_record {
 	uint64_t hits, misses, evictions;     /* block pins served from RAM / read from SSD */
 	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
 	uint64_t index_builds, index_loads, index_bytes;
+	uint64_t policy_attends, policy_pick_ns, policy_search_ns, policy_fold_ns, policy_pin_ns;
 	const char *kernels;
 	uint16_t kernels_len;
 };

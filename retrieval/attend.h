@@ -137,4 +137,15 @@ int attend_policy_prepare(struct kv_ctx *c, uint32_t policy, uint32_t layer, con
  */
 void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes);
 
+/** Where policy ATTENDs spent their time since the process started, in ns. */
+struct attend_policy_times {
+	uint64_t attends;   /**< policy ATTENDs that ran both passes */
+	uint64_t pick_ns;   /**< wall time of pass 1 (index loads, searches, reads queued) */
+	uint64_t search_ns; /**< the searches themselves, summed over the heads */
+	uint64_t fold_ns;   /**< wall time of pass 2 (blocks pinned and attended) */
+	uint64_t pin_ns;    /**< pinning blocks in pass 2 (SSD reads waited on), summed over the heads */
+};
+
+void attend_policy_times(struct attend_policy_times *out);
+
 #endif

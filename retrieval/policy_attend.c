@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "events.h"
@@ -65,6 +66,7 @@
 #define SG_VERSION 1u
 
 static _Atomic uint64_t n_builds, n_loads, n_bytes;
+static _Atomic uint64_t t_attends, t_pick, t_search, t_fold, t_pin;
 static struct seg_params seg_config; /* zeros: EM-LLM's defaults */
 static int no_estimates;
 static float quest_rerank;
@@ -88,6 +90,21 @@ void attend_policy_counts(uint64_t *builds, uint64_t *loads, uint64_t *bytes)
 	*builds = atomic_load(&n_builds);
 	*loads = atomic_load(&n_loads);
 	*bytes = atomic_load(&n_bytes);
+}
+
+void attend_policy_times(struct attend_policy_times *out)
+{
+	*out = (struct attend_policy_times){
+		.attends = atomic_load(&t_attends), .pick_ns = atomic_load(&t_pick), .search_ns = atomic_load(&t_search),
+		.fold_ns = atomic_load(&t_fold), .pin_ns = atomic_load(&t_pin),
+	};
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* One index of one (policy, layer, head). */
@@ -1110,7 +1127,9 @@ static int fold_rows_of(struct policy_job *j, struct kv_ctx *c, uint32_t layer, 
 			}
 			e++;
 		}
+		const uint64_t t0 = now_ns();
 		int rc = kv_ctx_pin_list(c, layer, h, blocks, nb, mem, bad);
+		atomic_fetch_add_explicit(&t_pin, now_ns() - t0, memory_order_relaxed);
 		if (rc)
 			return rc;
 		unsigned bi = 0;
@@ -1354,8 +1373,10 @@ static void pick_unit(void *arg, unsigned h)
 			keys.fetch_ordered = fetch_tier_rows;
 			keys.fetch_ctx = &tf;
 		}
-		if ((rc = j->po->search(s->ix, s->k || keys.fetch || keys.fetch_ordered ? &keys : NULL, q, G, budget,
-					&res)))
+		const uint64_t t0 = now_ns();
+		rc = j->po->search(s->ix, s->k || keys.fetch || keys.fetch_ordered ? &keys : NULL, q, G, budget, &res);
+		atomic_fetch_add_explicit(&t_search, now_ns() - t0, memory_order_relaxed);
+		if (rc)
 			goto fail;
 		w->scanned = res.scanned;
 		/* estimates stand for whole clusters: only when the range is the whole index */
@@ -1505,7 +1526,9 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 		.budget = budget, .sinks = req->sinks, .window = req->window, .qs = qs, .o = res->o,
 		.lse = res->lse, .work = work,
 	};
+	const uint64_t t_begin = now_ns();
 	ex->parallel(ex->pool, g->n_kv_heads, pick_unit, &job);
+	const uint64_t t_picked = now_ns();
 	/* a decode step asks for the next layer next: read what it picked last time
 	 * while this layer is attended (queued after this layer's own reads) */
 	if (req->layer + 1 < g->n_layers && !atomic_load(&job.err))
@@ -1513,6 +1536,9 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 			read_last_ahead(c, &x->slots[((size_t)policy * x->L + req->layer + 1) * x->H + h],
 					req->layer + 1, h);
 	ex->parallel(ex->pool, g->n_kv_heads, fold_unit, &job);
+	atomic_fetch_add(&t_fold, now_ns() - t_picked);
+	atomic_fetch_add(&t_pick, t_picked - t_begin);
+	atomic_fetch_add(&t_attends, 1);
 	for (uint32_t h = 0; h < g->n_kv_heads; h++) {
 		free(work[h].ids);
 		free(work[h].pos);

@@ -6,8 +6,9 @@
  * The trace is preloaded with mnemo-preload (index builds timed apart),
  * then for each policy and budget, --steps decode steps: step t sends, for
  * every layer in order, the trace's decode queries of position t (q_decode)
- * as one ATTEND. Per step: the wall time of its layers, and the SSD bytes
- * the daemon read (STAT before and after).
+ * as one ATTEND. Per step: the wall time of its layers, the SSD bytes
+ * the daemon read, and where its ATTENDs spent the time (STAT before and
+ * after: pick and fold passes, searches and block pins).
  *
  * The baseline, in the same run and under the same memory limit: exact
  * ATTEND of --exact-layers layers per step (spread over the layers), timed,
@@ -43,13 +44,15 @@
 /* The daemon's SSD reads and host-cache block pins so far. */
 struct io_counts {
 	uint64_t bytes, reads, hits, misses;
+	uint64_t pick_ns, search_ns, fold_ns, pin_ns; /* policy ATTENDs' phases */
 };
 
 static int stat_reads(mnemo_client *c, struct io_counts *n)
 {
 	struct mnemo_daemon_info di;
 	int rc = mnemo_stat_daemon(c, &di);
-	*n = (struct io_counts){ di.ssd_read_bytes, di.ssd_reads, di.hits, di.misses };
+	*n = (struct io_counts){ di.ssd_read_bytes, di.ssd_reads, di.hits, di.misses,
+				 di.policy_pick_ns, di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns };
 	return rc;
 }
 
@@ -287,6 +290,8 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				o->estimates && (io->policy == POLICY_CENTROIDS || io->policy == POLICY_CENTROIDS2);
 			double mass = 0, mass_min = 1, out_err = 0, orel = 0, orel_min = 1;
 			uint64_t mass_n = 0, orel_n = 0;
+			/* the daemon's phases, summed over the steps after the first */
+			double ph_pick = 0, ph_search = 0, ph_fold = 0, ph_pin = 0;
 			for (uint64_t t = 0; t < steps; t++) {
 				struct io_counts c0, c1;
 				stat_reads(c, &c0);
@@ -339,6 +344,12 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				step_reads[t] = c1.reads - c0.reads;
 				step_hits[t] = c1.hits - c0.hits;
 				step_pins[t] = c1.hits - c0.hits + c1.misses - c0.misses;
+				if (t > 0 || steps == 1) {
+					ph_pick += (double)(c1.pick_ns - c0.pick_ns);
+					ph_search += (double)(c1.search_ns - c0.search_ns);
+					ph_fold += (double)(c1.fold_ns - c0.fold_ns);
+					ph_pin += (double)(c1.pin_ns - c0.pin_ns);
+				}
 			}
 			/* after the first step: what a warm decode reads */
 			double after = 0, ios = 0, hits = 0, pins = 0;
@@ -356,6 +367,11 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			after = steps > 1 ? after / (double)(steps - 1) : (double)step_bytes[0];
 			ios = steps > 1 ? ios / (double)(steps - 1) : (double)step_reads[0];
 			double first = step_ms[0];
+			const double ph_steps = steps > 1 ? (double)(steps - 1) : 1.0;
+			ph_pick /= ph_steps * 1e6;
+			ph_search /= ph_steps * 1e6;
+			ph_fold /= ph_steps * 1e6;
+			ph_pin /= ph_steps * 1e6;
 			/* pct() sorts: the percentiles from a copy, the series in step order */
 			double *sorted = malloc(steps * sizeof(double));
 			if (!sorted) {
@@ -381,22 +397,26 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				       "\"ratio_of\":\"exact_step_ms/step_p50_ms\",\"ssd_bytes_per_step\":%.0f,"
 				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"host_hit_rate\":%.4f,\"mass_recall\":%s,"
 				       "\"mass_recall_min\":%s,\"oracle_mass_recall\":%s,\"oracle_mass_recall_min\":%s,"
-				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"quest_rerank\":%g,\"step_ms\":[",
+				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"quest_rerank\":%g,\"pick_ms_per_step\":%.1f,"
+				       "\"search_ms_per_step\":%.1f,\"fold_ms_per_step\":%.1f,\"pin_ms_per_step\":%.1f,"
+				       "\"step_ms\":[",
 				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
 				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, hit_rate, mr, mrmin, om,
 				       ommin, mass_n ? out_err / (double)mass_n : NAN, o->estimates ? "true" : "false",
-				       io->policy == POLICY_QUEST ? o->quest_rerank : 0.0);
+				       io->policy == POLICY_QUEST ? o->quest_rerank : 0.0, ph_pick, ph_search, ph_fold, ph_pin);
 				for (uint64_t t = 0; t < steps; t++)
 					printf("%s%.2f", t ? "," : "", step_ms[t]);
 				printf("]}\n");
 			} else {
 				printf("%-10s %6.3f %7" PRIu64 " | step p50 %7.1f ms p99 %7.1f (first %7.1f) | exact step "
 				       "%7.0f ms, %5.1fx | SSD %.1f MiB/step (%.3f%% of KV, %.0f reads), host hits %.1f%% | mass recall %s "
-				       "(min %s), of the group oracle %s (min %s) | out err %.4f\n",
+				       "(min %s), of the group oracle %s (min %s) | out err %.4f | per step: pick %.0f ms (search %.0f "
+				       "over the heads), fold %.0f ms (pins %.0f over the heads)\n",
 				       io->name, (double)budget / (double)N, budget, p50, p99, first, exact_step_ms,
 				       exact_step_ms / p50, after / (1 << 20), 100 * after / (double)kv_bytes, ios, 100 * hit_rate,
 				       estimates ? "-" : mr, estimates ? "-" : mrmin, estimates ? "-" : om,
-				       estimates ? "-" : ommin, mass_n ? out_err / (double)mass_n : NAN);
+				       estimates ? "-" : ommin, mass_n ? out_err / (double)mass_n : NAN, ph_pick, ph_search, ph_fold,
+				       ph_pin);
 			}
 			fflush(stdout);
 		}

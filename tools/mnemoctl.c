@@ -218,12 +218,15 @@ int main(int argc, char **argv)
 				       ",\"ssd_read_bytes\":%" PRIu64 ",\"ssd_write_bytes\":%" PRIu64
 				       ",\"bad_blocks\":%" PRIu64 ",\"index_builds\":%" PRIu64
 				       ",\"index_loads\":%" PRIu64 ",\"index_bytes\":%" PRIu64
-				       ",\"kernels\":\"%s\"}\n",
+				       ",\"policy_attends\":%" PRIu64 ",\"policy_pick_ns\":%" PRIu64
+				       ",\"policy_search_ns\":%" PRIu64 ",\"policy_fold_ns\":%" PRIu64
+				       ",\"policy_pin_ns\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
 				       di.uptime_ms, di.connections, di.contexts, di.workers, di.block_tokens,
 				       di.host_used, di.host_budget, di.requests, di.errors, di.ssd_used,
 				       di.ssd_max, di.hits, di.misses, di.evictions, di.ssd_reads, di.ssd_writes,
 				       di.ssd_read_bytes, di.ssd_write_bytes, di.bad_blocks, di.index_builds,
-				       di.index_loads, di.index_bytes, di.kernels);
+				       di.index_loads, di.index_bytes, di.policy_attends, di.policy_pick_ns,
+				       di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns, di.kernels);
 			else {
 				printf("uptime       %.1f s\nconnections  %u\ncontexts     %u\n"
 				       "workers      %u\nblock        %u tokens\nkernels      %s\n"
@@ -236,6 +239,13 @@ int main(int argc, char **argv)
 				       di.evictions);
 				printf("indexes      %.1f MiB in RAM; %" PRIu64 " built, %" PRIu64 " loaded from disk\n",
 				       di.index_bytes / 1048576.0, di.index_builds, di.index_loads);
+				if (di.policy_attends)
+					printf("policy       %" PRIu64 " ATTENDs; per ATTEND: pick %.2f ms (search %.2f ms over"
+					       " the heads), fold %.2f ms (pins %.2f ms over the heads)\n",
+					       di.policy_attends, di.policy_pick_ns / 1e6 / di.policy_attends,
+					       di.policy_search_ns / 1e6 / di.policy_attends,
+					       di.policy_fold_ns / 1e6 / di.policy_attends,
+					       di.policy_pin_ns / 1e6 / di.policy_attends);
 				if (di.ssd_max == UINT64_MAX)
 					printf("ssd tier     none (--ssd-dir none): nothing survives a restart\n");
 				else

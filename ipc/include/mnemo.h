@@ -108,6 +108,11 @@ struct mnemo_daemon_info {
 	uint64_t index_builds;          /**< retrieval indexes built since mnemod started */
 	uint64_t index_loads;           /**< retrieval indexes loaded from disk instead */
 	uint64_t index_bytes;           /**< RAM the indexes in memory hold, outside host_used */
+	uint64_t policy_attends;        /**< ATTENDs with a retrieval policy */
+	uint64_t policy_pick_ns;        /**< their pass 1 (index loads, searches), wall time */
+	uint64_t policy_search_ns;      /**< the searches, summed over KV heads */
+	uint64_t policy_fold_ns;        /**< their pass 2 (blocks pinned and attended), wall time */
+	uint64_t policy_pin_ns;         /**< pass 2's block pins (SSD reads waited on), summed over KV heads */
 	char kernels[32];
 };
 

@@ -247,6 +247,15 @@ static void check_ann_extend(mnemo_client *c)
 		      "attend ann, part %d: %s", part, mnemo_last_error(c));
 		CHECK(mnemo_stat_daemon(c, &di1) == 0 && di1.index_builds == di0.index_builds + (part ? 0 : H),
 		      "part %d: %llu indexes built", part, (unsigned long long)(di1.index_builds - di0.index_builds));
+		/* one policy ATTEND, both passes timed, its searches inside its first pass's wall time times the heads */
+		CHECK(di1.policy_attends == di0.policy_attends + 1 && di1.policy_pick_ns > di0.policy_pick_ns &&
+			      di1.policy_fold_ns > di0.policy_fold_ns && di1.policy_search_ns > di0.policy_search_ns &&
+			      di1.policy_search_ns - di0.policy_search_ns <= (uint64_t)H * (di1.policy_pick_ns - di0.policy_pick_ns),
+		      "part %d: %llu policy ATTENDs, pick %llu ns, search %llu ns, fold %llu ns", part,
+		      (unsigned long long)(di1.policy_attends - di0.policy_attends),
+		      (unsigned long long)(di1.policy_pick_ns - di0.policy_pick_ns),
+		      (unsigned long long)(di1.policy_search_ns - di0.policy_search_ns),
+		      (unsigned long long)(di1.policy_fold_ns - di0.policy_fold_ns));
 		/* the new tokens scanned exactly would be T per head */
 		CHECK(info.scanned < (uint64_t)T * H / 2, "part %d: %llu keys scanned", part,
 		      (unsigned long long)info.scanned);
