@@ -26,6 +26,7 @@ struct config {
 	char episodic_gamma[32];  /* a float, checked by main (the table has no float type) */
 	char estimates[8];        /* on or off, checked by main */
 	char quest_rerank[32];    /* 0 or a number in (1, 1024], checked by main */
+	char quest_cohere[32];    /* a number in [0, 1), checked by main */
 };
 
 enum config_action { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_ERR };

@@ -42,8 +42,13 @@ int main(int argc, char **argv)
 			fprintf(stderr, "mnemod: --quest-rerank %s: need 0 or a number in (1, 1024]\n", cfg.quest_rerank);
 			return 2;
 		}
+		const double cohere = strtod(cfg.quest_cohere, &rend);
+		if (rend == cfg.quest_cohere || *rend || !(cohere >= 0 && cohere < 1)) {
+			fprintf(stderr, "mnemod: --quest-cohere %s: need a number in [0, 1)\n", cfg.quest_cohere);
+			return 2;
+		}
 		struct attend_policy_config pc = { .gamma = (float)gamma, .no_estimates = est_off,
-						   .quest_rerank = (float)rerank };
+						   .quest_rerank = (float)rerank, .quest_cohere = (float)cohere };
 		if (end == cfg.episodic_gamma || *end || !(gamma > 0 && gamma < 1e6) || attend_policy_configure(&pc)) {
 			fprintf(stderr, "mnemod: --episodic-gamma %s: need a number > 0\n", cfg.episodic_gamma);
 			return 2;

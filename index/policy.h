@@ -283,6 +283,15 @@ struct index_result {
 	 * Policies without such state ignore it.
 	 */
 	struct index_history *history;
+	/*
+	 * Optional, for quest with codes: the share in [0, 1) of the budget
+	 * filled by the best-scored tokens of the pages the rest of the pick
+	 * (the best 1 - cohere of the budget) already holds, before any other
+	 * page is opened. A page is a block read, so the pick reads fewer
+	 * blocks for a little of its mass (docs/PERF.md). 0: by score alone.
+	 * Other policies ignore it.
+	 */
+	float cohere;
 };
 
 /**

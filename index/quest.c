@@ -107,12 +107,16 @@ static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
  * made once a page and rounded to int8 (the codes carry 4 bits; the
  * weights' rounding is a 1/254 of the page's largest), a page's codes
  * scored in one ix_nibble_mass(), and keep the best @p take by
- * sum_g exp(s_g - off[g]) (the tail fill's score).
+ * sum_g exp(s_g - off[g]) (the tail fill's score); with @p cohere
+ * (index_result.cohere) the last of them come from the pages the first
+ * hold.
+ * @param held room for a bit per page
  * @param tmp  room for np * page items
  * @param sc   room for rerank_scratch() bytes, aligned
  */
 static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, const float *off, const uint32_t *pages,
-			 size_t np, size_t take, uint64_t *bits, struct ix_item *tmp, uint8_t *sc)
+			 size_t np, size_t take, float cohere, uint64_t *bits, uint64_t *held, struct ix_item *tmp,
+			 uint8_t *sc)
 {
 	const unsigned d = qx->d, P = qx->page;
 	const size_t row_bytes = 2 * (size_t)d, code_page = qx->code_page;
@@ -145,8 +149,30 @@ static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, co
 	}
 	if (take > cnt)
 		take = cnt;
-	ix_select(tmp, cnt, take);
-	for (size_t j = 0; j < take; j++)
+	/* the core by score; then, with cohere, the rest from the pages it holds first */
+	const size_t core = cohere > 0 ? take - (size_t)((double)cohere * (double)take) : take;
+	ix_select(tmp, cnt, core);
+	for (size_t j = 0; j < core; j++)
+		ix_bit_set(bits, tmp[j].id);
+	if (core == take)
+		return;
+	memset(held, 0, ix_bits_words(qx->pages) * sizeof(uint64_t));
+	for (size_t j = 0; j < core; j++)
+		ix_bit_set(held, tmp[j].id / P);
+	/* the held pages' tokens to the front, then the best of them, then of the others */
+	size_t a = core;
+	for (size_t j = core; j < cnt; j++)
+		if (ix_bit_get(held, tmp[j].id / P)) {
+			const struct ix_item t = tmp[a];
+			tmp[a++] = tmp[j];
+			tmp[j] = t;
+		}
+	const size_t want = take - core, na = a - core, from_held = na < want ? na : want;
+	ix_select(tmp + core, na, from_held);
+	for (size_t j = core; j < core + from_held; j++)
+		ix_bit_set(bits, tmp[j].id);
+	ix_select(tmp + a, cnt - a, want - from_held);
+	for (size_t j = a; j < a + want - from_held; j++)
 		ix_bit_set(bits, tmp[j].id);
 }
 
@@ -294,7 +320,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 			uint64_t budget, struct index_result *res)
 {
 	const struct quest *qx = to_quest(ix);
-	if (!qx)
+	if (!qx || (res && !(res->cohere >= 0 && res->cohere < 1)))
 		return -EINVAL;
 	int rc = ix_search_prologue(qx->n, qx->d, keys, 2, q, G, budget, res);
 	if (rc)
@@ -354,7 +380,7 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 		ix_bits_emit(marks, pages, order);
 		for (uint64_t j = 0; j < np; j++)
 			ids[j] = (uint32_t)order[j];
-		quest_rerank(qx, qs, G, lse, ids, np, budget, bits, tmp, sc + off_w);
+		quest_rerank(qx, qs, G, lse, ids, np, budget, res->cohere, bits, marks, tmp, sc + off_w);
 		res->scanned = pages + (np * P < qx->n ? np * P : qx->n);
 		res->n_tokens = ix_bits_emit(bits, qx->n, res->tokens);
 		return 0;

@@ -92,9 +92,10 @@ struct attend_policy_config {
 	int no_estimates;          /* centroids*: attend the picked tokens alone, no estimated
 				    * clusters (the lse is then a mass recall) */
 	float quest_rerank;        /* quest indexes built from now on: index_build_params.rerank */
+	float quest_cohere;        /* quest searches with codes: index_result.cohere, in [0, 1) */
 };
 
-/** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite, quest_rerank outside 0 or (1, 1024]). */
+/** Set it before the first request. @return 0 or -EINVAL (gamma < 0 or not finite, quest_rerank outside 0 or (1, 1024], quest_cohere outside [0, 1)). */
 int attend_policy_configure(const struct attend_policy_config *cfg);
 
 /**

@@ -69,7 +69,7 @@ static _Atomic uint64_t n_builds, n_loads, n_bytes;
 static _Atomic uint64_t t_attends, t_pick, t_search, t_fold, t_pin;
 static struct seg_params seg_config; /* zeros: EM-LLM's defaults */
 static int no_estimates;
-static float quest_rerank;
+static float quest_rerank, quest_cohere;
 
 int attend_policy_configure(const struct attend_policy_config *cfg)
 {
@@ -77,11 +77,13 @@ int attend_policy_configure(const struct attend_policy_config *cfg)
 	if (seg_params_resolve(&p, &r))
 		return -EINVAL;
 	const float rr = cfg ? cfg->quest_rerank : 0;
-	if (!(rr == 0 || (rr > 1 && rr <= 1024)))
+	const float co = cfg ? cfg->quest_cohere : 0;
+	if (!(rr == 0 || (rr > 1 && rr <= 1024)) || !(co >= 0 && co < 1))
 		return -EINVAL;
 	seg_config = p;
 	no_estimates = cfg && cfg->no_estimates;
 	quest_rerank = rr;
+	quest_cohere = co;
 	return 0;
 }
 
@@ -1346,7 +1348,7 @@ static void pick_unit(void *arg, unsigned h)
 	}
 	struct index_result res = { .tokens = w->ids, .est_cap = no_estimates ? 0 : est_cap, .est_key = w->ek,
 				    .est_count = w->ec,
-				    .est_vsum = w->ev, .history = s->hist };
+				    .est_vsum = w->ev, .history = s->hist, .cohere = quest_cohere };
 	/* the index's own rows serve a request for everything it covers; a part of it goes by token */
 	const int whole = j->begin == 0 && w->idx_end == s->n;
 	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;

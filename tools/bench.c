@@ -41,7 +41,7 @@
 
 static int opt_json;
 static const char *opt_socket, *opt_mnemod, *opt_ssd, *opt_host_mem, *opt_estimates;
-static char opt_rerank_arg[32] = "0";
+static char opt_rerank_arg[32] = "0", opt_cohere_arg[32] = "0";
 static const char *opt_block_tokens = "64";
 static unsigned opt_workers;
 static uint64_t opt_tokens[8] = { 131072, 1048576 };
@@ -155,8 +155,8 @@ static mnemo_client *connect_daemon(const char *argv0)
 			execlp(bin, bin, "--socket", sock_path, "--data-dir", data, "--workers", workers,
 			       "--log-level", "warn", "--ssd-dir", opt_ssd ? opt_ssd : "none", "--host-mem",
 			       opt_host_mem ? opt_host_mem : "auto", "--stream-sync", opt_stream_sync, "--estimates",
-			       opt_estimates ? opt_estimates : "on", "--quest-rerank", opt_rerank_arg, "--block-tokens",
-			       opt_block_tokens, (char *)NULL);
+			       opt_estimates ? opt_estimates : "on", "--quest-rerank", opt_rerank_arg, "--quest-cohere",
+			       opt_cohere_arg, "--block-tokens", opt_block_tokens, (char *)NULL);
 			fprintf(stderr, "mnemo-bench: cannot run %s: %s\n", bin, strerror(errno));
 			_exit(127);
 		}
@@ -1067,6 +1067,9 @@ static void usage(FILE *f)
 		"  --rerank R        retrieval: quest keeps 4-bit codes of the keys and reranks\n"
 		"                    its R x budget best pages' tokens from them (reported as\n"
 		"                    quest-rR); decode: mnemod's --quest-rerank\n"
+		"  --cohere C        with --rerank: the share C in [0, 1) of the budget filled\n"
+		"                    from the pages the rest of the pick holds (reported as\n"
+		"                    quest-rR-cC); decode: mnemod's --quest-cohere\n"
 		"  --beam-factor X   retrieval: ann's beam width as a share of the budget\n"
 		"                    (default 1)\n"
 		"  --index-dir DIR   retrieval: save built indexes in DIR and load them on\n"
@@ -1164,6 +1167,15 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			snprintf(opt_rerank_arg, sizeof(opt_rerank_arg), "%g", ropt.rerank);
+			i++;
+		} else if (!strcmp(a, "--cohere") && v) {
+			char *end;
+			ropt.cohere = strtod(v, &end);
+			if (*end || end == v || !(ropt.cohere >= 0 && ropt.cohere < 1)) {
+				fprintf(stderr, "mnemo-bench: --cohere wants a number in [0, 1)\n");
+				return 2;
+			}
+			snprintf(opt_cohere_arg, sizeof(opt_cohere_arg), "%g", ropt.cohere);
 			i++;
 		} else if (!strcmp(a, "--beam-factor") && v) {
 			char *end;
@@ -1272,7 +1284,7 @@ int main(int argc, char **argv)
 						  .exact_layers = opt_exact_layers, .host_mem = opt_host_mem_arg,
 						  .exact_step = !opt_no_exact_step,
 						  .estimates = !strcmp(opt_estimates_arg, "on"),
-						  .quest_rerank = ropt.rerank,
+						  .quest_rerank = ropt.rerank, .quest_cohere = ropt.cohere,
 						  .dir = opt_dir };
 		memcpy(dopt.policies, ropt.policies, sizeof(dopt.policies));
 		memcpy(dopt.budgets, ropt.budgets, sizeof(dopt.budgets));

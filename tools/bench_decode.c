@@ -397,13 +397,14 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				       "\"ratio_of\":\"exact_step_ms/step_p50_ms\",\"ssd_bytes_per_step\":%.0f,"
 				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"host_hit_rate\":%.4f,\"mass_recall\":%s,"
 				       "\"mass_recall_min\":%s,\"oracle_mass_recall\":%s,\"oracle_mass_recall_min\":%s,"
-				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"quest_rerank\":%g,\"pick_ms_per_step\":%.1f,"
+				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"quest_rerank\":%g,\"quest_cohere\":%g,\"pick_ms_per_step\":%.1f,"
 				       "\"search_ms_per_step\":%.1f,\"fold_ms_per_step\":%.1f,\"pin_ms_per_step\":%.1f,"
 				       "\"step_ms\":[",
 				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
 				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, hit_rate, mr, mrmin, om,
 				       ommin, mass_n ? out_err / (double)mass_n : NAN, o->estimates ? "true" : "false",
-				       io->policy == POLICY_QUEST ? o->quest_rerank : 0.0, ph_pick, ph_search, ph_fold, ph_pin);
+				       io->policy == POLICY_QUEST ? o->quest_rerank : 0.0,
+				       io->policy == POLICY_QUEST ? o->quest_cohere : 0.0, ph_pick, ph_search, ph_fold, ph_pin);
 				for (uint64_t t = 0; t < steps; t++)
 					printf("%s%.2f", t ? "," : "", step_ms[t]);
 				printf("]}\n");

@@ -15,6 +15,7 @@ struct bench_decode_opts {
 	const char *host_mem;          /* mnemod --host-mem; NULL: its default */
 	int estimates;                 /* mnemod --estimates on (else off) */
 	double quest_rerank;           /* mnemod --quest-rerank (0: Quest's own search) */
+	double quest_cohere;           /* mnemod --quest-cohere */
 	const char *dir;               /* where the SSD tier lives; NULL: /var/tmp */
 };
 

@@ -85,7 +85,7 @@ static double top_mass(const float *p, uint64_t n, uint64_t k, float *scratch)
 }
 
 struct series {
-	double mass, oracle, group_oracle, top100, err, lse_err, scanned, loaded;
+	double mass, oracle, group_oracle, top100, err, lse_err, scanned, loaded, blocks16;
 	double *ms, *search_ms;
 	size_t n_ms, n, n_groups;
 };
@@ -102,16 +102,16 @@ static void emit(const struct bench_retrieval_opts *o, const char *policy, doubl
 		       "\"group_oracle_mass_recall\":%.4f,"
 		       "\"top100_recall\":%.4f,\"out_rel_err\":%.4f,\"lse_abs_err\":%.4f,\"scanned_frac\":%.5f,"
 		       "\"loaded_frac\":%.5f,\"search_p50_ms\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"exact_p50_ms\":%.3f,"
-		       "\"ratio\":%.3f,\"ratio_of\":\"exact_p50_ms/p50_ms\",\"build_s\":%.2f}\n",
+		       "\"ratio\":%.3f,\"ratio_of\":\"exact_p50_ms/p50_ms\",\"build_s\":%.2f,\"blocks16_frac\":%.5f}\n",
 		       policy, budget, budget_frac, N, s->mass / k, s->oracle / k, s->group_oracle / (s->n_groups ? (double)s->n_groups : 1),
 		       s->top100 / k, s->err / k, s->lse_err / k, s->scanned / k, s->loaded / k, s50, p50, p99, exact_p50,
-		       p50 > 0 ? exact_p50 / p50 : 0, build_s);
+		       p50 > 0 ? exact_p50 / p50 : 0, build_s, s->blocks16 / k);
 	else
 		printf("%-11s %6.3f %7" PRIu64 " | mass %.3f oracle %.3f group %.3f top100 %.3f | err %.4f lse %.4f | "
-		       "scanned %.4f loaded %.4f | search %6.3f p50 %7.3f ms p99 %7.3f (exact %7.3f, %5.1fx) | build %6.2f s\n",
+		       "scanned %.4f loaded %.4f blocks16 %.4f | search %6.3f p50 %7.3f ms p99 %7.3f (exact %7.3f, %5.1fx) | build %6.2f s\n",
 		       policy, budget_frac, budget, s->mass / k, s->oracle / k, s->group_oracle / (s->n_groups ? (double)s->n_groups : 1),
 		       s->top100 / k, s->err / k,
-		       s->lse_err / k, s->scanned / k, s->loaded / k, s50, p50, p99, exact_p50,
+		       s->lse_err / k, s->scanned / k, s->loaded / k, s->blocks16 / k, s50, p50, p99, exact_p50,
 		       p50 > 0 ? exact_p50 / p50 : 0, build_s);
 }
 
@@ -224,6 +224,7 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 	else
 		madvise(kf, N * d * sizeof(float), MADV_HUGEPAGE);
 	float *p = malloc((size_t)(G + 1) * N * sizeof(float)), *scratch = malloc(N * sizeof(float));
+	uint8_t *touched = calloc(N / 16 + 1, 1);   /* the 16-token blocks a pick holds */
 	float *q = malloc((size_t)queries * G * d * sizeof(float));
 	uint64_t *ids = malloc(N * sizeof(uint64_t));
 	uint32_t *runs = malloc((N + 1) * 2 * sizeof(uint32_t));
@@ -404,7 +405,7 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 					struct series *sr = &acc[pi * o->n_budgets + bi];
 					struct index_result res = { .tokens = ids, .est_cap = est_cap, .est_key = est_key,
 								    .est_count = est_cnt, .est_vsum = est_vsum,
-								    .runs = runs, .runs_cap = N + 1 };
+								    .runs = runs, .runs_cap = N + 1, .cohere = (float)o->cohere };
 					double t0 = now_s();
 					if (po) {
 						if ((rc = po->search(ixs[pi], &keys, qq, G, budget, &res))) {
@@ -464,6 +465,18 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 						sr->lse_err += fabs((double)l_[g] - lse);
 						sr->scanned += (double)res.scanned / (double)N;
 						sr->loaded += (double)res.n_tokens / (double)N;
+						if (touched) {
+							uint64_t nb = 0;
+							for (uint64_t i = 0; i < res.n_tokens; i++)
+								if (res.tokens[i] < N && !touched[res.tokens[i] / 16]) {
+									touched[res.tokens[i] / 16] = 1;
+									nb++;
+								}
+							for (uint64_t i = 0; i < res.n_tokens; i++)
+								if (res.tokens[i] < N)
+									touched[res.tokens[i] / 16] = 0;
+							sr->blocks16 += (double)nb / (double)((N + 15) / 16);
+						}
 						sr->n++;
 					}
 				}
@@ -487,7 +500,8 @@ int bench_retrieval(const struct bench_retrieval_opts *o)
 			/* a reranking quest is told apart from Quest's own search */
 			snprintf(label, sizeof(label), "%s", pi < n_pol ? pols[pi]->name : "exact-first");
 			if (pi < n_pol && !strcmp(pols[pi]->name, "quest") && o->rerank > 1)
-				snprintf(label, sizeof(label), "quest-r%g", o->rerank);
+				snprintf(label, sizeof(label), o->cohere > 0 ? "quest-r%g-c%g" : "quest-r%g", o->rerank,
+					 o->cohere);
 			emit(o, label, bf >= 1.0 ? bf / N : bf, budget, N,
 			     &acc[pi * o->n_budgets + bi], exact_p50, build_s[pi] / (double)heads);
 		}
@@ -506,6 +520,7 @@ out:
 	free(vf);
 	free(p);
 	free(scratch);
+	free(touched);
 	free(q);
 	free(ids);
 	free(runs);

@@ -14,6 +14,7 @@ struct bench_retrieval_opts {
 	unsigned n_budgets;
 	double coarse_factor;          /* centroids2 tuning; 0: the policy's default */
 	double rerank;                 /* quest tuning (index_build_params.rerank); 0: Quest's own search */
+	double cohere;                 /* quest tuning at search (index_result.cohere) */
 	double beam_factor;            /* ann tuning, set after build or load; 0: the index's own */
 	double gamma;                  /* episodic: the boundary rule's gamma; 0: 1.0 */
 	const char *index_dir;         /* built indexes saved here and loaded on the next run; NULL: none */
