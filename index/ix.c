@@ -1209,6 +1209,57 @@ static void code_weights_i8_base(const int8_t *row, unsigned d, const float *qs,
 	code_weights_i8_body(row, d, qs, G, w, base);
 }
 
+/*
+ * ix_bounds_i8q()'s int8 path, for G % 4 == 0 and d % 32 == 0: @p Wp [G][d]
+ * the queries' q+ in int8 steps (>= 0), @p Wn [G][d] their -q- (>= 0).
+ * vpmaddubsw multiplies those magnitudes (unsigned, <= 127) by the signed
+ * row bytes, two products a 16-bit lane; a channel has q+ or q-, not both,
+ * so max's lane minus min's still holds at most two products
+ * (|x| <= 2 * 127 * 128: no overflow), and vpmaddwd widens pairs of lanes
+ * to 32 bits. A page's four
+ * queries' accumulators fold into its four bounds; few enough registers
+ * live at once that nothing spills.
+ */
+__attribute__((target("avx2"))) static void bounds_i8q_avx2(const int8_t *rows, size_t n, size_t stride,
+							     const uint8_t *Wp, const uint8_t *Wn, const float *scale,
+							     unsigned G, unsigned d, float *out)
+{
+	const __m256i ones = _mm256_set1_epi16(1);
+	for (unsigned g0 = 0; g0 < G; g0 += 4) {
+		const __m128 sc = _mm_loadu_ps(scale + g0);
+		const uint8_t *wp = Wp + (size_t)g0 * d, *wn = Wn + (size_t)g0 * d;
+		for (size_t r = 0; r < n; r++) {
+			const int8_t *row = rows + r * stride;
+			__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+			for (unsigned c = 0; c < d; c += 32) {
+				const __m256i mx = _mm256_loadu_si256((const __m256i *)(row + c));
+				const __m256i mn = _mm256_loadu_si256((const __m256i *)(row + d + c));
+#define BOUNDS_TERM(acc, g)                                                                                       \
+	acc = _mm256_add_epi32(                                                                                   \
+		acc, _mm256_madd_epi16(                                                                           \
+			     _mm256_sub_epi16(                                                                    \
+				     _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(wp + (g) * d + c)), mx), \
+				     _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(wn + (g) * d + c)), mn)), \
+			     ones))
+				BOUNDS_TERM(a0, 0);
+				BOUNDS_TERM(a1, 1);
+				BOUNDS_TERM(a2, 2);
+				BOUNDS_TERM(a3, 3);
+#undef BOUNDS_TERM
+			}
+			/* [a0 a1 a2 a3] sums of each 128-bit lane, then the lanes added */
+			const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+			const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+			_mm_storeu_ps(out + r * G + g0, _mm_mul_ps(_mm_cvtepi32_ps(t), sc));
+		}
+	}
+	/* a query with a NaN or an infinity has a NaN scale (ix_quantize_i8()): no page is its pick */
+	for (unsigned g = 0; g < G; g++)
+		if (isnan(scale[g]))
+			for (size_t r = 0; r < n; r++)
+				out[r * G + g] = -INFINITY;
+}
+
 static int have_avx2_fma(void)
 {
 	static atomic_int known; /* 0 unknown, 1 no, 2 yes */
@@ -1297,6 +1348,12 @@ static void code_weights_i8_avx2(const int8_t *row, unsigned d, const float *qs,
 static int have_avx2_fma(void)
 {
 	return 0;
+}
+
+static void bounds_i8q_avx2(const int8_t *rows, size_t n, size_t stride, const uint8_t *Wp, const uint8_t *Wn,
+			    const float *scale, unsigned G, unsigned d, float *out)
+{
+	(void)rows, (void)n, (void)stride, (void)Wp, (void)Wn, (void)scale, (void)G, (void)d, (void)out;
 }
 #endif
 
@@ -1391,6 +1448,33 @@ void ix_dots_i8(const int8_t *rows, size_t n, size_t stride, const float *q, uns
 		dots_i8_avx2(rows, n, stride, q, G, d, out);
 	else
 		dots_i8_base(rows, n, stride, q, G, d, out);
+}
+
+void ix_bounds_i8q(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out)
+{
+	enum { MAX_G = 64, MAX_D = 256 };
+	if (!have_avx2_fma() || G % 4 || G > MAX_G || d % 32 || d > MAX_D) {
+		ix_dots_i8(rows, n, stride, q, G, 2 * d, out);
+		return;
+	}
+	int8_t W[MAX_G * 2 * MAX_D];
+	uint8_t Wp[MAX_G * MAX_D], Wn[MAX_G * MAX_D];
+	float scale[MAX_G];
+	/* one scale over both halves: 2d is a multiple of 8, so no padding */
+	ix_quantize_i8(q, G, 2 * d, W, scale);
+	int split = 1;
+	for (unsigned g = 0; g < G; g++)
+		for (unsigned i = 0; i < d; i++) {
+			const int8_t p = W[(size_t)g * 2 * d + i], m = W[(size_t)g * 2 * d + d + i];
+			split &= p >= 0 && m <= 0 && (p == 0 || m == 0);
+			Wp[(size_t)g * d + i] = (uint8_t)p;
+			Wn[(size_t)g * d + i] = (uint8_t)-m;
+		}
+	if (!split) { /* not [q+ | q-], one of them 0 a channel: the 16-bit lanes could overflow */
+		ix_dots_i8(rows, n, stride, q, G, 2 * d, out);
+		return;
+	}
+	bounds_i8q_avx2(rows, n, stride, Wp, Wn, scale, G, d, out);
 }
 
 void ix_code_weights_i8(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)

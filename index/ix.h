@@ -202,6 +202,19 @@ void ix_code_weights(const struct ix_mat *m, size_t row, unsigned d, const float
 		     float *base);
 /** ix_dots() over int8 rows: out[i*G + g] = rows[i*stride .. +d) . q[g*d .. +d). */
 void ix_dots_i8(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
+/**
+ * Quest's page bounds for ranking: rows [max | min] (d int8 each, stride
+ * apart) against queries [q+ | q-] (2d floats each, q+ >= 0 >= q-), each
+ * query rounded to int8 on one scale s_g = max |q_g| / 127
+ * (ix_quantize_i8()): out[i*G + g] = s_g * (max_i . W+_g + min_i . W-_g)
+ * in exact integer sums, so within s_g / 2 * sum |row_i| of ix_dots_i8()'s.
+ * With AVX2, G % 4 == 0 (<= 64) and d % 32 == 0 (<= 256) the bytes
+ * multiply 32 at a time (vpmaddubsw) and no row is widened to floats;
+ * otherwise, or for queries not split so, it is ix_dots_i8(), exact. A NaN
+ * dot comes out as -INFINITY; on the int8 path so does every dot of a
+ * query with a NaN or an infinity.
+ */
+void ix_bounds_i8q(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
 
 /**
  * ix_code_weights() for a row pair kept in int8 steps, [max | min] (d

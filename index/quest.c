@@ -359,7 +359,8 @@ static int quest_search(const struct index *ix, const struct index_keys *keys, c
 			qr[(size_t)g * 2 * d + d + i] = x < 0 ? x : 0;
 			qs[(size_t)g * d + i] = x;
 		}
-	ix_dots_i8(qx->rows, pages, 2 * (size_t)d, qr, G, 2 * d, U);
+	/* the bounds rank pages, so the queries may go in int8 (index_quest_bounds() stays exact) */
+	ix_bounds_i8q(qx->rows, pages, 2 * (size_t)d, qr, G, d, U);
 	/* the group's summed softmax over pages of the bounds */
 	float lse[IX_MAX_GROUP];
 	ix_group_softmax(U, NULL, NULL, pages, G, lse, IX_MASS, it);

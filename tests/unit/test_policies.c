@@ -807,6 +807,74 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const stru
  * codes as drawn, for shapes that take the vector loops with and without
  * tails (d 64, d 12, d 200: 25 planes, a 32-weight tail of 8).
  */
+/*
+ * ix_bounds_i8q() against two references computed here: the exact dots
+ * (where it runs ix_dots_i8()) or the dots of the queries rounded as its
+ * contract says (where it runs on int8), within float rounding of one or
+ * the other, and always within the rounding bound s_g / 2 * sum |row| of
+ * the exact ones. Shapes cover the int8 path (G 4 and 8, d 32 to 256, a
+ * page count, -128 in the rows) and the fallbacks (G 3, d 48, a query
+ * not split into q+ >= 0 >= q-, one with both in a channel: these must
+ * come out exact).
+ */
+static void bounds_i8q(void)
+{
+	static const unsigned shapes[7][2] = { { 4, 64 }, { 8, 32 }, { 4, 256 }, { 3, 64 }, { 4, 48 }, { 4, 64 }, { 4, 64 } };
+	for (unsigned s = 0; s < 7; s++) {
+		const unsigned Gs = shapes[s][0], d = shapes[s][1], n = 37, stride = 2 * d + 16;
+		const int unsplit = s >= 5;
+		int8_t *rows = malloc((size_t)n * stride);
+		float *q = malloc((size_t)Gs * 2 * d * sizeof(float)), *out = malloc((size_t)n * Gs * sizeof(float));
+		for (size_t i = 0; i < (size_t)n * stride; i++)
+			rows[i] = (int8_t)(check_rand(&seed) % 256);
+		rows[5] = -128;
+		for (unsigned g = 0; g < Gs; g++)
+			for (unsigned i = 0; i < d; i++) {
+				const float x = (g == 1 ? 1e-3f : 3.0f) * gauss();
+				q[g * 2 * d + i] = x > 0 ? x : 0;
+				q[g * 2 * d + d + i] = x < 0 ? x : 0;
+			}
+		if (s == 5)
+			q[2] = -1.0f;  /* q+ < 0 */
+		if (s == 6)
+			q[2] = 1.0f, q[d + 2] = -1.0f;  /* a channel with both */
+		ix_bounds_i8q(rows, n, stride, q, Gs, d, out);
+		int ok = 1;
+		double worst = 0;
+		for (unsigned g = 0; g < Gs; g++) {
+			float mx = 0;
+			for (unsigned i = 0; i < 2 * d; i++)
+				mx = fmaxf(mx, fabsf(q[g * 2 * d + i]));
+			const double sc = mx / 127.0;
+			for (unsigned r = 0; r < n; r++) {
+				double exact = 0, rounded = 0, absrow = 0;
+				for (unsigned i = 0; i < 2 * d; i++) {
+					const double x = rows[(size_t)r * stride + i];
+					exact += x * q[g * 2 * d + i];
+					rounded += x * round(q[g * 2 * d + i] / sc);
+					absrow += fabs(x);
+				}
+				rounded *= sc;
+				const double o = out[r * Gs + g], tol = 1e-5 * (absrow * mx + 1e-30);
+				ok &= fabs(o - exact) <= tol || (!unsplit && fabs(o - rounded) <= tol + 1e-3 * sc * absrow);
+				worst = fmax(worst, fabs(o - exact) / (sc / 2 * absrow + 1e-30));
+			}
+		}
+		CHECK(ok && worst <= 1.0 + 1e-4,
+		      "ix_bounds_i8q G %u d %u%s: off both references (%d) or the bound (%.3f of it)", Gs, d,
+		      unsplit ? " unsplit" : "", ok, worst);
+		q[3] = NAN;
+		ix_bounds_i8q(rows, n, stride, q, Gs, d, out);
+		int nan_ok = 1;
+		for (unsigned r = 0; r < n; r++)
+			nan_ok &= out[r * Gs] == -INFINITY;
+		CHECK(nan_ok, "ix_bounds_i8q G %u d %u: a NaN query scored a row", Gs, d);
+		free(rows);
+		free(q);
+		free(out);
+	}
+}
+
 static void nibble_dots(void)
 {
 	uint8_t one[64 * 4] = { 0 };
@@ -1279,6 +1347,7 @@ int main(void)
 	seed = check_seed();
 
 	nibble_dots();
+	bounds_i8q();
 	exp_rows();
 	selection();
 	group_mass();
