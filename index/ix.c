@@ -1085,78 +1085,60 @@ static void quantize_i8_base(const float *w, unsigned G, unsigned d, int8_t *W, 
  * pairs (|sum| <= 2 * 15 * 127), a plane pair adds four products and four
  * plane pairs stay under 2^15 in 16 bits before pmaddwd widens them.
  */
+/*
+ * The exps of K heads' code scores of one block, added to @p mass: each
+ * plane's nibbles are split once for all K (K is a constant where it is
+ * inlined, so the accumulators stay in registers).
+ */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+nibble_heads_avx2(const uint8_t *blk, unsigned planes, unsigned dp, const int8_t *W, const float *scale, const float *c,
+		  unsigned K, v8f *mass)
+{
+	const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+	__m256i acc[4];
+	for (unsigned k = 0; k < K; k++)
+		acc[k] = _mm256_setzero_si256();
+	for (unsigned m0 = 0; m0 < planes; m0 += 4) {
+		const unsigned m1 = m0 + 4 < planes ? m0 + 4 : planes;
+		__m256i a16[4];
+		for (unsigned k = 0; k < K; k++)
+			a16[k] = _mm256_setzero_si256();
+		for (unsigned m = m0; m < m1; m++) {
+			const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + (size_t)m * 32));
+			const __m256i lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+			for (unsigned k = 0; k < K; k++) {
+				int32_t wl, wh;
+				memcpy(&wl, W + (size_t)k * dp + 8 * m, 4);
+				memcpy(&wh, W + (size_t)k * dp + 8 * m + 4, 4);
+				a16[k] = _mm256_add_epi16(a16[k], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(wl)));
+				a16[k] = _mm256_add_epi16(a16[k], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(wh)));
+			}
+		}
+		for (unsigned k = 0; k < K; k++)
+			acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(a16[k], ones));
+	}
+	for (unsigned k = 0; k < K; k++) {
+		const v8f s = (v8f)_mm256_cvtepi32_ps(acc[k]) * scale[k] + c[k];
+		v8f e;
+		EXP8(e, s);
+		*mass += e;
+	}
+}
+
 __attribute__((target("avx2,fma"))) static void nibble_mass_avx2(const uint8_t *blocks, size_t nblocks, unsigned d,
 								 const int8_t *W, const float *scale, const float *c,
 								 unsigned G, float *out)
 {
 	const unsigned dp = ix_code_dims(d), planes = dp / 8;
 	const size_t bb = ix_code_block_bytes(d);
-	const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-	if (G % 4) {
-		for (size_t b = 0; b < nblocks; b++) {
-			const uint8_t *blk = blocks + b * bb;
-			v8f mass = { 0 };
-			for (unsigned g = 0; g < G; g++) {
-				const int8_t *wg = W + (size_t)g * dp;
-				__m256i acc = _mm256_setzero_si256();
-				for (unsigned m0 = 0; m0 < planes; m0 += 4) {
-					const unsigned m1 = m0 + 4 < planes ? m0 + 4 : planes;
-					__m256i a16 = _mm256_setzero_si256();
-					for (unsigned m = m0; m < m1; m++) {
-						const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + (size_t)m * 32));
-						int32_t wl, wh;
-						memcpy(&wl, wg + 8 * m, 4);
-						memcpy(&wh, wg + 8 * m + 4, 4);
-						a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(_mm256_and_si256(x, nib),
-												  _mm256_set1_epi32(wl)));
-						a16 = _mm256_add_epi16(
-							a16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x, 4), nib),
-										 _mm256_set1_epi32(wh)));
-					}
-					acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a16, ones));
-				}
-				const v8f s = (v8f)_mm256_cvtepi32_ps(acc) * scale[g] + c[g];
-				v8f e;
-				EXP8(e, s);
-				mass += e;
-			}
-			memcpy(out + b * IX_CODE_BLOCK, &mass, sizeof(mass));
-		}
-		return;
-	}
-	/* four heads a pass: each plane's nibbles are split once for all four */
 	for (size_t b = 0; b < nblocks; b++) {
 		const uint8_t *blk = blocks + b * bb;
 		v8f mass = { 0 };
-		for (unsigned g = 0; g < G; g += 4) {
-			const int8_t *w0 = W + (size_t)g * dp;
-			__m256i acc[4] = { _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-					   _mm256_setzero_si256() };
-			for (unsigned m0 = 0; m0 < planes; m0 += 4) {
-				const unsigned m1 = m0 + 4 < planes ? m0 + 4 : planes;
-				__m256i a16[4] = { _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-						   _mm256_setzero_si256() };
-				for (unsigned m = m0; m < m1; m++) {
-					const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + (size_t)m * 32));
-					const __m256i lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
-					for (unsigned k = 0; k < 4; k++) {
-						int32_t wl, wh;
-						memcpy(&wl, w0 + (size_t)k * dp + 8 * m, 4);
-						memcpy(&wh, w0 + (size_t)k * dp + 8 * m + 4, 4);
-						a16[k] = _mm256_add_epi16(a16[k], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(wl)));
-						a16[k] = _mm256_add_epi16(a16[k], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(wh)));
-					}
-				}
-				for (unsigned k = 0; k < 4; k++)
-					acc[k] = _mm256_add_epi32(acc[k], _mm256_madd_epi16(a16[k], ones));
-			}
-			for (unsigned k = 0; k < 4; k++) {
-				const v8f s = (v8f)_mm256_cvtepi32_ps(acc[k]) * scale[g + k] + c[g + k];
-				v8f e;
-				EXP8(e, s);
-				mass += e;
-			}
-		}
+		unsigned g = 0;
+		for (; g + 4 <= G; g += 4)
+			nibble_heads_avx2(blk, planes, dp, W + (size_t)g * dp, scale + g, c + g, 4, &mass);
+		for (; g < G; g++)
+			nibble_heads_avx2(blk, planes, dp, W + (size_t)g * dp, scale + g, c + g, 1, &mass);
 		memcpy(out + b * IX_CODE_BLOCK, &mass, sizeof(mass));
 	}
 }
@@ -1254,9 +1236,8 @@ static void code_weights_i8_base(const int8_t *row, unsigned d, const float *qs,
  * row bytes, two products a 16-bit lane; a channel has q+ or q-, not both,
  * so max's lane minus min's still holds at most two products
  * (|x| <= 2 * 127 * 128: no overflow), and vpmaddwd widens pairs of lanes
- * to 32 bits. A page's four
- * queries' accumulators fold into its four bounds; few enough registers
- * live at once that nothing spills.
+ * to 32 bits. A page's four queries' accumulators fold into its four
+ * bounds; few enough registers live at once that nothing spills.
  */
 __attribute__((target("avx2"))) static void bounds_i8q_avx2(const int8_t *rows, size_t n, size_t stride,
 							     const uint8_t *Wp, const uint8_t *Wn, const float *scale,

@@ -800,20 +800,12 @@ static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const stru
 }
 
 /*
- * Quest's rerank arithmetic. The blocked code layout against the byte map
- * ix.h documents; ix_quantize_i8() against its definition (the scale from
- * the largest |w|, every weight within half a step, NaN and infinite heads
- * marked, zero heads zero); ix_nibble_mass() against a double sum over the
- * codes as drawn, for shapes that take the vector loops with and without
- * tails (d 64, d 12, d 200: 25 planes, a 32-weight tail of 8).
- */
-/*
  * ix_bounds_i8q() against two references computed here: the exact dots
  * (where it runs ix_dots_i8()) or the dots of the queries rounded as its
  * contract says (where it runs on int8), within float rounding of one or
  * the other, and always within the rounding bound s_g / 2 * sum |row| of
- * the exact ones. Shapes cover the int8 path (G 4 and 8, d 32 to 256, a
- * page count, -128 in the rows) and the fallbacks (G 3, d 48, a query
+ * the exact ones. Shapes cover the int8 path (G 4 and 8, d 32 to 256, 37
+ * pages, -128 in the rows) and the fallbacks (G 3, d 48, a query
  * not split into q+ >= 0 >= q-, one with both in a channel: these must
  * come out exact).
  */
@@ -875,6 +867,14 @@ static void bounds_i8q(void)
 	}
 }
 
+/*
+ * Quest's rerank arithmetic. The blocked code layout against the byte map
+ * ix.h documents; ix_quantize_i8() against its definition (the scale from
+ * the largest |w|, every weight within half a step, NaN and infinite heads
+ * marked, zero heads zero); ix_nibble_mass() against a double sum over the
+ * codes as drawn, for shapes that take the vector loops with and without
+ * tails (d 64, d 12, d 200: 25 planes, a 32-weight tail of 8).
+ */
 static void nibble_dots(void)
 {
 	uint8_t one[64 * 4] = { 0 };
