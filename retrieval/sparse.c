@@ -9,6 +9,25 @@
 /* Bytes of K and of V of the next run prefetched before a run is folded. */
 #define RUN_PREFETCH 2048u
 
+/* Start the reads of @p t scattered rows of @p row bytes. */
+static inline void prefetch_rows(const uint8_t *const *rows, unsigned t, size_t row)
+{
+	for (unsigned j = 0; j < t; j++)
+		for (size_t c = 0; c < row; c += 64)
+			__builtin_prefetch(rows[j] + c);
+}
+
+/* A row into a tile: the common sizes (d 64 and 128 in 16 bits) as fixed-size copies, inlined. */
+static inline void copy_row(uint8_t *dst, const uint8_t *src, size_t row)
+{
+	if (row == 128)
+		memcpy(dst, src, 128);
+	else if (row == 256)
+		memcpy(dst, src, 256);
+	else
+		memcpy(dst, src, row);
+}
+
 void sparse_fold_rows(const struct attn_kernels *kern, const float *q, unsigned G, unsigned d,
 		      enum kv_dtype dtype, const uint8_t *const *krows, const uint8_t *const *vrows,
 		      uint64_t n, float *m, float *l, float *acc)
@@ -19,9 +38,15 @@ void sparse_fold_rows(const struct attn_kernels *kern, const float *q, unsigned 
 	attn_block_fn fn = kern->block[dtype];
 	for (uint64_t i = 0; i < n; i += TILE) {
 		unsigned t = (unsigned)(n - i < TILE ? n - i : TILE);
+		/* the rows are random reads: the next tile's start while this one is copied and scored */
+		if (i + TILE < n) {
+			const unsigned t2 = (unsigned)(n - i - TILE < TILE ? n - i - TILE : TILE);
+			prefetch_rows(krows + i + TILE, t2, row);
+			prefetch_rows(vrows + i + TILE, t2, row);
+		}
 		for (unsigned j = 0; j < t; j++) {
-			memcpy(kt + j * row, krows[i + j], row);
-			memcpy(vt + j * row, vrows[i + j], row);
+			copy_row(kt + j * row, krows[i + j], row);
+			copy_row(vt + j * row, vrows[i + j], row);
 		}
 		fn(q, G, d, kt, vt, t, m, l, acc);
 	}
@@ -56,7 +81,7 @@ void attend_sparse(const struct attn_kernels *kern, const float *q, unsigned G, 
 		   const struct kv_rows *rows, const uint64_t *ids, uint64_t n,
 		   const struct kv_estimates *est, float *o, float *lse)
 {
-	enum { BATCH = TILE };
+	enum { BATCH = 8 * TILE }; /* several tiles a call, so each reads the next one ahead */
 	const uint8_t *kp[BATCH], *vp[BATCH];
 	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
 	attn_state_init(G, d, m, l, o);
