@@ -57,6 +57,8 @@
 #define PREFILL_VECTORS 4096u
 /* ann: the recent ATTEND queries of a (layer, KV head) that extend() draws edges from */
 #define RECENT_QUERIES 256u
+/* Estimated clusters a search may return (index_result.est_cap). */
+#define EST_CAP 256u
 /* ann: tokens appended past an index before an ATTEND extends it (one clustering chunk) */
 #define EXTEND_TOKENS 8192u
 
@@ -122,7 +124,7 @@ struct slot {
 	struct index_history *hist; /* episodic: the contiguity FIFO of this (context, layer, KV head) */
 	pthread_mutex_t pick_mu;  /* guards last: never held across a build */
 	uint64_t *last;           /* the blocks the last ATTEND picked (sorted), read ahead for the next */
-	uint32_t n_last;
+	uint32_t n_last, last_cap;
 	/* row_order policies on an SSD tier: the layer's rows in the index's order, as layer
 	 * rows_layer of the context derived for the policy (a reference; see tier_rows()) */
 	struct kv_ctx *rows;
@@ -1083,7 +1085,21 @@ struct policy_job {
  * heads, so a cold ATTEND's reads overlap its searches and the index loads
  * of the other heads instead of following each one.
  */
+/*
+ * A KV head's buffers for a policy ATTEND: kept by the thread that makes
+ * the request (attend_scratch()), grown to the largest request seen and
+ * reused, so a decode step allocates nothing once warm.
+ */
+struct head_bufs {
+	uint64_t *ids, *pos, *blocks;
+	size_t ids_cap, pos_cap, blocks_cap;
+	uint32_t *runs;
+	size_t runs_cap;
+	float *ek, *ec, *ev;      /* est_cap rows, allocated with the buffers */
+};
+
 struct head_work {
+	struct head_bufs *buf;
 	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP]; /* online softmax state; the sums are in o */
 	uint64_t *ids, picked;    /* sorted picks inside the range */
 	bool ids_folded;          /* the pick pass folded them from the index's own rows */
@@ -1159,24 +1175,51 @@ static int fold_ids(struct policy_job *j, uint32_t h, const float *q, const uint
 	return fold_rows_of(j, j->c, j->layer, h, q, ids, n, m, l, acc, bad);
 }
 
+/* Grow @p *p to hold @p need items of @p size (kept, never shrunk). @return 0 or -ENOMEM */
+static int grow(void **p, size_t *cap, size_t need, size_t size)
+{
+	if (need <= *cap)
+		return 0;
+	void *n = realloc(*p, need * size);
+	if (!n)
+		return -ENOMEM;
+	*p = n;
+	*cap = need;
+	return 0;
+}
+
 /*
- * The distinct blocks of sorted token ids (NULL when there are none or no
- * memory: reading ahead is a hint). @p n_out receives their count.
+ * The distinct blocks of sorted token ids, in @p b's blocks buffer (NULL
+ * when there are none or no memory: reading ahead is a hint). @p n_out
+ * receives their count.
  */
-static uint64_t *blocks_of(const uint64_t *ids, uint64_t n, uint32_t B, uint32_t *n_out)
+static uint64_t *blocks_of(struct head_bufs *b, const uint64_t *ids, uint64_t n, uint32_t B, uint32_t *n_out)
 {
 	*n_out = 0;
-	if (!n || n > UINT32_MAX)
+	if (!n || n > UINT32_MAX || grow((void **)&b->blocks, &b->blocks_cap, n, sizeof(uint64_t)))
 		return NULL;
-	uint64_t *blocks = malloc(n * sizeof(*blocks));
-	if (!blocks)
-		return NULL;
+	uint64_t *blocks = b->blocks;
 	uint32_t nb = 0;
 	for (uint64_t i = 0; i < n; i++)
 		if (!nb || blocks[nb - 1] != ids[i] / B)
 			blocks[nb++] = ids[i] / B;
 	*n_out = nb;
 	return blocks;
+}
+
+/* Keep @p blocks [n] as the slot's last pick, in its own buffer (grown, not replaced). */
+static void keep_last(struct slot *s, const uint64_t *blocks, uint32_t n)
+{
+	pthread_mutex_lock(&s->pick_mu);
+	size_t cap = s->last_cap;
+	if (!grow((void **)&s->last, &cap, n, sizeof(uint64_t))) {
+		s->last_cap = (uint32_t)cap;
+		memcpy(s->last, blocks, (size_t)n * sizeof(uint64_t));
+		s->n_last = n;
+	} else {
+		s->n_last = 0; /* a hint: none rather than a stale one */
+	}
+	pthread_mutex_unlock(&s->pick_mu);
 }
 
 /* Read the slot's last pick of @p layer ahead: the next ATTEND of that layer will want most of it. */
@@ -1326,15 +1369,16 @@ static void pick_unit(void *arg, unsigned h)
 	uint64_t budget = j->budget ? j->budget : (s->n / 50 > 64 ? s->n / 50 : 64);
 	if (budget > s->n)
 		budget = s->n;
-	const unsigned est_cap = 256;
-	w->ids = malloc((budget + 1) * sizeof(uint64_t));
-	w->ek = malloc((size_t)est_cap * d * sizeof(float));
-	w->ec = malloc((size_t)est_cap * sizeof(float));
-	w->ev = malloc((size_t)est_cap * d * sizeof(float));
-	if (!w->ids || !w->ek || !w->ec || !w->ev) {
+	const unsigned est_cap = EST_CAP;
+	struct head_bufs *hb = w->buf;
+	if (grow((void **)&hb->ids, &hb->ids_cap, budget + 1, sizeof(uint64_t))) {
 		rc = -ENOMEM;
 		goto fail;
 	}
+	w->ids = hb->ids;
+	w->ek = hb->ek;
+	w->ec = hb->ec;
+	w->ev = hb->ev;
 	if (j->policy == POLICY_EPISODIC) {
 		pthread_mutex_lock(&s->mu);
 		if (!s->hist)
@@ -1354,11 +1398,11 @@ static void pick_unit(void *arg, unsigned h)
 	const struct index_rows *own = whole && j->po->rows ? j->po->rows(s->ix) : NULL;
 	const int tiered = whole && s->rows;
 	if (own || tiered) {
-		runs = malloc((budget + 1) * 2 * sizeof(uint32_t));
-		if (!runs) {
+		if (grow((void **)&hb->runs, &hb->runs_cap, (budget + 1) * 2, sizeof(uint32_t))) {
 			rc = -ENOMEM;
 			goto fail;
 		}
+		runs = hb->runs;
 		res.runs = runs;
 		res.runs_cap = budget + 1;
 	}
@@ -1393,51 +1437,47 @@ static void pick_unit(void *arg, unsigned h)
 		} else if (tiered && (res.n_runs || !res.n_tokens)) {
 			/* the picks' places among the tier rows, read ahead now and attended in pass 2 */
 			w->picked = res.n_tokens;
-			if (!(w->pos = malloc((res.n_tokens + 1) * sizeof(uint64_t)))) {
+			if (grow((void **)&hb->pos, &hb->pos_cap, res.n_tokens + 1, sizeof(uint64_t))) {
 				rc = -ENOMEM;
 				goto fail;
 			}
+			w->pos = hb->pos;
 			for (uint64_t r = 0; r < res.n_runs; r++)
 				for (uint32_t i = 0; i < runs[2 * r + 1]; i++)
 					w->pos[w->n_pos++] = (uint64_t)runs[2 * r] + i;
 			w->rows = s->rows;
 			w->rows_layer = s->rows_layer;
 			uint32_t nb;
-			uint64_t *blocks = blocks_of(w->pos, w->n_pos, j->B, &nb);
+			uint64_t *blocks = blocks_of(hb, w->pos, w->n_pos, j->B, &nb);
 			if (blocks) {
 				(void)kv_ctx_prefetch(s->rows, s->rows_layer, 0, blocks, nb);
-				pthread_mutex_lock(&s->pick_mu);
-				free(s->last);
-				s->last = blocks;
-				s->n_last = nb;
-				pthread_mutex_unlock(&s->pick_mu);
+				keep_last(s, blocks, nb);
 			}
 		} else {
-			qsort(w->ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
+			/* policies return their picks sorted (policy.h); a sort only if one did not */
+			for (uint64_t i = 1; i < res.n_tokens; i++)
+				if (w->ids[i - 1] > w->ids[i]) {
+					qsort(w->ids, res.n_tokens, sizeof(uint64_t), cmp_u64);
+					break;
+				}
 			/* keep what lies in the requested range */
 			for (uint64_t i = 0; i < res.n_tokens; i++)
 				if (w->ids[i] >= j->begin && w->ids[i] < w->idx_end)
 					w->ids[w->picked++] = w->ids[i];
 			uint32_t nb;
-			uint64_t *blocks = blocks_of(w->ids, w->picked, j->B, &nb);
+			uint64_t *blocks = blocks_of(hb, w->ids, w->picked, j->B, &nb);
 			if (blocks) {
 				(void)kv_ctx_prefetch(j->c, j->layer, h, blocks, nb);
 				/* kept for the next ATTEND of this layer, which reads it ahead */
-				pthread_mutex_lock(&s->pick_mu);
-				free(s->last);
-				s->last = blocks;
-				s->n_last = nb;
-				pthread_mutex_unlock(&s->pick_mu);
+				keep_last(s, blocks, nb);
 			}
 		}
 	}
 	pthread_rwlock_unlock(&s->rw);
-	free(runs);
 	return;
 fail:
 	if (locked)
 		pthread_rwlock_unlock(&s->rw);
-	free(runs);
 	job_fail(j, h, rc, bad);
 }
 
@@ -1487,6 +1527,99 @@ fail:
 	job_fail(j, h, rc, bad);
 }
 
+/*
+ * What one thread's policy ATTENDs reuse: the scaled queries, the heads'
+ * work and their buffers. The requesting thread owns it while its passes
+ * run (the workers fill only their own head's buffers); it is freed when
+ * the thread ends.
+ */
+struct attend_scratch {
+	float *qs;
+	size_t qs_cap;
+	struct head_work *work;
+	struct head_bufs *bufs;
+	uint32_t heads;
+	unsigned d;               /* the estimate rows' width the buffers were made for */
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void head_bufs_free(struct head_bufs *b)
+{
+	free(b->ids);
+	free(b->pos);
+	free(b->blocks);
+	free(b->runs);
+	free(b->ek);
+	free(b->ec);
+	free(b->ev);
+	memset(b, 0, sizeof(*b));
+}
+
+static void scratch_free(void *p)
+{
+	struct attend_scratch *sc = p;
+	for (uint32_t h = 0; sc && h < sc->heads; h++)
+		head_bufs_free(&sc->bufs[h]);
+	if (sc) {
+		free(sc->qs);
+		free(sc->work);
+		free(sc->bufs);
+	}
+	free(sc);
+}
+
+static void scratch_key_make(void)
+{
+	(void)pthread_key_create(&scratch_key, scratch_free);
+}
+
+/* This thread's scratch for @p heads KV heads, @p nq query floats and head_dim @p d (NULL: no memory). */
+static struct attend_scratch *attend_scratch(uint32_t heads, size_t nq, unsigned d)
+{
+	pthread_once(&scratch_once, scratch_key_make);
+	struct attend_scratch *sc = pthread_getspecific(scratch_key);
+	if (!sc) {
+		if (!(sc = calloc(1, sizeof(*sc))) || pthread_setspecific(scratch_key, sc)) {
+			free(sc);
+			return NULL;
+		}
+	}
+	if (grow((void **)&sc->qs, &sc->qs_cap, nq, sizeof(float)))
+		return NULL;
+	if (heads > sc->heads || d > sc->d) {
+		/* another geometry: the buffers start over (rare: a daemon serves few geometries);
+		 * sc->d stays 0 until every head's buffers are there */
+		sc->d = 0;
+		for (uint32_t h = 0; h < sc->heads; h++)
+			head_bufs_free(&sc->bufs[h]);
+		free(sc->work);
+		free(sc->bufs);
+		sc->heads = 0;
+		sc->work = calloc(heads, sizeof(*sc->work));
+		sc->bufs = calloc(heads, sizeof(*sc->bufs));
+		if (!sc->work || !sc->bufs) {
+			free(sc->work);
+			free(sc->bufs);
+			sc->work = NULL;
+			sc->bufs = NULL;
+			return NULL;
+		}
+		for (uint32_t h = 0; h < heads; h++) {
+			struct head_bufs *b = &sc->bufs[h];
+			b->ek = malloc((size_t)EST_CAP * d * sizeof(float));
+			b->ec = malloc((size_t)EST_CAP * sizeof(float));
+			b->ev = malloc((size_t)EST_CAP * d * sizeof(float));
+			sc->heads = h + 1;
+			if (!b->ek || !b->ec || !b->ev)
+				return NULL;
+		}
+		sc->d = d;
+	}
+	return sc;
+}
+
 int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const struct attend_request *req,
 		  struct attend_result *res, const struct attend_exec *ex)
 {
@@ -1509,19 +1642,19 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 		rc = -ERANGE;
 		goto out;
 	}
-	qs = malloc((size_t)g->n_q_heads * d * sizeof(float));
-	if (!qs) {
+	struct attend_scratch *sc = attend_scratch(g->n_kv_heads, (size_t)g->n_q_heads * d, d);
+	if (!sc) {
 		rc = -ENOMEM;
 		goto out;
 	}
+	qs = sc->qs;
 	const float scale = 1.0f / sqrtf((float)d);
 	for (size_t i = 0; i < (size_t)g->n_q_heads * d; i++)
 		qs[i] = req->q[i] * scale;
-	struct head_work *work = calloc(g->n_kv_heads, sizeof(*work));
-	if (!work) {
-		rc = -ENOMEM;
-		goto out;
-	}
+	struct head_work *work = sc->work;
+	memset(work, 0, g->n_kv_heads * sizeof(*work));
+	for (uint32_t h = 0; h < g->n_kv_heads; h++)
+		work[h].buf = &sc->bufs[h];
 	struct policy_job job = {
 		.c = c, .po = po, .policy = policy, .x = x, .kern = attn_kernels_best(), .layer = req->layer, .G = G, .d = d,
 		.dtype = g->dtype, .B = kv_ctx_block_tokens(c), .begin = req->token_begin, .end = end,
@@ -1541,14 +1674,6 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 	atomic_fetch_add(&t_fold, now_ns() - t_picked);
 	atomic_fetch_add(&t_pick, t_picked - t_begin);
 	atomic_fetch_add(&t_attends, 1);
-	for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-		free(work[h].ids);
-		free(work[h].pos);
-		free(work[h].ek);
-		free(work[h].ec);
-		free(work[h].ev);
-	}
-	free(work);
 	if ((rc = atomic_load(&job.err))) {
 		res->err_block = atomic_load(&job.err_block);
 		res->err_head = atomic_load(&job.err_head);
@@ -1557,7 +1682,6 @@ int attend_policy(struct kv_ctx *c, uint32_t policy, uint64_t budget, const stru
 	res->scanned = atomic_load(&job.scanned);
 	res->loaded = atomic_load(&job.loaded);
 out:
-	free(qs);
 	kv_ctx_read_end(c);
 	return rc;
 }
