@@ -122,19 +122,24 @@ struct store {
 	pthread_mutex_t pf_mu;
 	pthread_cond_t pf_cv;
 	struct prefetch_req *pf_head, **pf_tail;
+	struct prefetch_req *pf_free; /* read ones, for reuse (at most PF_FREE_MAX) */
+	uint32_t n_pf_free;
 	pthread_t pf_thread;
 	bool pf_running, pf_stop;
 	_Atomic uint64_t prefetched, prefetch_used;
 	uint32_t ahead_loading;   /* blocks load_ahead() is reading (under res_mu) */
 };
 
-/* A queued kv_ctx_prefetch(): a reference on the context, its blocks. */
+/* A queued kv_ctx_prefetch(): a reference on the context, its blocks (room for cap). */
 struct prefetch_req {
 	struct prefetch_req *next;
 	struct kv_ctx *c;
-	uint32_t layer, head, n;
+	uint32_t layer, head, n, cap;
 	uint64_t blocks[];
 };
+
+/* Read requests kept for reuse once read: a decode step queues one per layer and KV head. */
+#define PF_FREE_MAX 64u
 
 static struct blk *blk_at(struct layer *ly, uint32_t H, uint64_t b, uint32_t h)
 {
@@ -1757,8 +1762,14 @@ static void *prefetch_main(void *arg)
 		if (!stopping && b)
 			prefetch_run(r, b);
 		kv_ctx_put(r->c);
-		free(r);
 		pthread_mutex_lock(&s->pf_mu);
+		if (s->n_pf_free < PF_FREE_MAX) {
+			r->next = s->pf_free;
+			s->pf_free = r;
+			s->n_pf_free++;
+		} else {
+			free(r);
+		}
 	}
 	pthread_mutex_unlock(&s->pf_mu);
 	free(b);
@@ -1774,10 +1785,24 @@ int kv_ctx_prefetch(struct kv_ctx *c, uint32_t layer, uint32_t head, const uint6
 		return -EINVAL;
 	if (n > (UINT32_MAX - sizeof(struct prefetch_req)) / sizeof(uint64_t))
 		return -EOVERFLOW;
-	struct prefetch_req *r = malloc(sizeof(*r) + (size_t)n * sizeof(uint64_t));
-	if (!r)
-		return -ENOMEM;
-	*r = (struct prefetch_req){ .c = c, .layer = layer, .head = head, .n = n };
+	/* a request read before, large enough; else a new one with room to be reused */
+	struct prefetch_req *r = NULL;
+	pthread_mutex_lock(&s->pf_mu);
+	for (struct prefetch_req **pp = &s->pf_free; *pp; pp = &(*pp)->next)
+		if ((*pp)->cap >= n) {
+			r = *pp;
+			*pp = r->next;
+			s->n_pf_free--;
+			break;
+		}
+	pthread_mutex_unlock(&s->pf_mu);
+	uint32_t cap = r ? r->cap : n;
+	if (!r) {
+		cap = n < 1024 ? 1024 : n;
+		if (!(r = malloc(sizeof(*r) + (size_t)cap * sizeof(uint64_t))))
+			return -ENOMEM;
+	}
+	*r = (struct prefetch_req){ .c = c, .layer = layer, .head = head, .n = n, .cap = cap };
 	memcpy(r->blocks, blocks, (size_t)n * sizeof(uint64_t));
 	kv_ctx_get(c);
 	int rc = 0;
@@ -1813,6 +1838,12 @@ static void prefetch_stop(struct store *s)
 	pthread_mutex_unlock(&s->pf_mu);
 	if (running)
 		pthread_join(s->pf_thread, NULL);
+	while (s->pf_free) {
+		struct prefetch_req *r = s->pf_free;
+		s->pf_free = r->next;
+		free(r);
+	}
+	s->n_pf_free = 0;
 }
 
 void *kv_ctx_aux_install(struct kv_ctx *c, void *aux, void (*free_fn)(void *aux))
