@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
 #include <signal.h>
 #include <string.h>
@@ -41,11 +42,30 @@ enum { L = 2, H = 2, G = 4, D = 64, N = 7000 };
 static float ref_k[L][H][N][D], ref_v[L][H][N][D];
 static uint16_t raw_k[L][H][N][D], raw_v[L][H][N][D];
 
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st, (void)type, (void)ftw;
+	return remove(path);
+}
+
+static pid_t dir_owner;
+
+/* The daemon's directory (socket, data: ~225 MiB) goes when the test does, passed or not. */
+static void remove_dir(void)
+{
+	if (getpid() != dir_owner) /* a forked client exiting: the test is still running */
+		return;
+	if (dir[0] && nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS))
+		fprintf(stderr, "test_daemon: could not remove %s\n", dir);
+}
+
 static void start_daemon(const char *mnemod)
 {
 	snprintf(dir, sizeof(dir), "/tmp/mnemo-itest-XXXXXX");
 	if (!mkdtemp(dir))
 		abort();
+	dir_owner = getpid();
+	atexit(remove_dir);
 	snprintf(sock_path, sizeof(sock_path), "%s/run/mnemod.sock", dir);
 	char data[300];
 	snprintf(data, sizeof(data), "%s/data", dir);
