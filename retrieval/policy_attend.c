@@ -1079,13 +1079,6 @@ struct policy_job {
 };
 
 /*
- * One KV head between the two passes of a policy ATTEND. The pick pass
- * searches every head's index and sends the picked blocks to be read
- * ahead; the fold pass attends them once the reads are under way for all
- * heads, so a cold ATTEND's reads overlap its searches and the index loads
- * of the other heads instead of following each one.
- */
-/*
  * A KV head's buffers for a policy ATTEND: kept by the thread that makes
  * the request (attend_scratch()), grown to the largest request seen and
  * reused, so a decode step allocates nothing once warm.
@@ -1095,9 +1088,16 @@ struct head_bufs {
 	size_t ids_cap, pos_cap, blocks_cap;
 	uint32_t *runs;
 	size_t runs_cap;
-	float *ek, *ec, *ev;      /* est_cap rows, allocated with the buffers */
+	float *ek, *ec, *ev;      /* EST_CAP estimate rows, made with the buffers */
 };
 
+/*
+ * One KV head between the two passes of a policy ATTEND. The pick pass
+ * searches every head's index and sends the picked blocks to be read
+ * ahead; the fold pass attends them once the reads are under way for all
+ * heads, so a cold ATTEND's reads overlap its searches and the index loads
+ * of the other heads instead of following each one.
+ */
 struct head_work {
 	struct head_bufs *buf;
 	float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP]; /* online softmax state; the sums are in o */
