@@ -308,9 +308,14 @@ static int h_queries(struct request *r)
 		rc = req_error(r, -ENOMEM, "out of memory");
 	} else {
 		proto_f32_from_wire(q, m.q, nf);
+		size_t bad = 0;
+		while (bad < nf && isfinite(q[bad]))
+			bad++;
 		struct msg_queries_rep rep;
-		rc = attend_policy_queries(c, m.layer, m.first, m.n_positions, q, &rep.kept, &rep.seen);
-		if (rc == -ERANGE)
+		if (bad < nf)
+			rc = req_error(r, -EINVAL, "prefill query value %zu is not finite", bad);
+		else if ((rc = attend_policy_queries(c, m.layer, m.first, m.n_positions, q, &rep.kept, &rep.seen)) ==
+			 -ERANGE)
 			req_error(r, rc, "layer %u was sent %llu prefill positions; these start at %llu", m.layer,
 				  (unsigned long long)rep.seen, (unsigned long long)m.first);
 		else if (rc)
@@ -501,6 +506,12 @@ static int h_attend(struct request *r)
 		goto out;
 	}
 	proto_f32_from_wire(q, m.q, nq);
+	for (size_t i = 0; i < nq; i++)
+		if (!isfinite(q[i])) {
+			rc = req_error(r, -EINVAL, "query value %zu (query head %zu, channel %zu) is not finite", i,
+				       i / g->head_dim, i % g->head_dim);
+			goto out;
+		}
 	struct attend_request ar = { .layer = m.layer, .token_begin = m.token_begin,
 				     .token_end = m.token_end, .q = q, .sinks = m.sinks, .window = m.window };
 	struct attend_result res = { .o = o, .lse = lse };

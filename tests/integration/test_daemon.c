@@ -209,6 +209,13 @@ static void check_queries(mnemo_client *c, uint64_t ctx)
 		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 0, 300, pq, &qi) == -ERANGE &&
 			      strstr(mnemo_last_error(c), "sent 300"),
 		      "QUERIES sent again: %s", mnemo_last_error(c));
+		/* a non-finite value is refused before anything is kept */
+		const float keep = rest[5];
+		rest[5] = NAN;
+		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 300, P - 300, rest, &qi) == -EINVAL &&
+			      strstr(mnemo_last_error(c), "not finite"),
+		      "QUERIES with a NaN: %s", mnemo_last_error(c));
+		rest[5] = keep;
 		CHECK(mnemo_queries(c, ctx, (uint32_t)layer, 300, P - 300, rest, &qi) == 0 && qi.seen == P && qi.kept == P,
 		      "QUERIES: %llu kept of %llu: %s", (unsigned long long)qi.kept, (unsigned long long)qi.seen,
 		      mnemo_last_error(c));
@@ -723,6 +730,14 @@ static void check_malformed(mnemo_client *good, uint64_t ctx)
 	      "range past the end: %s", mnemo_last_error(c));
 	CHECK(mnemo_attend(c, ctx, 5, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) == -EINVAL, "bad layer");
 	CHECK(mnemo_attend(c, ctx, 0, (enum mnemo_policy)77, 0, 10, q, o, lse, NULL) == -EINVAL, "bad policy");
+	q[3] = NAN;
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 10, q, o, lse, NULL) == -EINVAL &&
+		      strstr(mnemo_last_error(c), "not finite"),
+	      "a NaN query: %s", mnemo_last_error(c));
+	q[3] = INFINITY;
+	CHECK(mnemo_attend(c, ctx, 0, MNEMO_POLICY_QUEST, 100, UINT64_MAX, q, o, lse, NULL) == -EINVAL,
+	      "an infinite query, quest");
+	q[3] = 0;
 	uint64_t rid;
 	CHECK(mnemo_submit_attend(c, ctx, 0, MNEMO_POLICY_EXACT, 0, 0, 10, q, H * D, &rid) == 0 &&
 	      mnemo_wait_attend(c, rid, o, lse, H * G, D, NULL) == -EINVAL, "q of the wrong size");
