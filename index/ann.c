@@ -569,7 +569,7 @@ static int ann_build(const struct index_keys *keys, const struct index_build_par
 	if (rc)
 		goto fail;
 	rc = -ENOMEM;
-	a->nbr = malloc(a->n * a->R * sizeof(uint32_t));
+	a->nbr = ix_alloc_big(a->n * a->R * sizeof(uint32_t));
 	a->qdeg = calloc(a->n, 1);
 	if (!a->nbr || !a->qdeg)
 		goto fail;
@@ -605,7 +605,7 @@ static int ann_extend(struct index *ix, const struct index_keys *keys, const flo
 	struct ann b = *a;
 	b.n = keys->n;
 	b.kb = NULL;
-	b.nbr = malloc(b.n * b.R * sizeof(uint32_t));
+	b.nbr = ix_alloc_big(b.n * b.R * sizeof(uint32_t));
 	b.qdeg = malloc(b.n);
 	b.cent = malloc((size_t)a->n_ent * a->d * sizeof(float) + 1);
 	b.entry = malloc((size_t)a->n_ent * sizeof(uint32_t) + 1);

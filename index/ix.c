@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -232,7 +233,7 @@ int ix_rd_f32s(struct ix_rd *r, size_t n, float **out)
 		r->err = -EBADMSG;
 		return r->err;
 	}
-	uint32_t *v = malloc(n ? n * 4 : 1);
+	uint32_t *v = ix_alloc_big(n * 4);
 	if (!v)
 		return -ENOMEM;
 	const uint8_t *p = ix_rd_bytes(r, n * 4);
@@ -261,7 +262,7 @@ int ix_rd_mat(struct ix_rd *r, uint32_t dtype, size_t n, struct ix_mat *m)
 		r->err = -EBADMSG;
 		return r->err;
 	}
-	uint16_t *v = malloc(n ? n * 2 : 1);
+	uint16_t *v = ix_alloc_big(n * 2);
 	if (!v)
 		return -ENOMEM;
 	const uint8_t *p = ix_rd_bytes(r, n * 2);
@@ -301,7 +302,7 @@ void ix_mat_take(struct ix_mat *m, float *v, size_t n)
 	*m = (struct ix_mat){ .f32 = v };
 	if (!ix_bf16_exact(v, n))
 		return;
-	uint16_t *h = malloc(n ? n * 2 : 1);
+	uint16_t *h = ix_alloc_big(n * 2);
 	if (!h)
 		return;             /* fp32 serves as well */
 	for (size_t i = 0; i < n; i++) {
@@ -353,7 +354,7 @@ int ix_rd_u32s(struct ix_rd *r, size_t n, uint64_t below, uint32_t **out)
 		r->err = -EBADMSG;
 		return r->err;
 	}
-	uint32_t *v = malloc(n ? n * 4 : 1);
+	uint32_t *v = ix_alloc_big(n * 4);
 	if (!v)
 		return -ENOMEM;
 	const uint8_t *p = ix_rd_bytes(r, n * 4);
@@ -469,6 +470,20 @@ static void scratch_key_init(void)
 	scratch_key_ok = pthread_key_create(&scratch_key, free) == 0;
 }
 
+#define IX_HUGE ((size_t)2 << 20)
+
+void *ix_alloc_big(size_t bytes)
+{
+	void *p = NULL;
+	if (bytes < IX_HUGE)
+		return posix_memalign(&p, 64, bytes ? bytes : 1) ? NULL : p;
+	if (bytes > SIZE_MAX - IX_HUGE || posix_memalign(&p, IX_HUGE, (bytes + IX_HUGE - 1) & ~(IX_HUGE - 1)))
+		return NULL;
+	/* best effort: without THP (or with it off) the memory is merely 4 KiB pages */
+	(void)madvise(p, (bytes + IX_HUGE - 1) & ~(IX_HUGE - 1), MADV_HUGEPAGE);
+	return p;
+}
+
 void *ix_scratch(size_t bytes)
 {
 	if (bytes <= scratch_cap && scratch_mem)
@@ -477,8 +492,8 @@ void *ix_scratch(size_t bytes)
 	size_t cap = scratch_cap ? scratch_cap : 65536;
 	while (cap < bytes)
 		cap = cap > SIZE_MAX / 2 ? bytes : cap * 2;
-	void *p = NULL;
-	if (posix_memalign(&p, 64, cap))
+	void *p = ix_alloc_big(cap);
+	if (!p)
 		return NULL;
 	free(scratch_mem);
 	scratch_mem = p;

@@ -121,6 +121,14 @@ int ix_parallel(unsigned threads, size_t n_items, int (*fn)(void *ctx, size_t it
  */
 void *ix_scratch(size_t bytes);
 
+/**
+ * @p bytes for an array a search reads at random (codes, bounds, edges):
+ * from 2 MiB up, 2 MiB aligned and advised onto transparent huge pages, so
+ * that a page-to-page walk over tens of MiB does not miss the TLB at every
+ * step; smaller, 64-byte aligned. Untouched (not zeroed); free() frees it.
+ */
+void *ix_alloc_big(size_t bytes);
+
 /** Round @p n up to a multiple of 64 (carving scratch into aligned parts). */
 static inline size_t ix_align(size_t n)
 {

@@ -76,8 +76,9 @@ static int quest_codes(struct quest *qx, const float *k)
 {
 	const unsigned d = qx->d;
 	qx->code_page = code_page_bytes(d, qx->page);
-	if (!(qx->codes = calloc(qx->pages, qx->code_page)))
+	if (qx->pages > SIZE_MAX / qx->code_page || !(qx->codes = ix_alloc_big(qx->pages * qx->code_page)))
 		return -ENOMEM;
+	memset(qx->codes, 0, qx->pages * qx->code_page);
 	for (uint64_t t = 0; t < qx->n; t++) {
 		const size_t row = t / qx->page * 2 * d;
 		unsigned at;
@@ -216,7 +217,7 @@ static int quest_alloc(uint64_t n, unsigned d, unsigned page, struct quest **out
 static int quest_quantize(struct quest *qx, const float *f)
 {
 	const unsigned d = qx->d;
-	if (!(qx->step = calloc(d, sizeof(float))) || !(qx->rows = malloc(qx->pages * 2 * d)))
+	if (!(qx->step = calloc(d, sizeof(float))) || !(qx->rows = ix_alloc_big(qx->pages * 2 * d)))
 		return -ENOMEM;
 	for (uint64_t p = 0; p < qx->pages; p++)
 		for (unsigned h = 0; h < 2; h++)
@@ -496,7 +497,7 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 		if ((rc = ix_rd_f32s(&r, d, &qx->step)))
 			goto fail;
 		const uint8_t *rows = ix_rd_bytes(&r, nf);
-		if (!rows || !(qx->rows = malloc(nf))) {
+		if (!rows || !(qx->rows = ix_alloc_big(nf))) {
 			rc = rows ? -ENOMEM : -EBADMSG;
 			goto fail;
 		}
@@ -517,7 +518,7 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 	if (rerank) {
 		qx->code_page = code_page_bytes(d, page);
 		const uint8_t *codes = ix_rd_bytes(&r, qx->pages * qx->code_page);
-		if (!codes || !(qx->codes = malloc(qx->pages * qx->code_page))) {
+		if (!codes || !(qx->codes = ix_alloc_big(qx->pages * qx->code_page))) {
 			rc = codes ? -ENOMEM : -EBADMSG;
 			goto fail;
 		}
