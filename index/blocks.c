@@ -11,15 +11,20 @@
  *                   over the last max_prefill positions and the group's heads
  *                   of softmax over the whole segment
  *
- * Blob body (format 2): n u64, d u32, block u32, reps u32, rule u32
- * (0 medoids, 1 received attention), dtype u32 (0 f32, 1 bf16), then
- * blocks x reps x d values of that dtype. Representatives are keys, so for
- * a bf16 context they are bf16 values and are saved as such: half the bytes
- * a restart reads before its first ATTEND. Format 1 (no dtype, f32) still
- * loads.
+ *   step            a channel's int8 unit: its largest |value| over the
+ *                   segment's representatives / 127; a representative is kept
+ *                   as the nearest steps (a channel's error <= step / 2)
+ *
+ * Blob body (format 3): n u64, d u32, block u32, reps u32, rule u32
+ * (0 medoids, 1 received attention), d f32 steps, then blocks x reps x d
+ * int8. A restart reads these before its first ATTEND, so their size is on
+ * its clock: a quarter of fp32, half of the bf16 of format 2. Formats 2
+ * (dtype u32: 0 f32, 1 bf16, then the values) and 1 (no dtype, f32) still
+ * load, quantized as they load.
  */
 #include <errno.h>
 #include <stdbool.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +32,8 @@
 #include "ix.h"
 #include "reps.h"
 
-#define BLOCKS_VERSION 2
+#define BLOCKS_VERSION 3
+#define BLOCKS_VERSION_MAT 2    /* f32 or bf16 representatives */
 #define BLOCKS_VERSION_F32 1    /* before the dtype field */
 #define BLOCKS_TOKENS 128
 #define BLOCKS_REPS 4
@@ -45,7 +51,8 @@ struct blocks {
 	unsigned d, block, reps;
 	uint32_t rule;
 	uint64_t nb;
-	struct ix_mat rep;        /* [nb][reps][d] */
+	float *step;              /* [d] */
+	int8_t *rep;              /* [nb][reps][d] in steps */
 };
 
 static const struct blocks *to_blocks(const struct index *ix)
@@ -59,7 +66,8 @@ static void blocks_free(struct index *ix)
 	if (!bx)
 		return;
 	IX_ASSERT(ix->policy == POLICY_BLOCKS);
-	ix_mat_free(&bx->rep);
+	free(bx->step);
+	free(bx->rep);
 	free(bx);
 }
 
@@ -75,6 +83,30 @@ static int blocks_alloc(uint64_t n, unsigned d, unsigned block, unsigned reps, s
 	bx->reps = reps;
 	bx->nb = (n + block - 1) / block;
 	*out = bx;
+	return 0;
+}
+
+/* Representatives @p v [nb][reps][d] into int8 steps; -EINVAL for a value that is not finite. */
+static int blocks_quantize(struct blocks *bx, const float *v)
+{
+	const unsigned d = bx->d;
+	const size_t rows = bx->nb * bx->reps;
+	if (!(bx->step = calloc(d, sizeof(float))) || !(bx->rep = ix_alloc_big(rows * d)))
+		return -ENOMEM;
+	for (size_t r = 0; r < rows; r++)
+		for (unsigned i = 0; i < d; i++) {
+			const float a = fabsf(v[r * d + i]);
+			if (!(a <= FLT_MAX))
+				return -EINVAL;
+			bx->step[i] = a > bx->step[i] ? a : bx->step[i];
+		}
+	for (unsigned i = 0; i < d; i++)
+		bx->step[i] /= 127;
+	for (size_t r = 0; r < rows; r++)
+		for (unsigned i = 0; i < d; i++) {
+			const float st = bx->step[i], x = st > 0 ? rintf(v[r * d + i] / st) : 0;
+			bx->rep[r * d + i] = (int8_t)(x > 127 ? 127 : x < -127 ? -127 : x);
+		}
 	return 0;
 }
 
@@ -109,12 +141,13 @@ static int blocks_build(const struct index_keys *keys, const struct index_build_
 	const size_t nf = bx->nb * bx->reps * bx->d;
 	float *rep = malloc(nf * sizeof(float));
 	rc = rep ? ix_reps(&in, rep) : -ENOMEM;
+	if (!rc)
+		rc = blocks_quantize(bx, rep);
+	free(rep);
 	if (rc) {
-		free(rep);
 		blocks_free(&bx->base);
 		return rc;
 	}
-	ix_mat_take(&bx->rep, rep, nf);
 	*out = &bx->base;
 	return 0;
 }
@@ -131,7 +164,8 @@ static int blocks_search(const struct index *ix, const struct index_keys *keys, 
 	const unsigned d = bx->d, B = bx->block, R = bx->reps;
 	const uint64_t nb = bx->nb;
 	const size_t tail_max = ix_fill_units_room(bx->n, B, budget, 1);
-	size_t off_s = 0;
+	size_t off_q = 0;
+	size_t off_s = off_q + ix_align((size_t)G * d * sizeof(float));
 	size_t off_bs = off_s + ix_align((size_t)nb * R * G * sizeof(float));
 	size_t off_it = off_bs + ix_align((size_t)nb * G * sizeof(float));
 	size_t off_bits = off_it + ix_align((size_t)nb * sizeof(struct ix_item));
@@ -141,12 +175,16 @@ static int blocks_search(const struct index *ix, const struct index_keys *keys, 
 	uint8_t *sc = ix_scratch(total);
 	if (!sc)
 		return -ENOMEM;
-	float *S = (float *)(sc + off_s), *bs = (float *)(sc + off_bs);
+	float *qs = (float *)(sc + off_q), *S = (float *)(sc + off_s), *bs = (float *)(sc + off_bs);
 	struct ix_item *it = (struct ix_item *)(sc + off_it), *tmp = (struct ix_item *)(sc + off_tmp);
 	uint64_t *bits = (uint64_t *)(sc + off_bits);
 	uint32_t *ids = (uint32_t *)(sc + off_ids);
 
-	ix_mat_dots(&bx->rep, nb * R, d, q, G, d, S);
+	/* q . rep = (q * step) . rep8, exactly */
+	for (unsigned g = 0; g < G; g++)
+		for (unsigned i = 0; i < d; i++)
+			qs[(size_t)g * d + i] = q[(size_t)g * d + i] * bx->step[i];
+	ix_dots_i8(bx->rep, nb * R, d, qs, G, d, S);
 	for (uint64_t b = 0; b < nb; b++)
 		for (unsigned g = 0; g < G; g++) {
 			float m = -INFINITY;
@@ -179,13 +217,14 @@ static int blocks_save(const struct index *ix, uint8_t **buf, size_t *len)
 		return -EINVAL;
 	struct ix_wr w;
 	size_t nf = bx->nb * bx->reps * bx->d;
-	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 44 + ix_mat_bytes(&bx->rep, nf));
+	ix_wr_begin(&w, POLICY_BLOCKS, BLOCKS_VERSION, 40 + 4 * (size_t)bx->d + nf);
 	ix_wr_u64(&w, bx->n);
 	ix_wr_u32(&w, bx->d);
 	ix_wr_u32(&w, bx->block);
 	ix_wr_u32(&w, bx->reps);
 	ix_wr_u32(&w, bx->rule);
-	ix_wr_mat(&w, &bx->rep, nf);
+	ix_wr_f32s(&w, bx->step, bx->d);
+	ix_wr_bytes(&w, bx->rep, nf);
 	return ix_wr_end(&w, buf, len);
 }
 
@@ -194,13 +233,17 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 	struct ix_rd r;
 	if (!out)
 		return -EINVAL;
-	const bool v1 = ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION) != 0;
-	int rc = v1 ? ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION_F32) : 0;
+	unsigned version = BLOCKS_VERSION;
+	int rc = ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION);
+	if (rc && !ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION_MAT))
+		version = BLOCKS_VERSION_MAT, rc = 0;
+	else if (rc && !ix_rd_begin(&r, buf, len, POLICY_BLOCKS, BLOCKS_VERSION_F32))
+		version = BLOCKS_VERSION_F32, rc = 0;
 	if (rc)
 		return rc;
 	uint64_t n = ix_rd_u64(&r);
 	unsigned d = ix_rd_u32(&r), block = ix_rd_u32(&r), reps = ix_rd_u32(&r);
-	uint32_t rule = ix_rd_u32(&r), dtype = v1 ? 0 : ix_rd_u32(&r);
+	uint32_t rule = ix_rd_u32(&r), dtype = version == BLOCKS_VERSION_MAT ? ix_rd_u32(&r) : 0;
 	if (r.err || !n || n > IX_MAX_TOKENS || !d || d > IX_MAX_DIM || !block || block > BLOCKS_MAX_TOKENS ||
 	    reps != BLOCKS_REPS || rule > RULE_RECEIVED || dtype > 1)
 		return -EBADMSG;
@@ -211,7 +254,39 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 		return rc;
 	bx->rule = rule;
 	const size_t nf = bx->nb * reps * d;
-	if ((rc = ix_rd_mat(&r, dtype, nf, &bx->rep)) || (rc = ix_rd_end(&r))) {
+	if (version == BLOCKS_VERSION) {
+		const uint8_t *rep = NULL;
+		if (!(rc = ix_rd_f32s(&r, d, &bx->step)))
+			rc = (rep = ix_rd_bytes(&r, nf)) ? 0 : -EBADMSG;
+		if (!rc && !(bx->rep = ix_alloc_big(nf)))
+			rc = -ENOMEM;
+		if (!rc) {
+			memcpy(bx->rep, rep, nf);
+			/* a step is finite and >= 0, and -128 is not a step count quantize() makes */
+			int bad = 0;
+			for (unsigned i = 0; i < d; i++)
+				bad |= !(bx->step[i] >= 0 && bx->step[i] <= FLT_MAX);
+			for (size_t i = 0; i < nf; i++)
+				bad |= bx->rep[i] == INT8_MIN;
+			rc = bad ? -EBADMSG : 0;
+		}
+	} else {
+		/* older side files: fp32 or bf16 representatives, quantized now */
+		struct ix_mat m;
+		float *f = NULL;
+		if (!(rc = ix_rd_mat(&r, dtype, nf, &m))) {
+			if (!(f = m.f32 ? m.f32 : malloc(nf * sizeof(float))))
+				rc = -ENOMEM;
+			for (size_t i = 0; !rc && !m.f32 && i < nf; i++)
+				f[i] = ix_bf16_f32(m.bf16[i]);
+			if (!rc && (rc = blocks_quantize(bx, f)) == -EINVAL)
+				rc = -EBADMSG;
+			if (f != m.f32)
+				free(f);
+			ix_mat_free(&m);
+		}
+	}
+	if (rc || (rc = ix_rd_end(&r))) {
 		blocks_free(&bx->base);
 		return rc;
 	}
@@ -222,7 +297,7 @@ static int blocks_load(const uint8_t *buf, size_t len, const struct index_keys *
 static size_t blocks_memory(const struct index *ix)
 {
 	const struct blocks *bx = to_blocks(ix);
-	return bx ? sizeof(*bx) + ix_mat_bytes(&bx->rep, bx->nb * bx->reps * bx->d) : 0;
+	return bx ? sizeof(*bx) + bx->d * sizeof(float) + bx->nb * bx->reps * bx->d : 0;
 }
 
 const struct policy_ops blocks_policy_ops = {

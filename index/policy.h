@@ -61,8 +61,9 @@
  *   than the farthest points themselves: 0.65 against 0.45 of the best mass
  *   at 5 % on the unit test's data, and on par with received attention). A
  *   block's score for one head is the max over its representatives of q.r
- *   (the mean measured no better); for a group, the sum over heads of the
- *   softmax over blocks of those scores. Whole blocks are taken in score
+ *   (the mean measured no better), the representatives held as int8
+ *   steps of a per-channel scale (nearest step; blocks.c); for a group,
+ *   the sum over heads of the softmax over blocks of those scores. Whole blocks are taken in score
  *   order, the candidates that do not fit share the rest by tail fill.
  *   scanned = representatives scored + tail fill tokens.
  *

@@ -697,106 +697,176 @@ static void estimates(void)
 }
 
 /*
- * blocks' blob formats (quest's are quest_blobs()): over bf16 keys the
- * representatives are saved as bf16 (exactly @p nf x 2 bytes fewer than over
- * fp32 keys), over fp32 keys as fp32; both load to an index that searches as
- * the built one, and so do the older formats: @p n_old of them, format old[i]
- * lacking the @p drop[i] bytes at body offset @p at[i] (format 1: the dtype
- * word at @p dtype_at), rebuilt here from the documented layout. Over bf16 keys the index also
- * keeps them as bf16 in RAM (memory() is nf x 2 bytes less), built or
- * loaded; a bf16 value that is an infinity or a NaN, wherever it lies, is
- * refused.
+ * blocks' blob formats (quest's are quest_blobs()). Format 3 keeps the
+ * representatives as int8 steps of a per-channel scale, whatever the keys'
+ * dtype: a built index saves to exactly the documented layout and reloads
+ * to an index that searches as it did. The older formats (2: dtype 0 fp32
+ * or 1 bf16, then the values; 1: fp32 without the dtype word) are written
+ * here from random representatives, and each must load to the index that
+ * the format-3 blob this test quantizes from the same values by the
+ * documented rule (step = max |v| / 127, nearest step) loads to: the same
+ * picks and the same memory. Non-finite values, a bad step, the step count
+ * -128 and an unknown dtype are refused.
  */
-struct old_format {
-	uint16_t version;
-	size_t at, drop;
-};
+enum { BLK_TOKENS = 128, BLK_REPS = 4, BLK_HEAD = 16 + 24 };
 
-static void blob_formats(unsigned policy, size_t nf, size_t dtype_at, const struct old_format *old, unsigned n_old)
+static uint8_t *blocks_blob(uint16_t version, int dtype, const float *v, size_t nf, const uint8_t *magic,
+			    size_t *len)
 {
-	const struct policy_ops *po = policy_ops_get(policy);
+	const size_t bytes = dtype < 0 ? 4 * (size_t)D + nf : dtype == 1 ? 2 * nf : 4 * nf;
+	*len = BLK_HEAD + (version == 2 ? 4 : 0) + bytes;
+	uint8_t *b = calloc(1, *len), *p = b + BLK_HEAD;
+	const uint16_t pol = POLICY_BLOCKS;
+	const uint64_t body = *len - 16, n = N;
+	const uint32_t d = D, block = BLK_TOKENS, reps = BLK_REPS, rule = 0, dt = (uint32_t)dtype;
+	memcpy(b, magic, 4);
+	memcpy(b + 4, &pol, 2);
+	memcpy(b + 6, &version, 2);
+	memcpy(b + 8, &body, 8);
+	memcpy(b + 16, &n, 8);
+	memcpy(b + 24, &d, 4);
+	memcpy(b + 28, &block, 4);
+	memcpy(b + 32, &reps, 4);
+	memcpy(b + 36, &rule, 4);
+	if (version == 2) {
+		memcpy(p, &dt, 4);
+		p += 4;
+	}
+	if (dtype < 0) { /* format 3 by the documented rule */
+		float step[D] = { 0 };
+		for (size_t i = 0; i < nf; i++)
+			step[i % D] = fabsf(v[i]) > step[i % D] ? fabsf(v[i]) : step[i % D];
+		for (unsigned i = 0; i < D; i++)
+			step[i] /= 127;
+		memcpy(p, step, sizeof(step));
+		for (size_t i = 0; i < nf; i++) {
+			const float x = step[i % D] > 0 ? rintf(v[i] / step[i % D]) : 0;
+			p[sizeof(step) + i] = (uint8_t)(int8_t)(x > 127 ? 127 : x < -127 ? -127 : x);
+		}
+	} else if (dtype == 1) {
+		for (size_t i = 0; i < nf; i++) {
+			uint32_t u;
+			memcpy(&u, &v[i], 4);
+			const uint16_t h = (uint16_t)(u >> 16);
+			memcpy(p + 2 * i, &h, 2);
+		}
+	} else {
+		memcpy(p, v, 4 * nf);
+	}
+	return b;
+}
+
+static int blocks_same(const struct index *a, const struct index *b, const struct index_keys *k)
+{
+	const struct policy_ops *po = policy_ops_get(POLICY_BLOCKS);
+	int same = po->memory(a) == po->memory(b);
+	for (unsigned t = 0; t < NQ; t++) {
+		struct index_result x = result(toks, 0), y = result(toks2, 1);
+		same &= po->search(a, k, qd + t * G * D, G, N / 50, &x) == 0 &&
+			po->search(b, k, qd + t * G * D, G, N / 50, &y) == 0 && x.n_tokens == y.n_tokens &&
+			!memcmp(toks, toks2, x.n_tokens * sizeof(uint64_t));
+	}
+	return same;
+}
+
+static void blocks_blobs(void)
+{
+	const struct policy_ops *po = policy_ops_get(POLICY_BLOCKS);
+	const size_t nf = (size_t)(N + BLK_TOKENS - 1) / BLK_TOKENS * BLK_REPS * D;
 	static float kb[N * D];
 	for (size_t i = 0; i < (size_t)N * D; i++) {
 		uint32_t u;
 		memcpy(&u, &keys[i], 4);
-		u &= 0xffff0000u;             /* truncation: a bf16 value, whatever the rounding */
+		u &= 0xffff0000u;
 		memcpy(&kb[i], &u, 4);
 	}
 	const struct index_keys k32 = { .k = keys, .n = N, .d = D }, k16 = { .k = kb, .n = N, .d = D };
-	struct index *ix32 = NULL, *ix16 = NULL, *back = NULL;
-	CHECK(po->build(&k32, NULL, &ix32) == 0 && po->build(&k16, NULL, &ix16) == 0, "%s builds", po->name);
-	if (!ix32 || !ix16)
-		return;
-	uint8_t *b32 = NULL, *b16 = NULL;
-	size_t l32 = 0, l16 = 0;
-	CHECK(po->save(ix32, &b32, &l32) == 0 && po->save(ix16, &b16, &l16) == 0, "%s saves", po->name);
-	CHECK(l32 - l16 == nf * 2, "%s bf16: %zu bytes saved, want %zu", po->name, l32 - l16, nf * 2);
-	CHECK(po->memory(ix32) - po->memory(ix16) == nf * 2, "%s over bf16 keys holds %zu bytes, over fp32 %zu",
-	      po->name, po->memory(ix16), po->memory(ix32));
-	struct {
-		const uint8_t *blob;
-		size_t len;
-		const struct index *built;
-		const struct index_keys *k;
-		char what[16];
-	} cases[4] = { { b32, l32, ix32, &k32, "fp32" }, { b16, l16, ix16, &k16, "bf16" } };
-	/* the older formats, from the fp32 blob */
-	uint8_t *olds[2] = { NULL, NULL };
-	for (unsigned i = 0; i < n_old && i < 2; i++) {
-		const size_t len = l32 - old[i].drop, body = len - 16;
-		uint8_t *v = olds[i] = malloc(len);
-		memcpy(v, b32, 16 + old[i].at);
-		memcpy(v + 16 + old[i].at, b32 + 16 + old[i].at + old[i].drop, l32 - 16 - old[i].at - old[i].drop);
-		memcpy(v + 6, &old[i].version, 2);
-		memcpy(v + 8, &body, 8);
-		cases[2 + i].blob = v;
-		cases[2 + i].len = len;
-		cases[2 + i].built = ix32;
-		cases[2 + i].k = &k32;
-		snprintf(cases[2 + i].what, sizeof(cases[2 + i].what), "format %u", old[i].version);
-	}
-	for (unsigned c = 0; c < 2 + n_old; c++) {
-		int rc = po->load(cases[c].blob, cases[c].len, cases[c].k, &back);
-		CHECK(rc == 0, "%s %s blob: load %d", po->name, cases[c].what, rc);
-		if (rc)
-			continue;
-		int same = 1;
-		for (unsigned t = 0; t < NQ; t++) {
-			struct index_result a = result(toks, 0), b = result(toks2, 1);
-			same &= po->search(cases[c].built, cases[c].k, qd + t * G * D, G, N / 50, &a) == 0 &&
-				po->search(back, cases[c].k, qd + t * G * D, G, N / 50, &b) == 0 &&
-				a.n_tokens == b.n_tokens && !memcmp(toks, toks2, a.n_tokens * sizeof(uint64_t));
-		}
-		CHECK(same, "%s %s blob searches differently once loaded", po->name, cases[c].what);
-		CHECK(po->memory(back) == po->memory(cases[c].built), "%s %s blob: %zu bytes loaded, %zu built",
-		      po->name, cases[c].what, po->memory(back), po->memory(cases[c].built));
+	struct index *ix[2] = { NULL, NULL }, *back = NULL;
+	const struct index_keys *ks[2] = { &k32, &k16 };
+	uint8_t magic[4] = { 0 };
+	for (unsigned c = 0; c < 2; c++) {
+		uint8_t *b = NULL;
+		size_t len = 0;
+		CHECK(po->build(ks[c], NULL, &ix[c]) == 0 && po->save(ix[c], &b, &len) == 0, "blocks builds and saves");
+		if (!b)
+			return;
+		uint16_t ver;
+		memcpy(&ver, b + 6, 2);
+		memcpy(magic, b, 4);
+		CHECK(ver == 3 && len == BLK_HEAD + 4 * D + nf, "blocks saves format %u, %zu bytes, want 3, %zu", ver,
+		      len, (size_t)BLK_HEAD + 4 * D + nf);
+		CHECK(po->load(b, len, ks[c], &back) == 0 && blocks_same(ix[c], back, ks[c]),
+		      "blocks' saved blob %u searches differently once loaded", c);
 		po->free(back);
 		back = NULL;
+		free(b);
 	}
-	/* infinities and NaNs at every lane of a 4-value word, the last value and a random one */
-	const size_t at[6] = { 0, 1, 2, 3, nf - 1, check_rand(&seed) % nf };
-	const uint16_t nonfinite[3] = { 0x7f80, 0xff80, 0x7fc1 };
-	int refused = 1;
-	for (unsigned i = 0; i < 6; i++)
-		for (unsigned v = 0; v < 3; v++) {
-			uint8_t *val = b16 + 16 + dtype_at + 4 + 2 * at[i];
-			uint8_t keep[2] = { val[0], val[1] };
-			memcpy(val, &nonfinite[v], 2);
-			refused &= po->load(b16, l16, &k16, &back) == -EBADMSG;
-			memcpy(val, keep, 2);
+	CHECK(po->memory(ix[0]) == po->memory(ix[1]), "blocks holds %zu bytes over fp32 keys, %zu over bf16",
+	      po->memory(ix[0]), po->memory(ix[1]));
+	/* the older formats against format 3 quantized here from the same values */
+	float *v = malloc(nf * sizeof(float)), *v16 = malloc(nf * sizeof(float));
+	for (size_t i = 0; i < nf; i++) {
+		v[i] = (i % D == 5 ? 40.0f : 1.0f) * gauss();   /* one channel far wider than the rest */
+		uint32_t u;
+		memcpy(&u, &v[i], 4);
+		u &= 0xffff0000u;
+		memcpy(&v16[i], &u, 4);
+	}
+	struct {
+		uint16_t version;
+		int dtype;
+		const float *ref;
+	} old[3] = { { 2, 0, v }, { 2, 1, v16 }, { 1, 0, v } };
+	for (unsigned c = 0; c < 3; c++) {
+		size_t lo = 0, l3 = 0;
+		uint8_t *bo = blocks_blob(old[c].version, old[c].dtype, v, nf, magic, &lo);
+		uint8_t *b3 = blocks_blob(3, -1, old[c].ref, nf, magic, &l3);
+		struct index *io = NULL, *i3 = NULL;
+		int ro = po->load(bo, lo, &k32, &io), r3 = po->load(b3, l3, &k32, &i3);
+		CHECK(ro == 0 && r3 == 0, "blocks format %u dtype %d loads %d, its format 3 %d", old[c].version,
+		      old[c].dtype, ro, r3);
+		if (!ro && !r3)
+			CHECK(blocks_same(io, i3, &k32), "blocks format %u dtype %d is not quantized as documented",
+			      old[c].version, old[c].dtype);
+		po->free(io);
+		po->free(i3);
+		if (c == 1) {
+			/* a bf16 infinity or NaN anywhere is refused; so is dtype 2 */
+			const size_t at[4] = { 0, 3, nf - 1, check_rand(&seed) % nf };
+			const uint16_t bad[3] = { 0x7f80, 0xff80, 0x7fc1 };
+			int refused = 1;
+			for (unsigned i = 0; i < 4; i++)
+				for (unsigned k = 0; k < 3; k++) {
+					uint8_t *val = bo + BLK_HEAD + 4 + 2 * at[i], keep[2] = { val[0], val[1] };
+					memcpy(val, &bad[k], 2);
+					refused &= po->load(bo, lo, &k32, &back) == -EBADMSG;
+					memcpy(val, keep, 2);
+				}
+			CHECK(refused, "blocks: a bf16 blob with an infinity or a NaN loaded");
+			bo[BLK_HEAD] = 2;
+			CHECK(po->load(bo, lo, &k32, &back) == -EBADMSG, "blocks blob with dtype 2 loaded");
 		}
-	CHECK(refused, "%s: a bf16 blob with an infinity or a NaN loaded", po->name);
-	CHECK(po->load(b16, l16, &k16, &back) == 0, "%s: the restored blob loads", po->name);
-	po->free(back);
-	back = NULL;
-	b16[16 + dtype_at] = 2;   /* dtype 2 */
-	CHECK(po->load(b16, l16, &k16, &back) == -EBADMSG, "%s blob with dtype 2 loaded", po->name);
-	free(olds[0]);
-	free(olds[1]);
-	free(b32);
-	free(b16);
-	po->free(ix32);
-	po->free(ix16);
+		if (c == 0) {
+			/* format 3: a NaN or negative step, or the step count -128, is refused */
+			const float nan = NAN, neg = -1.0f;
+			uint8_t keep[4];
+			memcpy(keep, b3 + BLK_HEAD + 8, 4);
+			memcpy(b3 + BLK_HEAD + 8, &nan, 4);
+			int refused = po->load(b3, l3, &k32, &back) == -EBADMSG;
+			memcpy(b3 + BLK_HEAD + 8, &neg, 4);
+			refused &= po->load(b3, l3, &k32, &back) == -EBADMSG;
+			memcpy(b3 + BLK_HEAD + 8, keep, 4);
+			b3[l3 - 1] = 0x80;
+			refused &= po->load(b3, l3, &k32, &back) == -EBADMSG;
+			CHECK(refused, "blocks: a format-3 blob with a bad step or -128 loaded");
+		}
+		free(bo);
+		free(b3);
+	}
+	free(v);
+	free(v16);
+	po->free(ix[0]);
+	po->free(ix[1]);
 }
 
 /*
@@ -1365,8 +1435,7 @@ int main(void)
 
 	hierarchy();
 	estimates();
-	static const struct old_format blocks_old[] = { { 1, 24, 4 } };
-	blob_formats(POLICY_BLOCKS, (size_t)(N + 127) / 128 * 4 * D, 24, blocks_old, 1);
+	blocks_blobs();
 	quest_blobs();
 	quest_cohere();
 	return check_exit();
