@@ -34,6 +34,15 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The process's CPU time, every thread, user and system (0 if unknown). */
+static uint64_t cpu_ns(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static int malformed(struct request *r, int rc)
 {
 	r->fatal = true;
@@ -743,7 +752,7 @@ static int h_stat(struct request *r)
 			.ssd_write_bytes = sd.write_bytes, .bad_blocks = ss.bad_blocks,
 			.index_builds = builds, .index_loads = loads, .index_bytes = ibytes,
 			.policy_attends = pt.attends, .policy_pick_ns = pt.pick_ns, .policy_search_ns = pt.search_ns,
-			.policy_fold_ns = pt.fold_ns, .policy_pin_ns = pt.pin_ns,
+			.policy_fold_ns = pt.fold_ns, .policy_pin_ns = pt.pin_ns, .cpu_ns = cpu_ns(),
 			.kernels = kern, .kernels_len = (uint16_t)strlen(kern),
 		};
 		wbuf_u32(&r->out, PROTO_STAT_DAEMON);

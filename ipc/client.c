@@ -849,6 +849,7 @@ int mnemo_stat_daemon(mnemo_client *c, struct mnemo_daemon_info *out)
 		out->policy_search_ns = d.policy_search_ns;
 		out->policy_fold_ns = d.policy_fold_ns;
 		out->policy_pin_ns = d.policy_pin_ns;
+		out->cpu_ns = d.cpu_ns;
 		copy_name(out->kernels, sizeof(out->kernels), d.kernels, d.kernels_len);
 	}
 	free(p);

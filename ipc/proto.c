@@ -900,6 +900,7 @@ void proto_daemon_record_encode(struct wbuf *b, const struct proto_daemon_record
 	wbuf_u64(b, m->policy_search_ns);
 	wbuf_u64(b, m->policy_fold_ns);
 	wbuf_u64(b, m->policy_pin_ns);
+	wbuf_u64(b, m->cpu_ns);
 	wbuf_str(b, m->kernels, m->kernels_len);
 }
 
@@ -932,6 +933,7 @@ int proto_daemon_record_read(struct rbuf *r, struct proto_daemon_record *m)
 	m->policy_search_ns = rbuf_u64(r);
 	m->policy_fold_ns = rbuf_u64(r);
 	m->policy_pin_ns = rbuf_u64(r);
+	m->cpu_ns = rbuf_u64(r);
 	m->kernels = rbuf_str(r, PROTO_MAX_NAME, &m->kernels_len);
 	return r->err;
 }

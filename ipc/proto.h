@@ -303,6 +303,7 @@ struct proto_daemon_record {
 	uint64_t ssd_reads, ssd_writes, ssd_read_bytes, ssd_write_bytes, bad_blocks;
 	uint64_t index_builds, index_loads, index_bytes;
 	uint64_t policy_attends, policy_pick_ns, policy_search_ns, policy_fold_ns, policy_pin_ns;
+	uint64_t cpu_ns;                      /* the daemon's user + system CPU time */
 	const char *kernels;
 	uint16_t kernels_len;
 };

@@ -45,6 +45,7 @@
 struct io_counts {
 	uint64_t bytes, reads, hits, misses;
 	uint64_t pick_ns, search_ns, fold_ns, pin_ns; /* policy ATTENDs' phases */
+	uint64_t cpu_ns;                              /* the daemon's CPU time */
 };
 
 static int stat_reads(mnemo_client *c, struct io_counts *n)
@@ -52,7 +53,7 @@ static int stat_reads(mnemo_client *c, struct io_counts *n)
 	struct mnemo_daemon_info di;
 	int rc = mnemo_stat_daemon(c, &di);
 	*n = (struct io_counts){ di.ssd_read_bytes, di.ssd_reads, di.hits, di.misses,
-				 di.policy_pick_ns, di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns };
+				 di.policy_pick_ns, di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns, di.cpu_ns };
 	return rc;
 }
 
@@ -291,7 +292,7 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			double mass = 0, mass_min = 1, out_err = 0, orel = 0, orel_min = 1;
 			uint64_t mass_n = 0, orel_n = 0;
 			/* the daemon's phases, summed over the steps after the first */
-			double ph_pick = 0, ph_search = 0, ph_fold = 0, ph_pin = 0;
+			double ph_pick = 0, ph_search = 0, ph_fold = 0, ph_pin = 0, ph_cpu = 0;
 			for (uint64_t t = 0; t < steps; t++) {
 				struct io_counts c0, c1;
 				stat_reads(c, &c0);
@@ -349,6 +350,7 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 					ph_search += (double)(c1.search_ns - c0.search_ns);
 					ph_fold += (double)(c1.fold_ns - c0.fold_ns);
 					ph_pin += (double)(c1.pin_ns - c0.pin_ns);
+					ph_cpu += (double)(c1.cpu_ns - c0.cpu_ns);
 				}
 			}
 			/* after the first step: what a warm decode reads */
@@ -372,6 +374,7 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 			ph_search /= ph_steps * 1e6;
 			ph_fold /= ph_steps * 1e6;
 			ph_pin /= ph_steps * 1e6;
+			ph_cpu /= ph_steps * 1e6;
 			/* pct() sorts: the percentiles from a copy, the series in step order */
 			double *sorted = malloc(steps * sizeof(double));
 			if (!sorted) {
@@ -398,13 +401,13 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				       "\"ssd_frac_per_step\":%.6f,\"ssd_ios_per_step\":%.1f,\"host_hit_rate\":%.4f,\"mass_recall\":%s,"
 				       "\"mass_recall_min\":%s,\"oracle_mass_recall\":%s,\"oracle_mass_recall_min\":%s,"
 				       "\"out_rel_err\":%.4f,\"estimates\":%s,\"quest_rerank\":%g,\"quest_cohere\":%g,\"pick_ms_per_step\":%.1f,"
-				       "\"search_ms_per_step\":%.1f,\"fold_ms_per_step\":%.1f,\"pin_ms_per_step\":%.1f,"
+				       "\"search_ms_per_step\":%.1f,\"fold_ms_per_step\":%.1f,\"pin_ms_per_step\":%.1f,\"cpu_ms_per_step\":%.1f,"
 				       "\"step_ms\":[",
 				       io->name, budget, (double)budget / (double)N, N, L, steps, p50, p99, first,
 				       exact_step_ms, exact_step_ms / p50, after, after / (double)kv_bytes, ios, hit_rate, mr, mrmin, om,
 				       ommin, mass_n ? out_err / (double)mass_n : NAN, o->estimates ? "true" : "false",
 				       io->policy == POLICY_QUEST ? o->quest_rerank : 0.0,
-				       io->policy == POLICY_QUEST ? o->quest_cohere : 0.0, ph_pick, ph_search, ph_fold, ph_pin);
+				       io->policy == POLICY_QUEST ? o->quest_cohere : 0.0, ph_pick, ph_search, ph_fold, ph_pin, ph_cpu);
 				for (uint64_t t = 0; t < steps; t++)
 					printf("%s%.2f", t ? "," : "", step_ms[t]);
 				printf("]}\n");
@@ -412,12 +415,12 @@ int bench_decode(const char *argv0, const struct bench_decode_opts *o)
 				printf("%-10s %6.3f %7" PRIu64 " | step p50 %7.1f ms p99 %7.1f (first %7.1f) | exact step "
 				       "%7.0f ms, %5.1fx | SSD %.1f MiB/step (%.3f%% of KV, %.0f reads), host hits %.1f%% | mass recall %s "
 				       "(min %s), of the group oracle %s (min %s) | out err %.4f | per step: pick %.0f ms (search %.0f "
-				       "over the heads), fold %.0f ms (pins %.0f over the heads)\n",
+				       "over the heads), fold %.0f ms (pins %.0f over the heads), mnemod's CPU %.0f ms\n",
 				       io->name, (double)budget / (double)N, budget, p50, p99, first, exact_step_ms,
 				       exact_step_ms / p50, after / (1 << 20), 100 * after / (double)kv_bytes, ios, 100 * hit_rate,
 				       estimates ? "-" : mr, estimates ? "-" : mrmin, estimates ? "-" : om,
 				       estimates ? "-" : ommin, mass_n ? out_err / (double)mass_n : NAN, ph_pick, ph_search, ph_fold,
-				       ph_pin);
+				       ph_pin, ph_cpu);
 			}
 			fflush(stdout);
 		}

@@ -220,20 +220,20 @@ int main(int argc, char **argv)
 				       ",\"index_loads\":%" PRIu64 ",\"index_bytes\":%" PRIu64
 				       ",\"policy_attends\":%" PRIu64 ",\"policy_pick_ns\":%" PRIu64
 				       ",\"policy_search_ns\":%" PRIu64 ",\"policy_fold_ns\":%" PRIu64
-				       ",\"policy_pin_ns\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
+				       ",\"policy_pin_ns\":%" PRIu64 ",\"cpu_ns\":%" PRIu64 ",\"kernels\":\"%s\"}\n",
 				       di.uptime_ms, di.connections, di.contexts, di.workers, di.block_tokens,
 				       di.host_used, di.host_budget, di.requests, di.errors, di.ssd_used,
 				       di.ssd_max, di.hits, di.misses, di.evictions, di.ssd_reads, di.ssd_writes,
 				       di.ssd_read_bytes, di.ssd_write_bytes, di.bad_blocks, di.index_builds,
 				       di.index_loads, di.index_bytes, di.policy_attends, di.policy_pick_ns,
-				       di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns, di.kernels);
+				       di.policy_search_ns, di.policy_fold_ns, di.policy_pin_ns, di.cpu_ns, di.kernels);
 			else {
-				printf("uptime       %.1f s\nconnections  %u\ncontexts     %u\n"
+				printf("uptime       %.1f s (CPU %.1f s)\nconnections  %u\ncontexts     %u\n"
 				       "workers      %u\nblock        %u tokens\nkernels      %s\n"
 				       "requests     %" PRIu64 " (%" PRIu64 " failed)\n"
 				       "host tier    %.1f / %.1f MiB; block pins %" PRIu64 " hits, %" PRIu64
 				       " misses; %" PRIu64 " evictions\n",
-				       di.uptime_ms / 1e3, di.connections, di.contexts, di.workers,
+				       di.uptime_ms / 1e3, di.cpu_ns / 1e9, di.connections, di.contexts, di.workers,
 				       di.block_tokens, di.kernels, di.requests, di.errors,
 				       di.host_used / 1048576.0, di.host_budget / 1048576.0, di.hits, di.misses,
 				       di.evictions);

@@ -113,6 +113,7 @@ struct mnemo_daemon_info {
 	uint64_t policy_search_ns;      /**< the searches, summed over KV heads */
 	uint64_t policy_fold_ns;        /**< their pass 2 (blocks pinned and attended), wall time */
 	uint64_t policy_pin_ns;         /**< pass 2's block pins (SSD reads waited on), summed over KV heads */
+	uint64_t cpu_ns;                /**< mnemod's CPU time (user + system, every thread) since it started */
 	char kernels[32];
 };
 

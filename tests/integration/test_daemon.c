@@ -36,6 +36,24 @@ static char dir[256], sock_path[300];
 static uint32_t tok_ids[7000 + 3 * 256];
 #define SALT 0x5eed5a17c0ffee00ull
 static pid_t daemon_pid;
+
+/* A process's user + system CPU time in seconds from /proc/PID/stat (fields 14 and 15), -1 if unreadable. */
+static double proc_cpu_s(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+	unsigned long long ut = 0, st = 0;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+		return -1;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
 static uint64_t seed;
 
 enum { L = 2, H = 2, G = 4, D = 64, N = 7000 };
@@ -283,6 +301,17 @@ static void check_ann_extend(mnemo_client *c)
 		      (unsigned long long)(di1.policy_pick_ns - di0.policy_pick_ns),
 		      (unsigned long long)(di1.policy_search_ns - di0.policy_search_ns),
 		      (unsigned long long)(di1.policy_fold_ns - di0.policy_fold_ns));
+		/* its CPU time as the kernel counts it (/proc, clock ticks), within two ticks a thread and a read apart */
+		CHECK(di1.cpu_ns > di0.cpu_ns, "part %d: mnemod's CPU time went from %llu to %llu ns", part,
+		      (unsigned long long)di0.cpu_ns, (unsigned long long)di1.cpu_ns);
+		if (part == 0) {
+			const double proc = proc_cpu_s(daemon_pid), stat1 = di1.cpu_ns / 1e9;
+			struct mnemo_daemon_info di2;
+			CHECK(mnemo_stat_daemon(c, &di2) == 0, "stat");
+			const double stat2 = di2.cpu_ns / 1e9, tick = 1.0 / (double)sysconf(_SC_CLK_TCK);
+			CHECK(proc >= stat1 - 2 * tick * 8 && proc <= stat2 + 2 * tick * 8,
+			      "mnemod's CPU: STAT %.3f then %.3f s, /proc %.3f s between", stat1, stat2, proc);
+		}
 		/* the new tokens scanned exactly would be T per head */
 		CHECK(info.scanned < (uint64_t)T * H / 2, "part %d: %llu keys scanned", part,
 		      (unsigned long long)info.scanned);

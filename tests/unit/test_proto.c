@@ -445,12 +445,12 @@ static void test_small(void)
 	wbuf_free(&b);
 
 	struct proto_daemon_record dr = { .uptime_ms = 5, .connections = 2, .host_used = 7,
-					  .kernels = "avx2", .kernels_len = 4 }, drd;
+					  .policy_pin_ns = 11, .cpu_ns = 13, .kernels = "avx2", .kernels_len = 4 }, drd;
 	wbuf_init(&b);
 	proto_daemon_record_encode(&b, &dr);
 	rbuf_init(&rb, b.data, b.len);
 	CHECK(proto_daemon_record_read(&rb, &drd) == 0 && rbuf_end(&rb) == 0 && drd.host_used == 7 &&
-	      drd.kernels_len == 4, "daemon record");
+	      drd.policy_pin_ns == 11 && drd.cpu_ns == 13 && drd.kernels_len == 4, "daemon record");
 	wbuf_free(&b);
 
 	wbuf_init(&b);
