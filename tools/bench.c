@@ -56,7 +56,7 @@ static unsigned long long opt_steps = 16;
 static unsigned opt_exact_layers = 2;
 static const char *opt_host_mem_arg, *opt_estimates_arg = "off";
 static const char *opt_stream_sync = "16G";   /* mnemod's --stream-sync in every suite */
-static int policies_given, opt_no_exact_step;
+static int policies_given, budgets_given, opt_no_exact_step;
 static unsigned opt_n_gammas = 1;
 static struct bench_retrieval_opts ropt = {
 	.policies = { "quest", "blocks", "centroids", "centroids2", "faiss-ivf", "faiss-hnsw" },
@@ -926,9 +926,9 @@ dropped:;
 	 * restart of the daemon alone: the side files may still be cached, the
 	 * blocks are read with O_DIRECT either way) and one with it dropped when this
 	 * process may (as after a reboot); each time connect, STAT by name, and
-	 * the first ATTEND of layer 0 (every KV head, budget 2%, the index
-	 * loaded from its side file), timed from the connect; then a second
-	 * ATTEND, warm.
+	 * the first ATTEND of layer 0 (every KV head, budget 2% or each of
+	 * --budgets, the index loaded from its side file), timed from the
+	 * connect; then a second ATTEND, warm.
 	 */
 	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --name attach --json --quiet --chunk 16384 --policies "
 		 "quest,blocks '%s' > /dev/null", bin, sock_path, trace);
@@ -939,8 +939,11 @@ dropped:;
 	/* restarts per policy and page-cache state: single restarts of this disk
 	 * swing by 2x, so each is repeated, kept and dropped taking turns */
 	enum { RESTARTS = 3 };
-	for (int run = 0; run < 2 * 2 * RESTARTS; run++) {
+	const unsigned n_rb = budgets_given ? ropt.n_budgets : 1;
+	for (int at = 0; at < (int)n_rb * 2 * 2 * RESTARTS; at++) {
+		const int run = at % (2 * 2 * RESTARTS), bi = at / (2 * 2 * RESTARTS);
 		const int pi = run / (2 * RESTARTS), want_cold = run % 2, round = (run / 2) % RESTARTS;
+		const double bf = budgets_given ? ropt.budgets[bi] : 0.02;
 		mnemo_close(c);
 		keep_tmpdir = true;
 		stop_daemon();
@@ -965,7 +968,8 @@ dropped:;
 		float *q = malloc(nq * sizeof(float)), *o = malloc(nq * sizeof(float)), *l = malloc(ci.geom.n_q_heads * 4);
 		for (size_t i = 0; i < nq; i++)
 			q[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-		const uint32_t budget = (uint32_t)(ci.tokens / 50);
+		const double bt = bf >= 1 ? bf : bf * (double)ci.tokens;
+		const uint32_t budget = bt < 1 ? 1 : bt > UINT32_MAX ? UINT32_MAX : (uint32_t)bt;
 		struct mnemo_attend_info ai;
 		if ((rc = mnemo_attend_ex(c2, ci.id, 0, pols[pi], budget, 0, UINT64_MAX, q, o, l, &ai)))
 			die("first ATTEND", c2, rc);
@@ -1060,7 +1064,8 @@ static void usage(FILE *f)
 		"  --policies LIST   retrieval: comma-separated (default quest,blocks,centroids,\n"
 		"                    centroids2,faiss-ivf,faiss-hnsw); decode: (default centroids2)\n"
 		"  --budgets LIST    retrieval, decode: fractions of the tokens (< 1) or token counts\n"
-		"                    (default 0.01,0.02,0.05)\n"
+		"                    (default 0.01,0.02,0.05); preload: the restarts' first ATTEND\n"
+		"                    budgets (default 0.02)\n"
 		"  --coarse-factor X retrieval: centroids2 scores the fine clusters of coarse\n"
 		"                    clusters holding X times the budget (default 2)\n"
 		"  --block-tokens N  the mnemod the bench starts: tokens per block (default 64)\n"
@@ -1139,6 +1144,7 @@ int main(int argc, char **argv)
 			const char *b[16];
 			unsigned n = split_list(argv[++i], b, 16);
 			ropt.n_budgets = 0;
+			budgets_given = 1;
 			for (unsigned k = 0; k < n; k++) {
 				char *end;
 				double x = strtod(b[k], &end);
