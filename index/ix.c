@@ -477,10 +477,13 @@ void *ix_alloc_big(size_t bytes)
 	void *p = NULL;
 	if (bytes < IX_HUGE)
 		return posix_memalign(&p, 64, bytes ? bytes : 1) ? NULL : p;
-	if (bytes > SIZE_MAX - IX_HUGE || posix_memalign(&p, IX_HUGE, (bytes + IX_HUGE - 1) & ~(IX_HUGE - 1)))
+	if (bytes > SIZE_MAX - IX_HUGE)
+		return NULL;
+	const size_t len = (bytes + IX_HUGE - 1) & ~(IX_HUGE - 1);
+	if (posix_memalign(&p, IX_HUGE, len))
 		return NULL;
 	/* best effort: without THP (or with it off) the memory is merely 4 KiB pages */
-	(void)madvise(p, (bytes + IX_HUGE - 1) & ~(IX_HUGE - 1), MADV_HUGEPAGE);
+	(void)madvise(p, len, MADV_HUGEPAGE);
 	return p;
 }
 

@@ -994,9 +994,9 @@ dropped:;
 			       (unsigned long long)di.ssd_reads, dropped ? "true" : "false", (unsigned long long)ci.tokens,
 			       budget, round + 1);
 		else
-			printf("restart %d/%d    %-6s: attach + first ATTEND of layer 0 %.1f ms (%llu indexes loaded, %llu "
-			       "built, %llu SSD reads), second %.1f ms; daemon up in %.0f ms; page cache %s\n",
-			       round + 1, RESTARTS, pol_names[pi], first * 1e3, (unsigned long long)di.index_loads,
+			printf("restart %d/%d    %-6s budget %u: attach + first ATTEND of layer 0 %.1f ms (%llu indexes "
+			       "loaded, %llu built, %llu SSD reads), second %.1f ms; daemon up in %.0f ms; page cache %s\n",
+			       round + 1, RESTARTS, pol_names[pi], budget, first * 1e3, (unsigned long long)di.index_loads,
 			       (unsigned long long)di.index_builds, (unsigned long long)di.ssd_reads, second * 1e3, up * 1e3,
 			       dropped ? "dropped" : want_cold ? "kept (not permitted to drop)" : "kept");
 		fflush(stdout);
