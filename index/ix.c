@@ -796,31 +796,6 @@ static inline __attribute__((always_inline)) void dots_i8_body(const int8_t *row
 	}
 }
 
-/* A page's code weights from an int8 row pair [max | min] and qs = q * scale per head. */
-static inline __attribute__((always_inline)) void code_weights_i8_body(const int8_t *row, unsigned d,
-									const float *qs, unsigned G, float *w,
-									float *base)
-{
-	const float inv15 = 1.0f / 15.0f;
-	for (unsigned g = 0; g < G; g++) {
-		const float *qg = qs + (size_t)g * d;
-		float *wg = w + (size_t)g * d;
-		unsigned i = 0;
-		v8f acc = { 0 };
-		for (; i + 8 <= d; i += 8) {
-			const v8f mx = i8x8(row + i), mn = i8x8(row + d + i), x = load8(qg + i);
-			acc += x * mn;
-			*(v8u *)(wg + i) = x * (mx - mn) * inv15;
-		}
-		float b = hsum8(&acc);
-		for (; i < d; i++) {
-			b += qg[i] * (float)row[d + i];
-			wg[i] = qg[i] * (float)(row[i] - row[d + i]) * inv15;
-		}
-		base[g] = b;
-	}
-}
-
 /*
  * ix_group_softmax() for IX_MASS without log weights when G divides 8: the
  * same three passes (max, exps, each unit's summed probability), eight
@@ -974,6 +949,27 @@ static void nibble_mass_scalar(const uint8_t *blocks, size_t nblocks, unsigned d
  * baseline, picked once from what the CPU reports (by feature, so AMD and
  * Intel alike get the wide one).
  */
+/* ix_code_weights_q8(), one channel at a time. */
+static void code_weights_q8_scalar(const int8_t *row, unsigned d, const int16_t *q16, const float *qs, unsigned G,
+				   int8_t *W, float *base)
+{
+	const unsigned dp = ix_code_dims(d);
+	for (unsigned g = 0; g < G; g++) {
+		const int16_t *qg = q16 + (size_t)g * dp;
+		int8_t *Wg = W + (size_t)g * dp;
+		float b = 0;
+		for (unsigned i = 0; i < d; i++) {
+			/* as vpmulhrsw: (a * b + 2^14) >> 15 with a = r << 7 */
+			const int32_t x = (int32_t)qg[i] * ((row[i] - row[d + i]) << 7);
+			Wg[i] = (int8_t)((x + (1 << 14)) >> 15);
+			b += qs[(size_t)g * d + i] * (float)row[d + i];
+		}
+		for (unsigned i = d; i < dp; i++)
+			Wg[i] = 0;
+		base[g] = b;
+	}
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, unsigned d)
 {
@@ -1089,6 +1085,52 @@ __attribute__((target("avx2,fma"))) static void quantize_i8_avx2(const float *w,
 			Wg[i] = quantize_round(wg[i] * inv);
 		for (; i < dp; i++)
 			Wg[i] = 0;
+	}
+}
+
+/*
+ * 32 channels a step: the ranges widen to 16 bits, shifted up 7 (<= 32512),
+ * vpmulhrsw multiplies them by the 16-bit query weights and rounds to the
+ * weights' units, two saturating packs that cannot saturate take them to
+ * bytes and a permute undoes their lane order; base takes the mins as
+ * floats against qs.
+ */
+__attribute__((target("avx2,fma"))) static void code_weights_q8_avx2(const int8_t *row, unsigned d,
+								     const int16_t *q16, const float *qs, unsigned G,
+								     int8_t *W, float *base)
+{
+	if (d % 32) {
+		code_weights_q8_scalar(row, d, q16, qs, G, W, base);
+		return;
+	}
+	const unsigned dp = ix_code_dims(d);
+	for (unsigned g = 0; g < G; g++) {
+		const int16_t *qg = q16 + (size_t)g * dp;
+		int8_t *Wg = W + (size_t)g * dp;
+		__m256 acc = _mm256_setzero_ps();
+		for (unsigned i = 0; i < d; i += 32) {
+			__m256i w[2];
+			for (unsigned h = 0; h < 2; h++) {
+				const unsigned o = i + 16 * h;
+				const __m256i mx = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + o)));
+				const __m256i mn = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + d + o)));
+				const __m256i q = _mm256_loadu_si256((const __m256i *)(qg + o));
+				w[h] = _mm256_mulhrs_epi16(_mm256_slli_epi16(_mm256_sub_epi16(mx, mn), 7), q);
+			}
+			_mm256_storeu_si256((__m256i *)(Wg + i),
+					    _mm256_permute4x64_epi64(_mm256_packs_epi16(w[0], w[1]), 0xd8));
+			for (unsigned k = 0; k < 32; k += 8) {
+				int64_t m8;
+				memcpy(&m8, row + d + i + k, 8);
+				const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(m8)));
+				acc = _mm256_fmadd_ps(_mm256_loadu_ps(qs + (size_t)g * d + i + k), mn, acc);
+			}
+		}
+		for (unsigned i = d; i < dp; i++)
+			Wg[i] = 0;
+		const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+		const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+		base[g] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 	}
 }
 
@@ -1221,32 +1263,6 @@ static void dots_i8_base(const int8_t *rows, size_t n, size_t stride, const floa
 	dots_i8_body(rows, n, stride, q, G, d, out);
 }
 
-__attribute__((target("avx2,fma"))) static void code_weights_i8_avx2(const int8_t *row, unsigned d, const float *qs,
-								     unsigned G, float *w, float *base)
-{
-	if (d % 8) {
-		code_weights_i8_body(row, d, qs, G, w, base);
-		return;
-	}
-	const float inv15 = 1.0f / 15.0f;
-	for (unsigned g = 0; g < G; g++) {
-		const float *qg = qs + (size_t)g * d;
-		float *wg = w + (size_t)g * d;
-		v8f acc = { 0 };
-		for (unsigned i = 0; i < d; i += 8) {
-			const v8f mx = i8x8_avx2(row + i), mn = i8x8_avx2(row + d + i), x = load8(qg + i);
-			acc += x * mn;
-			*(v8u *)(wg + i) = x * (mx - mn) * inv15;
-		}
-		base[g] = hsum8(&acc);
-	}
-}
-
-static void code_weights_i8_base(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
-{
-	code_weights_i8_body(row, d, qs, G, w, base);
-}
-
 /*
  * ix_bounds_i8q()'s int8 path, for G % 4 == 0 and d % 32 == 0: @p Wp [G][d]
  * the queries' q+ in int8 steps (>= 0), @p Wn [G][d] their -q- (>= 0).
@@ -1356,6 +1372,7 @@ static void exp_rows_avx2(float *v, size_t n, unsigned G, const float *c)
 #define exp_rows_base exp_rows_avx2
 
 #define quantize_i8_avx2 quantize_i8_scalar
+#define code_weights_q8_avx2 code_weights_q8_scalar
 #define quantize_i8_base quantize_i8_scalar
 #define nibble_mass_avx2 nibble_mass_scalar
 #define nibble_mass_base nibble_mass_scalar
@@ -1375,12 +1392,6 @@ static void dots_i8_avx2(const int8_t *rows, size_t n, size_t stride, const floa
 
 #define dots_i8_base dots_i8_avx2
 
-static void code_weights_i8_avx2(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
-{
-	code_weights_i8_body(row, d, qs, G, w, base);
-}
-
-#define code_weights_i8_base code_weights_i8_avx2
 
 static int have_avx2_fma(void)
 {
@@ -1514,12 +1525,13 @@ void ix_bounds_i8q(const int8_t *rows, size_t n, size_t stride, const float *q, 
 	bounds_i8q_avx2(rows, n, stride, Wp, Wn, scale, G, d, out);
 }
 
-void ix_code_weights_i8(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base)
+void ix_code_weights_q8(const int8_t *row, unsigned d, const int16_t *q16, const float *qs, unsigned G, int8_t *W,
+			float *base)
 {
 	if (have_avx2_fma())
-		code_weights_i8_avx2(row, d, qs, G, w, base);
+		code_weights_q8_avx2(row, d, q16, qs, G, W, base);
 	else
-		code_weights_i8_base(row, d, qs, G, w, base);
+		code_weights_q8_scalar(row, d, q16, qs, G, W, base);
 }
 
 void ix_quantize_i8(const float *w, unsigned G, unsigned d, int8_t *W, float *scale)

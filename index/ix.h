@@ -224,13 +224,6 @@ void ix_dots_i8(const int8_t *rows, size_t n, size_t stride, const float *q, uns
  */
 void ix_bounds_i8q(const int8_t *rows, size_t n, size_t stride, const float *q, unsigned G, unsigned d, float *out);
 
-/**
- * ix_code_weights() for a row pair kept in int8 steps, [max | min] (d
- * each) of @p row, with @p qs [G][d] the queries times each channel's
- * step: w[g*d + i] = qs_gi (max_i - min_i) / 15, base[g] = qs_g . min.
- */
-void ix_code_weights_i8(const int8_t *row, unsigned d, const float *qs, unsigned G, float *w, float *base);
-
 /*
  * Blocked 4-bit codes: tokens in blocks of IX_CODE_BLOCK, channels padded
  * to ix_code_dims(d); a block is one 32-byte plane per 8 channels, byte
@@ -263,6 +256,19 @@ static inline unsigned ix_code_get(const uint8_t *blk, unsigned t, unsigned i)
  * the padding 0. A head with a NaN or an infinity gets a NaN scale.
  */
 void ix_quantize_i8(const float *w, unsigned G, unsigned d, int8_t *W, float *scale);
+
+/**
+ * The int8 code weights of a row pair [max | min] in int8 steps from
+ * 16-bit query weights made once a search: W[g*dp + i] = round(r_i *
+ * q16[g*dp + i] / 256) with r_i = max_i - min_i, rounded as vpmulhrsw
+ * does (half up). With q16_gi = round(256 qs_gi / D_g), D_g = max_i
+ * |qs_gi| R_i / 127 and R_i the largest r_i of any page, |W| <= 127 on
+ * every page and qs_g . (k^ - min) ~ (D_g / 15) W_g . c for codes c: one
+ * scale a head for all pages, no per-page rounding pass. base[g] = qs_g .
+ * min. dp = ix_code_dims(d); q16's padding is ignored, W's is 0.
+ */
+void ix_code_weights_q8(const int8_t *row, unsigned d, const int16_t *q16, const float *qs, unsigned G, int8_t *W,
+			float *base);
 
 /**
  * Blocked codes against int8 weights (ix_quantize_i8()):

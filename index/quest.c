@@ -56,6 +56,7 @@ struct quest {
 	float rerank;             /* > 1: codes are kept and searches rerank */
 	uint8_t *codes;           /* [pages][code_page], blocked */
 	size_t code_page;         /* ceil(page / 8) blocks */
+	uint16_t *rmax;           /* with codes: [d] each channel's largest max - min over the pages */
 };
 
 static size_t code_page_bytes(unsigned d, unsigned page)
@@ -94,10 +95,26 @@ static int quest_codes(struct quest *qx, const float *k)
 	return 0;
 }
 
-/* The scratch quest_rerank() needs, in bytes: float weights, int8 weights, a page's masses. */
+/* Each channel's widest page (in steps): what bounds the rerank's weights on every page. */
+static int quest_ranges(struct quest *qx)
+{
+	const unsigned d = qx->d;
+	if (!(qx->rmax = calloc(d, sizeof(uint16_t))))
+		return -ENOMEM;
+	for (uint64_t p = 0; p < qx->pages; p++) {
+		const int8_t *r = qx->rows + p * 2 * d;
+		for (unsigned i = 0; i < d; i++) {
+			const uint16_t w = (uint16_t)(r[i] - r[d + i]);
+			qx->rmax[i] = w > qx->rmax[i] ? w : qx->rmax[i];
+		}
+	}
+	return 0;
+}
+
+/* The scratch quest_rerank() needs, in bytes: 16-bit query weights, int8 weights, a page's masses. */
 static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
 {
-	return ix_align((size_t)G * d * sizeof(float)) + ix_align((size_t)G * ix_code_dims(d)) +
+	return ix_align((size_t)G * ix_code_dims(d) * sizeof(int16_t)) + ix_align((size_t)G * ix_code_dims(d)) +
 	       (size_t)(page + IX_CODE_BLOCK) * sizeof(float);
 }
 
@@ -105,9 +122,10 @@ static size_t rerank_scratch(unsigned G, unsigned d, unsigned page)
  * Rerank: score the tokens of the pooled @p pages [np] (ascending, so that
  * the rows and codes stream forward) from their codes, per head
  * q_g . k^ = q_g . min + sum_i w_gi c_i with w_gi = q_gi (max_i - min_i) / 15
- * made once a page and rounded to int8 (the codes carry 4 bits; the
- * weights' rounding is a 1/254 of the page's largest), a page's codes
- * scored in one ix_nibble_mass(), and keep the best @p take by
+ * as int8 integer products (ix_code_weights_q8(): 16-bit query weights made
+ * once a search, on one scale a head that no page's widest channel
+ * overflows; the codes carry 4 bits, the weights 7 and a sign), a page's
+ * codes scored in one ix_nibble_mass(), and keep the best @p take by
  * sum_g exp(s_g - off[g]) (the tail fill's score); with @p cohere
  * (index_result.cohere) the last of them come from the pages the first
  * hold.
@@ -121,9 +139,26 @@ static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, co
 {
 	const unsigned d = qx->d, P = qx->page;
 	const size_t row_bytes = 2 * (size_t)d, code_page = qx->code_page;
-	float *w = (float *)sc, base[IX_MAX_GROUP], scale[IX_MAX_GROUP];
-	int8_t *W = (int8_t *)(sc + ix_align((size_t)G * d * sizeof(float)));
-	float *mass = (float *)((uint8_t *)W + ix_align((size_t)G * ix_code_dims(d)));
+	const unsigned dp = ix_code_dims(d);
+	float base[IX_MAX_GROUP], scale[IX_MAX_GROUP];
+	int16_t *q16 = (int16_t *)sc;
+	int8_t *W = (int8_t *)(sc + ix_align((size_t)G * dp * sizeof(int16_t)));
+	float *mass = (float *)((uint8_t *)W + ix_align((size_t)G * dp));
+	/* the query weights once a search, on the scale D_g that keeps every page's |W| <= 127 (ix.h) */
+	for (unsigned g = 0; g < G; g++) {
+		const float *qg = qs + (size_t)g * d;
+		float D = 0;
+		for (unsigned i = 0; i < d; i++) {
+			const float a = fabsf(qg[i]) * (float)qx->rmax[i];
+			D = a > D || isnan(a) ? a : D;
+		}
+		D /= 127;
+		scale[g] = D / 15;    /* NaN for a NaN query: its scores are NaN, so -inf below */
+		for (unsigned i = 0; i < dp; i++) {
+			const float x = i < d && D > 0 ? rintf(256 * qg[i] / D) : 0;
+			q16[(size_t)g * dp + i] = (int16_t)(x > 32767 ? 32767 : x < -32767 ? -32767 : x);
+		}
+	}
 	size_t cnt = 0;
 	for (size_t j = 0; j < np; j++) {
 		if (j + 1 < np) {
@@ -136,8 +171,7 @@ static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, co
 				__builtin_prefetch(c + o);
 		}
 		const uint64_t page = pages[j], t0 = page * P, t1 = t0 + P < qx->n ? t0 + P : qx->n;
-		ix_code_weights_i8(qx->rows + page * 2 * d, d, qs, G, w, base);
-		ix_quantize_i8(w, G, d, W, scale);
+		ix_code_weights_q8(qx->rows + page * 2 * d, d, q16, qs, G, W, base);
 		for (unsigned g = 0; g < G; g++)
 			base[g] -= off[g];
 		ix_nibble_mass(qx->codes + page * code_page, (t1 - t0 + IX_CODE_BLOCK - 1) / IX_CODE_BLOCK, d, W, scale,
@@ -191,6 +225,7 @@ static void quest_free(struct index *ix)
 	free(qx->rows);
 	free(qx->step);
 	free(qx->codes);
+	free(qx->rmax);
 	free(qx);
 }
 
@@ -308,7 +343,7 @@ static int quest_build(const struct index_keys *keys, const struct index_build_p
 	if (rc)
 		goto fail;
 	qx->rerank = rerank;
-	if (rerank && (rc = quest_codes(qx, keys->k)))
+	if (rerank && ((rc = quest_codes(qx, keys->k)) || (rc = quest_ranges(qx))))
 		goto fail;
 	*out = &qx->base;
 	return 0;
@@ -524,6 +559,8 @@ static int quest_load(const uint8_t *buf, size_t len, const struct index_keys *k
 		}
 		memcpy(qx->codes, codes, qx->pages * qx->code_page);
 		qx->rerank = rerank;
+		if ((rc = quest_ranges(qx)))
+			goto fail;
 	}
 	if ((rc = ix_rd_end(&r)))
 		goto fail;
@@ -538,6 +575,7 @@ static size_t quest_memory(const struct index *ix)
 {
 	const struct quest *qx = to_quest(ix);
 	return qx ? sizeof(*qx) + qx->pages * 2 * qx->d + (size_t)qx->d * sizeof(float) +
+			    (qx->rmax ? qx->d * sizeof(uint16_t) : 0) +
 			    (qx->codes ? qx->pages * qx->code_page : 0)
 		  : 0;
 }

@@ -1067,6 +1067,79 @@ static void nibble_dots(void)
 	}
 }
 
+/*
+ * ix_code_weights_q8() against its definition, computed here in 64-bit
+ * integers (W = floor((r * 128 * q16 + 2^14) / 2^15)) and a double dot for
+ * base, on the vector path (d 64, 256) and the fallback (d 48), with rows
+ * holding -127 and 127; and the contract's bound: with q16 made from qs by
+ * the documented rule against R_i (the widest r of the pages drawn), every
+ * page's |W| <= 127 and (D / 15) W approximates qs r / 15 within half a
+ * step (D / 15 / 2) plus q16's own rounding.
+ */
+static void code_weights_q8(void)
+{
+	static const unsigned shapes[3][2] = { { 4, 64 }, { 2, 256 }, { 3, 48 } };
+	enum { PAGES = 9 };
+	for (unsigned s = 0; s < 3; s++) {
+		const unsigned Gs = shapes[s][0], d = shapes[s][1], dp = ix_code_dims(d);
+		int8_t *rows = malloc((size_t)PAGES * 2 * d), *W = malloc((size_t)Gs * dp);
+		int16_t *q16 = malloc((size_t)Gs * dp * sizeof(int16_t));
+		float *qs = malloc((size_t)Gs * d * sizeof(float)), base[4], Dg[4];
+		unsigned R[256] = { 0 };
+		for (unsigned p = 0; p < PAGES; p++)
+			for (unsigned i = 0; i < d; i++) {
+				int a = (int)(check_rand(&seed) % 255) - 127, b = (int)(check_rand(&seed) % 255) - 127;
+				if (p == 0 && i < 2)
+					a = 127, b = -127; /* the widest range */
+				int8_t *r = rows + (size_t)p * 2 * d;
+				r[i] = (int8_t)(a > b ? a : b);
+				r[d + i] = (int8_t)(a > b ? b : a);
+				R[i] = (unsigned)(r[i] - r[d + i]) > R[i] ? (unsigned)(r[i] - r[d + i]) : R[i];
+			}
+		for (unsigned g = 0; g < Gs; g++) {
+			Dg[g] = 0;
+			for (unsigned i = 0; i < d; i++) {
+				qs[g * d + i] = (g == 1 ? 1e-3f : 1.0f) * (2.0f * check_uniform(&seed) - 1.0f);
+				Dg[g] = fmaxf(Dg[g], fabsf(qs[g * d + i]) * (float)R[i]);
+			}
+			Dg[g] /= 127;
+			for (unsigned i = 0; i < dp; i++)
+				q16[g * dp + i] = i < d ? (int16_t)rintf(256 * qs[g * d + i] / Dg[g]) : 12345; /* padding ignored */
+		}
+		int exact = 1, bounded = 1, pad = 1;
+		double worst = 0, bworst = 0;
+		for (unsigned p = 0; p < PAGES; p++) {
+			const int8_t *r = rows + (size_t)p * 2 * d;
+			memset(W, 0x55, (size_t)Gs * dp);
+			ix_code_weights_q8(r, d, q16, qs, Gs, W, base);
+			for (unsigned g = 0; g < Gs; g++) {
+				double b = 0;
+				for (unsigned i = 0; i < d; i++) {
+					const int64_t x = (int64_t)(r[i] - r[d + i]) * 128 * q16[g * dp + i];
+					const int64_t want = (x + (1 << 14)) >> 15; /* floor: >> of a negative is arithmetic */
+					exact &= W[g * dp + i] == want;
+					bounded &= W[g * dp + i] != INT8_MIN; /* int8 holds the rest of |W| <= 127 */
+					const double real = (double)qs[g * d + i] * (r[i] - r[d + i]) / 15;
+					/* half a step of W, and q16's rounding (half a unit of 256 / D) times r */
+					const double tol = Dg[g] / 15 * (0.5 + (r[i] - r[d + i]) * 0.5 / 256) * 1.0001;
+					worst = fmax(worst, fabs(W[g * dp + i] * (double)Dg[g] / 15 - real) / tol);
+					b += (double)qs[g * d + i] * r[d + i];
+				}
+				for (unsigned i = d; i < dp; i++)
+					pad &= W[g * dp + i] == 0;
+				bworst = fmax(bworst, fabs(base[g] - b) / (fabs(b) + 1));
+			}
+		}
+		CHECK(exact && bounded && pad && worst <= 1 && bworst < 1e-5,
+		      "code weights q8, Gs %u d %u: exact %d, |W| <= 127 %d, padding %d, error %.3f of its bound, base %g",
+		      Gs, d, exact, bounded, pad, worst, bworst);
+		free(rows);
+		free(W);
+		free(q16);
+		free(qs);
+	}
+}
+
 /* ix_exp_rows() against exp() in double, on the vector path (G 4) and the scalar one (G 3). */
 static void exp_rows(void)
 {
@@ -1437,6 +1510,7 @@ int main(void)
 	estimates();
 	blocks_blobs();
 	quest_blobs();
+	code_weights_q8();
 	quest_cohere();
 	return check_exit();
 }
