@@ -153,9 +153,11 @@ static void quest_rerank(const struct quest *qx, const float *qs, unsigned G, co
 			D = a > D || isnan(a) ? a : D;
 		}
 		D /= 127;
-		scale[g] = D / 15;    /* NaN for a NaN query: its scores are NaN, so -inf below */
+		/* a query with a NaN or an infinity: a NaN scale, so its scores are NaN, -inf below */
+		const int ok = isfinite(D);
+		scale[g] = ok ? D / 15 : NAN;
 		for (unsigned i = 0; i < dp; i++) {
-			const float x = i < d && D > 0 ? rintf(256 * qg[i] / D) : 0;
+			const float x = i < d && ok && D > 0 ? rintf(256 * qg[i] / D) : 0;
 			q16[(size_t)g * dp + i] = (int16_t)(x > 32767 ? 32767 : x < -32767 ? -32767 : x);
 		}
 	}
