@@ -944,11 +944,6 @@ static void nibble_mass_scalar(const uint8_t *blocks, size_t nblocks, unsigned d
 		}
 }
 
-/*
- * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
- * baseline, picked once from what the CPU reports (by feature, so AMD and
- * Intel alike get the wide one).
- */
 /* ix_code_weights_q8(), one channel at a time. */
 static void code_weights_q8_scalar(const int8_t *row, unsigned d, const int16_t *q16, const float *qs, unsigned G,
 				   int8_t *W, float *base)
@@ -970,6 +965,11 @@ static void code_weights_q8_scalar(const int8_t *row, unsigned d, const int16_t 
 	}
 }
 
+/*
+ * One copy of each loop compiled for AVX2 with FMA and one for the x86-64
+ * baseline, picked once from what the CPU reports (by feature, so AMD and
+ * Intel alike get the wide one).
+ */
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, unsigned d)
 {
